@@ -1,0 +1,136 @@
+"""The GAN pipeline flow: prepare data -> train -> evaluate checkpoints -> render the gallery.
+
+Run it:
+
+    python flows/train.py                                  # embedded digits, defaults, ~5 min on CPU
+    python flows/train.py --steps 3000 --run-id digits-long
+    python flows/train.py --dataset mnist --data-root ../shared/data/mnist --model dcgan
+    python flows/train.py --run-id digits-long --steps 6000   # continue that run to 6000 steps
+    python flows/train.py --dry-run                        # print the resolved config and exit
+
+Everything lands in <out>/<run-id>/ (default out: artifacts). Running again with the same
+--run-id resumes from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import tasks  # noqa: F401  (sets the project's Prefect defaults before prefect is imported)
+from prefect import flow, runtime
+
+from ganlib.config import MODELS, RunConfig, build_config
+from ganlib.errors import GanlibError
+from ganlib.preflight import check_run
+from tasks.evaluate import evaluate_task
+from tasks.gallery import gallery_task
+from tasks.prepare import prepare_dataset_task
+from tasks.train import train_task
+
+
+def _flow_run_name() -> str:
+    config = runtime.flow_run.parameters.get("config")
+    if isinstance(config, RunConfig):
+        config = config.model_dump(mode="json")
+    config = config or {}
+    data, model = config.get("data") or {}, config.get("model") or {}
+    return f"{data.get('dataset', 'digits')}-{model.get('name', 'dcgan')}-{config.get('run_id') or 'new'}"
+
+
+@flow(name="gan-pipeline", flow_run_name=_flow_run_name, log_prints=True)
+def gan_pipeline(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008 (pydantic default shown in the UI)
+    """Prepare the dataset, train (resuming if the run exists), evaluate every checkpoint, render the gallery."""
+    config = config.resolved()
+    check_run(config)
+    store = prepare_dataset_task(config.data, str(config.out))
+    trained = train_task(config, store["store_dir"])
+    evaluation = evaluate_task(config, store["store_dir"])
+    return gallery_task(config, evaluation["best_checkpoint"], trained)
+
+
+# --- command line -------------------------------------------------------------------------------
+
+FLAGS: list[tuple[str, str, type, str]] = [
+    # flag, config field (dotted), type, help
+    ("--dataset", "data.dataset", str, "digits (embedded, default) or mnist"),
+    ("--data-root", "data.data_root", str, "directory with the dataset's files (mnist: IDX files)"),
+    ("--num-images", "data.num_images", int, "digits: how many images to generate (default 20000)"),
+    ("--image-size", "data.image_size", int, "28, 32 or 64 (default 28)"),
+    ("--model", "model.name", str, f"{' or '.join(MODELS)} (default dcgan)"),
+    ("--ngf", "model.ngf", int, "dcgan generator width (default 32)"),
+    ("--ndf", "model.ndf", int, "dcgan discriminator width (default 32)"),
+    ("--noise-dim", "model.noise_dim", int, "latent size (default 100)"),
+    ("--steps", "train.steps", int, "training steps (default 1500)"),
+    ("--epochs", "train.epochs", float, "training epochs instead of --steps"),
+    ("--batch-size", "train.batch_size", int, "batch size (default 128)"),
+    ("--lr", "train.lr", float, "Adam learning rate (default 2e-4)"),
+    ("--checkpoint-every", "train.checkpoint_every", int, "checkpoint interval in steps (default 500)"),
+    ("--eval-samples", "eval.num_samples", int, "generated samples per evaluated checkpoint (default 10000)"),
+    ("--gallery-samples", "gallery.num_samples", int, "images saved in gallery/samples.npz (default 10000)"),
+    ("--seed", "seed", int, "run seed (default 7)"),
+    ("--device", "device", str, "auto (default), cpu, cuda, cuda:N or mps"),
+    ("--run-id", "run_id", str, "run name; reusing one resumes that run (default: dataset-model-timestamp)"),
+    ("--out", "out", str, "output root (default artifacts)"),
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, as for every other user error
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_config(argv: list[str] | None = None) -> tuple[RunConfig, bool]:
+    """Build the validated config from command-line flags (and an optional --config JSON file)."""
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, help="JSON file with a full or partial RunConfig; flags override it")
+    for flag, field, kind, help_text in FLAGS:
+        parser.add_argument(flag, dest=field, type=kind, default=None, help=help_text, metavar=flag[2:].upper().replace("-", "_"))
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
+    args = parser.parse_args(argv)
+
+    data: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            data = json.loads(args.config.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise GanlibError(f"--config: cannot read {args.config}: {err}") from None
+    for _, field, _, _ in FLAGS:
+        value = getattr(args, field)
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = field.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return build_config(data).resolved(), args.dry_run
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config, dry_run = parse_config(argv)
+        if dry_run:
+            print(config.to_json(), end="")
+            return 0
+        check_run(config)  # fail in a second, not after the Prefect server has started
+        summary = gan_pipeline(config)
+        best = summary["best"]
+        print(f"done: {summary['run_dir']}  best {best['checkpoint']}  FD {best['fd']:.2f}  "
+              f"IS {best['is_mean']:.2f}  classes {best['classes_present']}  "
+              f"gallery {summary['gallery']['grid_5x5']}")
+    except GanlibError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run again with the same --run-id to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

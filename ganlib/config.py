@@ -1,0 +1,203 @@
+"""One validated configuration object for a whole run.
+
+``RunConfig`` is what the CLI builds from flags, what the Prefect flow takes as its parameter
+(the UI shows and validates its JSON schema), and what ``config.json`` in a run directory holds.
+Everything below it receives the parts it needs explicitly; there are no globals.
+
+Defaults follow the tutorial this project grew out of where it was right: noise dim 100,
+Adam lr 2e-4 with betas (0.5, 0.999), batch 128, seed 7, a 5x5 gallery.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ganlib.errors import ConfigError
+
+DATASETS = ("digits", "mnist")
+MODELS = ("mlp", "dcgan")
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$"
+DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+|mps)$"
+
+
+class _Section(BaseModel):
+    # Unknown keys are mistakes (a typo in a flow parameter would otherwise be silently ignored).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the training images come from and how they are prepared."""
+
+    dataset: Literal["digits", "mnist"] = Field(
+        "digits", description="'digits': the embedded synthetic digits (offline default); "
+        "'mnist': MNIST IDX files in data_root.")
+    data_root: Path | None = Field(
+        None, description="Directory holding the source files (mnist: the IDX files, .gz or not).")
+    split: Literal["auto", "train", "test"] = Field(
+        "auto", description="mnist: which IDX pair to read; 'auto' takes train if present, else test.")
+    num_images: int = Field(
+        20_000, ge=100, le=1_000_000, description="digits: how many images to generate.")
+    seed: int = Field(7, ge=0, le=2**63 - 1, description="digits: generator seed (independent of the run seed).")
+    image_size: Literal[28, 32, 64] = Field(28, description="Side of the prepared square images, pixels.")
+    limit: int | None = Field(None, ge=1, description="Keep at most this many images (first N).")
+
+    @model_validator(mode="after")
+    def _needs_root(self) -> DataConfig:
+        if self.dataset == "mnist" and self.data_root is None:
+            raise ValueError(
+                "dataset 'mnist' needs data_root (--data-root DIR), the directory holding "
+                "t10k-images-idx3-ubyte.gz etc.")
+        return self
+
+
+class ModelConfig(_Section):
+    """Generator and discriminator architecture."""
+
+    name: Literal["mlp", "dcgan"] = Field(
+        "dcgan", description="'mlp': the tutorial's MLP done right; 'dcgan': conv nets with batch norm.")
+    noise_dim: int = Field(100, ge=1, le=4096, description="Length of the latent vector z.")
+    hidden_dim: int = Field(256, ge=8, le=8192, description="mlp: width of the hidden layers.")
+    ngf: int = Field(32, ge=4, le=1024, description="dcgan: generator width (channels of the last block).")
+    ndf: int = Field(32, ge=4, le=1024, description="dcgan: discriminator width (channels of the first block).")
+
+
+class TrainConfig(_Section):
+    """The adversarial training loop."""
+
+    steps: int | None = Field(
+        None, ge=1, description="Total optimisation steps (one D and one G update each). "
+        "Exclusive with epochs; if neither is given, 1500 steps.")
+    epochs: float | None = Field(None, gt=0, description="Total passes over the dataset (may be fractional).")
+    batch_size: int = Field(128, ge=2, le=65_536)
+    lr: float = Field(2e-4, gt=0, le=1.0, description="Adam learning rate of G and D.")
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    checkpoint_every: int = Field(500, ge=1, description="Save a checkpoint every this many steps (and at the end).")
+    log_every: int = Field(50, ge=1, description="Flush per-step metrics and print progress every this many steps.")
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> TrainConfig:
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give steps or epochs, not both")
+        return self
+
+
+DEFAULT_STEPS = 1500
+
+
+class EvalConfig(_Section):
+    """Checkpoint evaluation in the domain classifier's feature space."""
+
+    num_samples: int = Field(10_000, ge=100, le=1_000_000, description="Generated samples per checkpoint.")
+    classifier_steps: int = Field(1500, ge=1, description="Training steps of the domain classifier.")
+    batch_size: int = Field(500, ge=1, description="Generation and feature-extraction batch.")
+
+
+class GalleryConfig(_Section):
+    """Sample gallery from the best checkpoint."""
+
+    num_samples: int = Field(10_000, ge=1, le=1_000_000, description="Images saved to gallery/samples.npz.")
+    seed: int | None = Field(None, ge=0, description="Noise seed of the grids and samples (default: the run seed).")
+
+
+class RunConfig(_Section):
+    """A whole run: data, model, training, evaluation, gallery, and where it all goes."""
+
+    run_id: str | None = Field(
+        None, pattern=RUN_ID_PATTERN,
+        description="Name of the run directory under out; letters, digits, '.', '_', '-' "
+        "(default: <dataset>-<model>-<timestamp>). Reusing an id resumes that run.")
+    out: Path = Field(Path("artifacts"), description="Output root; the run goes to out/run_id.")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="'auto' (CUDA when present), 'cpu', 'cuda[:N]', 'mps'.")
+    seed: int = Field(7, ge=0, le=2**63 - 1)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    gallery: GalleryConfig = Field(default_factory=GalleryConfig)
+
+    @field_validator("out")
+    @classmethod
+    def _out_not_empty(cls, v: Path) -> Path:
+        if str(v).strip() == "":
+            raise ValueError("must be a directory path")
+        return v
+
+    def resolved(self) -> RunConfig:
+        """A copy with the run id filled in (a timestamped default when none was given)."""
+        if self.run_id is not None:
+            return self
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        return self.model_copy(update={"run_id": f"{self.data.dataset}-{self.model.name}-{stamp}"})
+
+    @property
+    def run_dir(self) -> Path:
+        if self.run_id is None:
+            raise ConfigError("run_id is not set: call RunConfig.resolved() first")
+        return Path(self.out) / self.run_id
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+
+# Fields that may differ between a checkpoint's config and the config resuming from it: they change
+# how long or how verbosely the run goes on, not what it is learning.
+RESUMABLE_CHANGES = {
+    "run_id", "out", "device", "train.steps", "train.epochs", "train.checkpoint_every",
+    "train.log_every",
+}
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted names (``model.ngf``: 32 -> 64) of fields that differ and would change the run.
+
+    Evaluation and gallery settings never block a resume; see ``RESUMABLE_CHANGES`` for the rest.
+    """
+    diffs: list[str] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+        elif a != b and prefix not in RESUMABLE_CHANGES and not prefix.startswith(("eval.", "gallery.")):
+            diffs.append(f"{prefix}: {a!r} -> {b!r}")
+
+    walk(saved, current, "")
+    return diffs
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem: ``train.lr: Input should be greater than 0 (got -1.0)``."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "config"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        got = e.get("input")
+        suffix = "" if isinstance(got, dict) or e["type"] in ("missing",) else f" (got {got!r})"
+        parts.append(f"{loc}: {msg}{suffix}")
+    return "invalid config: " + "; ".join(parts)
+
+
+def build_config(data: dict[str, Any]) -> RunConfig:
+    """Validate a nested dict into a ``RunConfig``; a ``ConfigError`` with one line on failure."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def total_steps(train: TrainConfig, num_images: int) -> int:
+    """Number of optimisation steps the run makes, from ``steps`` or ``epochs``."""
+    if train.steps is not None:
+        return train.steps
+    if train.epochs is not None:
+        batches_per_epoch = max(1, num_images // train.batch_size)
+        return max(1, round(train.epochs * batches_per_epoch))
+    return DEFAULT_STEPS

@@ -1,0 +1,17 @@
+"""Prefect tasks: thin wrappers that add retries, caching, logging and UI artifacts to ganlib calls.
+
+Importing this package first sets the project's offline-friendly Prefect defaults (no analytics,
+no promotional content, ganlib's logger routed into Prefect's logs), unless the environment
+already says otherwise. ``prefect.toml`` holds the same settings for the ``prefect`` CLI.
+"""
+
+import os
+
+for _name, _value in {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+    "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "ganlib",
+}.items():
+    os.environ.setdefault(_name, _value)
