@@ -41,7 +41,7 @@ EVAL_NOISE_OFFSET = 1_000_003
 
 
 def _to_float(images_uint8: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(images_uint8)).float().div_(127.5).sub_(1.0)
+    return torch.from_numpy(np.array(images_uint8)).float().div_(127.5).sub_(1.0)
 
 
 def domain_reference(

@@ -13,5 +13,12 @@ for _name, _value in {
     "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
     "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
     "PREFECT_LOGGING_EXTRA_LOGGERS": "ganlib",
+    # ganlib also logs outside flows (notebooks, tests): no warning that those lines stay local.
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }.items():
     os.environ.setdefault(_name, _value)
+
+import logging as _logging
+
+# ganlib logs progress at INFO; Prefect forwards the "ganlib" logger (see above) but only what passes its level.
+_logging.getLogger("ganlib").setLevel(_logging.INFO)

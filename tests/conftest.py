@@ -1,0 +1,55 @@
+"""Shared fixtures: the real MNIST test digits, tiny configs, and one Prefect harness per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"real MNIST test set not found at {MNIST_DIR}")
+    return MNIST_DIR
+
+
+def tiny_config(tmp_path: Path, **overrides):
+    """A RunConfig that trains, evaluates and renders in seconds on CPU."""
+    from ganlib.config import build_config
+
+    data = {
+        "run_id": "tiny",
+        "out": str(tmp_path / "out"),
+        "device": "cpu",
+        "data": {"dataset": "digits", "num_images": 400},
+        "model": {"name": "dcgan", "ngf": 8, "ndf": 8},
+        "train": {"steps": 12, "batch_size": 32, "checkpoint_every": 6, "log_every": 4},
+        "eval": {"num_samples": 200, "classifier_steps": 30, "batch_size": 100},
+        "gallery": {"num_samples": 50},
+    }
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return build_config(data)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return lambda **overrides: tiny_config(tmp_path, **overrides)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect API for the whole session (it takes ~15 s to start)."""
+    import tasks  # noqa: F401  (project Prefect defaults)
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
