@@ -2,10 +2,10 @@
 
 Run it:
 
-    python flows/train.py                                  # embedded digits, defaults, ~5 min on CPU
-    python flows/train.py --steps 3000 --run-id digits-long
+    python flows/train.py                                  # embedded digits, defaults, ~5 min on 2 CPU cores
+    python flows/train.py --steps 6000 --run-id digits-long
     python flows/train.py --dataset mnist --data-root ../shared/data/mnist --model dcgan
-    python flows/train.py --run-id digits-long --steps 6000   # continue that run to 6000 steps
+    python flows/train.py --run-id digits-long --steps 9000   # continue that run to 9000 steps
     python flows/train.py --dry-run                        # print the resolved config and exit
 
 Everything lands in <out>/<run-id>/ (default out: artifacts). Running again with the same
@@ -64,7 +64,7 @@ FLAGS: list[tuple[str, str, type, str]] = [
     ("--ngf", "model.ngf", int, "dcgan generator width (default 32)"),
     ("--ndf", "model.ndf", int, "dcgan discriminator width (default 32)"),
     ("--noise-dim", "model.noise_dim", int, "latent size (default 100)"),
-    ("--steps", "train.steps", int, "training steps (default 1500)"),
+    ("--steps", "train.steps", int, "training steps (default 3000)"),
     ("--epochs", "train.epochs", float, "training epochs instead of --steps"),
     ("--batch-size", "train.batch_size", int, "batch size (default 128)"),
     ("--lr", "train.lr", float, "Adam learning rate (default 2e-4)"),

@@ -71,7 +71,7 @@ class TrainConfig(_Section):
 
     steps: int | None = Field(
         None, ge=1, description="Total optimisation steps (one D and one G update each). "
-        "Exclusive with epochs; if neither is given, 1500 steps.")
+        "Exclusive with epochs; if neither is given, 3000 steps.")
     epochs: float | None = Field(None, gt=0, description="Total passes over the dataset (may be fractional).")
     batch_size: int = Field(128, ge=2, le=65_536)
     lr: float = Field(2e-4, gt=0, le=1.0, description="Adam learning rate of G and D.")
@@ -87,7 +87,7 @@ class TrainConfig(_Section):
         return self
 
 
-DEFAULT_STEPS = 1500
+DEFAULT_STEPS = 3000
 
 
 class EvalConfig(_Section):
