@@ -66,7 +66,10 @@ def test_first_run_on_a_fresh_prefect_home_is_clean(tmp_path):
     """The real command in a subprocess, fresh PREFECT_HOME: no tracebacks, no Prefect errors."""
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONUNBUFFERED": "1"}
     env.pop("PREFECT_API_URL", None)
-    proc = subprocess.run([sys.executable, "flows/train.py", *TINY_FLAGS, "--run-id", "cli", "--out", str(tmp_path / "out")],
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"eval": {"classifier_steps": 30}}))
+    proc = subprocess.run([sys.executable, "flows/train.py", "--config", str(config), *TINY_FLAGS,
+                           "--run-id", "cli", "--out", str(tmp_path / "out")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output

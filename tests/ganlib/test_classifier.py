@@ -113,14 +113,14 @@ def test_model_rejects_wrong_input_shape() -> None:
 def test_train_on_toy_data_reports_info_and_logs() -> None:
     images, labels = _toy_dataset()
     logs: list[dict] = []
-    model, info = train_classifier(images, labels, 4, num_steps=200, batch_size=32, on_log=logs.append)
+    model, info = train_classifier(images, labels, 4, num_steps=150, batch_size=32, on_log=logs.append)
     assert set(info) == {"holdout_accuracy", "train_steps", "num_train", "num_holdout", "seconds"}
     assert type(info["holdout_accuracy"]) is float and type(info["seconds"]) is float
-    assert (info["train_steps"], info["num_train"], info["num_holdout"]) == (200, 216, 24)
+    assert (info["train_steps"], info["num_train"], info["num_holdout"]) == (150, 216, 24)
     assert info["holdout_accuracy"] == 1.0
     assert not model.training
-    assert [entry["step"] for entry in logs] == [100, 200]
-    assert all(isinstance(entry["loss"], float) and entry["num_steps"] == 200 for entry in logs)
+    assert [entry["step"] for entry in logs] == [100, 150]
+    assert all(isinstance(entry["loss"], float) and entry["num_steps"] == 150 for entry in logs)
     assert logs[-1]["loss"] < logs[0]["loss"]
 
 
