@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from ganlib.config import RunConfig
 from ganlib.train import train
-from tasks.common import RETRIES, retry_unless_user_error
+from tasks.common import RETRIES, artifact_key, retry_unless_user_error
+
+PROGRESS_EVERY_S = 5.0  # the UI needs a glance, not a per-step stream
 
 
 @task(name="train", tags=["gpu"], retries=RETRIES, retry_delay_seconds=10, retry_condition_fn=retry_unless_user_error)
 def train_task(config: RunConfig, store_dir: str) -> dict:
-    """Train or resume the run; returns steps, checkpoint paths and speed (plain values)."""
-    return train(config, Path(store_dir)).to_dict()
+    """Train or resume the run, showing a progress artifact; returns steps, checkpoints and speed."""
+    progress_id = create_progress_artifact(0.0, key=artifact_key("progress", config.run_id),
+                                           description=f"Training progress of run {config.run_id}")
+    last_update = 0.0
+
+    def on_progress(record: dict) -> None:
+        nonlocal last_update
+        now = time.monotonic()
+        if now - last_update >= PROGRESS_EVERY_S or record["step"] == record["total_steps"]:
+            update_progress_artifact(progress_id, 100.0 * record["step"] / record["total_steps"])
+            last_update = now
+
+    result = train(config, Path(store_dir), on_progress=on_progress)
+    update_progress_artifact(progress_id, 100.0 * result.final_step / result.total_steps)
+    return result.to_dict()

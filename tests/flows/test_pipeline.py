@@ -30,7 +30,7 @@ def test_pipeline_end_to_end_then_rerun_reuses_everything(tiny, prefect_harness)
             return {a.key for a in await client.read_artifacts()}
 
     keys = asyncio.run(artifact_keys())
-    assert {artifact_key("eval", "E2E_run.1"), artifact_key("summary", "E2E_run.1")} <= keys
+    assert {artifact_key(k, "E2E_run.1") for k in ("eval", "summary", "progress")} <= keys
     assert artifact_key("eval", "E2E_run.1") == "eval-e2e-run-1"
 
     # Same settings again: the store is reused and no training step is repeated.

@@ -51,6 +51,7 @@ def test_truncated_newest_checkpoint_is_moved_aside_and_previous_used(tmp_path):
     assert (tmp_path / "corrupt" / "step_000002.pt").is_file()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_malicious_pickle_is_refused(tmp_path):
     class Evil:
         def __reduce__(self):

@@ -1,0 +1,46 @@
+"""Prefect behaviour: retries continue where the failure happened, and nothing is trained twice."""
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_transient_training_failure_is_retried_and_resumes(tiny, prefect_harness, monkeypatch):
+    import flows.train as pipeline
+    import tasks.train as train_module
+    from ganlib.train import train as real_train
+
+    calls = []
+
+    def flaky_train(cfg, store_dir, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # first attempt: train a little, then die like a lost worker would
+            real_train(cfg, store_dir, should_stop=lambda: True)
+            raise RuntimeError("simulated transient failure")
+        return real_train(cfg, store_dir, **kwargs)
+
+    monkeypatch.setattr(train_module, "train", flaky_train)
+    monkeypatch.setattr(pipeline, "train_task", train_module.train_task.with_options(retry_delay_seconds=0))
+    summary = pipeline.gan_pipeline(tiny(run_id="flaky"))
+    assert len(calls) == 2
+    assert summary["train"]["resumed_from_step"] == 4 and summary["train"]["final_step"] == 12
+
+
+def test_rerun_after_an_evaluation_failure_does_not_retrain(tiny, prefect_harness, monkeypatch):
+    import flows.train as pipeline
+    import tasks.evaluate as evaluate_module
+    from ganlib.evaluate import evaluate_run as real_evaluate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated evaluation crash")
+
+    cfg = tiny(run_id="evalfail")
+    monkeypatch.setattr(evaluate_module, "evaluate_run", broken)
+    monkeypatch.setattr(pipeline, "evaluate_task", evaluate_module.evaluate_task.with_options(retries=0))
+    with pytest.raises(RuntimeError, match="simulated evaluation crash"):
+        pipeline.gan_pipeline(cfg)
+    assert (cfg.run_dir / "checkpoints" / "step_000012.pt").is_file()
+
+    monkeypatch.setattr(evaluate_module, "evaluate_run", real_evaluate)
+    summary = pipeline.gan_pipeline(cfg)
+    assert summary["train"]["resumed_from_step"] == 12 and summary["train"]["final_step"] == 12
