@@ -25,6 +25,8 @@ from prefect import flow, runtime
 
 from ganlib.config import MODELS, RunConfig, build_config
 from ganlib.errors import GanlibError
+from ganlib.io import remove_temporary_files
+from ganlib.lock import run_lock
 from ganlib.preflight import check_run
 from tasks.evaluate import evaluate_task
 from tasks.gallery import gallery_task
@@ -46,20 +48,33 @@ def gan_pipeline(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B0
     """Prepare the dataset, train (resuming if the run exists), evaluate every checkpoint, render the gallery."""
     config = config.resolved()
     check_run(config)
-    store = prepare_dataset_task(config.data, str(config.out))
-    trained = train_task(config, store["store_dir"])
-    evaluation = evaluate_task(config, store["store_dir"])
-    return gallery_task(config, evaluation["best_checkpoint"], trained)
+    with run_lock(config.run_dir):  # the same run id started twice at once is refused
+        remove_temporary_files(config.run_dir)  # left by a killed attempt; nobody else writes here
+        store = prepare_dataset_task(config.data, str(config.out))
+        trained = train_task(config, store["store_dir"])
+        evaluation = evaluate_task(config, store["store_dir"])
+        return gallery_task(config, evaluation["best_checkpoint"], trained)
 
 
 # --- command line -------------------------------------------------------------------------------
 
 FLAGS: list[tuple[str, str, type, str]] = [
     # flag, config field (dotted), type, help
-    ("--dataset", "data.dataset", str, "digits (embedded, default) or mnist"),
-    ("--data-root", "data.data_root", str, "directory with the dataset's files (mnist: IDX files)"),
+    ("--dataset", "data.dataset", str, "digits (embedded, default), mnist, fashion-mnist, kmnist, cifar10, "
+     "celeba, folder, npz or idx"),
+    ("--data-root", "data.data_root", str, "the source: a directory (mnist family, cifar10, celeba, folder "
+     "of images with one sub-folder per class or flat) or a file (npz, idx)"),
     ("--num-images", "data.num_images", int, "digits: how many images to generate (default 20000)"),
-    ("--image-size", "data.image_size", int, "28, 32 or 64 (default 28)"),
+    ("--image-size", "data.image_size", int, "28, 32 or 64 (default 28); shorter side resized, then cropped"),
+    ("--channels", "data.channels", str, "auto (default: gray if every image is gray), grayscale or rgb"),
+    ("--rgba-background", "data.rgba_background", str, "white (default) or black: what transparency becomes"),
+    ("--classes", "data.classes", str, "comma-separated class names or indices to keep (labelled datasets)"),
+    ("--limit", "data.limit", int, "keep at most this many images"),
+    ("--split", "data.split", str, "auto (default), train or test"),
+    ("--strict", "data.strict", bool, "fail if any image cannot be read (default: skip and list it)"),
+    ("--download", "data.download", bool, "download a torchvision dataset into --data-root if it is missing"),
+    ("--resident-limit-mb", "data.resident_limit_mb", int, "largest dataset kept on the training device, "
+     "MiB; larger ones stream from disk (default: half the free device memory)"),
     ("--model", "model.name", str, f"{' or '.join(MODELS)} (default dcgan)"),
     ("--ngf", "model.ngf", int, "dcgan generator width (default 32)"),
     ("--ndf", "model.ndf", int, "dcgan discriminator width (default 32)"),
@@ -89,6 +104,9 @@ def parse_config(argv: list[str] | None = None) -> tuple[RunConfig, bool]:
     parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="JSON file with a full or partial RunConfig; flags override it")
     for flag, field, kind, help_text in FLAGS:
+        if kind is bool:  # a switch: present means true
+            parser.add_argument(flag, dest=field, action="store_const", const=True, help=help_text)
+            continue
         parser.add_argument(flag, dest=field, type=kind, default=None, help=help_text, metavar=flag[2:].upper().replace("-", "_"))
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
     args = parser.parse_args(argv)

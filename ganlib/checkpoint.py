@@ -39,8 +39,10 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     torch.save({"format": FORMAT, **state}, buffer)
     data = buffer.getbuffer()
     try:
-        atomic_write_bytes(path, bytes(data))
+        # Checksum first: a kill between the two writes then leaves a checksum without a
+        # checkpoint (ignored, and overwritten next time), never a checkpoint without its checksum.
         atomic_write_text(path.with_name(path.name + ".sha256"), sha256_bytes(data) + "\n")
+        atomic_write_bytes(path, bytes(data))
     except OSError as err:
         raise CheckpointError(
             f"could not write checkpoint {path}: {err.strerror or err}; free disk space and run again "
@@ -114,6 +116,13 @@ def capture_rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
+
+
+def seed_global_rngs(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and CUDA) global generators, as a training script does."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:

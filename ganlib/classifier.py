@@ -138,7 +138,9 @@ class DomainClassifier(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         expected = (self.in_channels, self.image_size, self.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"expected images of shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected images of shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
+            )
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass returning both outputs.
@@ -235,7 +237,11 @@ def train_classifier(
     """
     started = time.perf_counter()
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
-        desc = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        desc = (
+            f"{images.dtype} {tuple(images.shape)}"
+            if isinstance(images, torch.Tensor)
+            else type(images).__name__
+        )
         raise ValueError(f"images must be a uint8 tensor (N, C, H, W), got {desc}")
     n, c, h, w = images.shape
     if h != w:
@@ -245,6 +251,13 @@ def train_classifier(
         raise ValueError(f"labels must be a tensor of shape ({n},) matching images, got {desc}")
     if torch.is_floating_point(labels) or labels.dtype == torch.bool or torch.is_complex(labels):
         raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    if c not in SUPPORTED_CHANNELS or h not in SUPPORTED_IMAGE_SIZES:
+        raise ValueError(
+            f"images must have {SUPPORTED_CHANNELS} channels and a side in {SUPPORTED_IMAGE_SIZES}, "
+            f"got shape {tuple(images.shape)}"
+        )
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     _check_positive_int("num_steps", num_steps)
     _check_positive_int("batch_size", batch_size)
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
@@ -328,8 +341,12 @@ def train_classifier(
                 loss_count = 0
 
         model.eval()
-        _, probs = classify(model, _to_model_input(x_hold))
-        accuracy = float((probs.argmax(dim=1) == y_hold.cpu()).double().mean())
+        correct = 0
+        # Convert in chunks: a float copy of a large holdout set can be hundreds of MB.
+        for start in range(0, num_holdout, 1000):
+            _, probs = classify(model, _to_model_input(x_hold[start : start + 1000]))
+            correct += int((probs.argmax(dim=1) == y_hold[start : start + 1000].cpu()).sum())
+        accuracy = correct / num_holdout
 
     info = {
         "holdout_accuracy": accuracy,
@@ -342,21 +359,28 @@ def train_classifier(
 
 
 @torch.no_grad()
-def classify(model: DomainClassifier, images: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+def classify(
+    model: DomainClassifier, images: torch.Tensor, batch_size: int = 1000
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Embed and classify images with a trained classifier.
 
-    Runs in batches on the model's device (the model should be in eval mode; this function does
-    not change its mode).
+    Runs in batches on the model's device.
 
     Args:
-        model: a :class:`DomainClassifier`.
+        model: a :class:`DomainClassifier` in eval mode (train mode would make the outputs depend
+            on the batch through BatchNorm and on chance through dropout).
         images: float (N, C, H, W) in [-1, 1], on any device.
         batch_size: images per forward pass.
 
     Returns:
         ``(features, probs)`` on the CPU: penultimate features (N, feature_dim) float32 and
         softmax class probabilities (N, num_classes) float32.
+
+    Raises:
+        ValueError: if the model is in train mode or the images are not a float 4-D tensor.
     """
+    if model.training:
+        raise ValueError("classify needs the model in eval mode; call model.eval() first")
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         desc = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a 4-D tensor (N, C, H, W), got {desc}")
@@ -432,7 +456,9 @@ def save_classifier(model: DomainClassifier, meta: dict[str, Any], path: str | o
         raise
 
 
-def load_classifier(path: str | os.PathLike[str], device: str | torch.device) -> tuple[DomainClassifier, dict[str, Any]]:
+def load_classifier(
+    path: str | os.PathLike[str], device: str | torch.device
+) -> tuple[DomainClassifier, dict[str, Any]]:
     """Load a classifier written by :func:`save_classifier`.
 
     Args:

@@ -13,13 +13,15 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ganlib.errors import ConfigError
 
-DATASETS = ("digits", "mnist")
+DatasetName = Literal[
+    "digits", "mnist", "fashion-mnist", "kmnist", "cifar10", "celeba", "folder", "npz", "idx"]
+DATASETS: tuple[str, ...] = get_args(DatasetName)
 MODELS = ("mlp", "dcgan")
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$"
 DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+|mps)$"
@@ -31,27 +33,59 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    """Where the training images come from and how they are prepared."""
+    """Where the training images come from and how they are prepared.
 
-    dataset: Literal["digits", "mnist"] = Field(
-        "digits", description="'digits': the embedded synthetic digits (offline default); "
-        "'mnist': MNIST IDX files in data_root.")
+    Every source goes through the same preparation: decode, channels, square centre crop and
+    resize to ``image_size``, optional class filter and limit (see ``ganlib.data.store``).
+    """
+
+    dataset: DatasetName = Field(
+        "digits", description="'digits': the embedded synthetic digits (offline default); 'mnist', "
+        "'fashion-mnist', 'kmnist': IDX files (torchvision's layout or flat); 'cifar10': the python "
+        "batches; 'celeba': img_align_celeba; 'folder': a directory of images, one sub-folder per "
+        "class or flat; 'npz': a .npz/.npy of uint8 arrays; 'idx': one IDX images file.")
     data_root: Path | None = Field(
-        None, description="Directory holding the source files (mnist: the IDX files, .gz or not).")
+        None, description="The source: a directory (mnist family, cifar10, celeba, folder) or a file "
+        "(npz, idx). torchvision datasets download into it with download=true.")
     split: Literal["auto", "train", "test"] = Field(
-        "auto", description="mnist: which IDX pair to read; 'auto' takes train if present, else test.")
+        "auto", description="mnist family and cifar10: which split to read; 'auto' takes train if present, "
+        "else test. celeba: 'auto' reads all images, train/test follow list_eval_partition.txt.")
     num_images: int = Field(
         20_000, ge=100, le=1_000_000, description="digits: how many images to generate.")
     seed: int = Field(7, ge=0, le=2**63 - 1, description="digits: generator seed (independent of the run seed).")
     image_size: Literal[28, 32, 64] = Field(28, description="Side of the prepared square images, pixels.")
-    limit: int | None = Field(None, ge=1, description="Keep at most this many images (first N).")
+    limit: int | None = Field(
+        None, ge=1, description="Keep at most this many images (the first N readable ones).")
+    channels: Literal["auto", "grayscale", "rgb"] = Field(
+        "auto", description="'auto': grayscale when every image is gray, else RGB; or force one.")
+    rgba_background: Literal["white", "black"] = Field(
+        "white", description="What transparent pixels are composited on.")
+    classes: list[str] | None = Field(
+        None, description="Keep only these classes (names or indices; 'a,b' on the command line), "
+        "relabelled 0..K-1 in the source's class order. Labelled sources only.")
+    strict: bool = Field(
+        False, description="Fail if any image cannot be read, instead of skipping and listing it.")
+    download: bool = Field(
+        False, description="torchvision datasets: download into data_root when the files are missing.")
+    resident_limit_mb: int | None = Field(
+        None, ge=0, description="Largest store (MiB) that training keeps on the device; larger stores "
+        "are streamed from disk. Default: half the device's free memory.")
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _split_classes(cls, v: Any) -> Any:
+        if isinstance(v, str):  # the command line gives "cat,dog"
+            v = [c.strip() for c in v.split(",") if c.strip()]
+        if isinstance(v, list) and not v:
+            raise ValueError("give at least one class name or index")
+        return v
 
     @model_validator(mode="after")
     def _needs_root(self) -> DataConfig:
-        if self.dataset == "mnist" and self.data_root is None:
+        if self.dataset != "digits" and self.data_root is None:
             raise ValueError(
-                "dataset 'mnist' needs data_root (--data-root DIR), the directory holding "
-                "t10k-images-idx3-ubyte.gz etc.")
+                f"dataset {self.dataset!r} needs data_root (--data-root PATH), the directory or file "
+                "holding it (mnist: the directory of t10k-images-idx3-ubyte.gz etc.)")
         return self
 
 

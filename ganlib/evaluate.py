@@ -117,6 +117,8 @@ def evaluate_run(cfg: RunConfig, store_dir: Path) -> pd.DataFrame:
         raise DataError(f"run {cfg.run_id!r} has no checkpoints in {paths.checkpoints}; train it first")
     device = resolve_device(cfg.device)
     store = load_store(store_dir)
+    if store.labels is None or store.num_classes < 2:  # no classes to train the domain classifier on
+        return _unscored_table(paths, checkpoints, store, cfg.eval.num_samples)
     classifier, reference = domain_reference(store, cfg.out, cfg.eval, cfg.seed, device)
 
     previous: dict[tuple, dict[str, Any]] = {}
@@ -125,7 +127,7 @@ def evaluate_run(cfg: RunConfig, store_dir: Path) -> pd.DataFrame:
             previous[(row["checkpoint_sha256"], row["num_samples"], row["eval_seed"])] = row
 
     eval_seed = cfg.seed + EVAL_NOISE_OFFSET
-    rows = []
+    rows: list[dict[str, Any]] = []
     for step, path in checkpoints:
         sidecar = path.with_name(path.name + ".sha256")
         digest = sidecar.read_text().strip() if sidecar.is_file() else ""
@@ -144,11 +146,41 @@ def evaluate_run(cfg: RunConfig, store_dir: Path) -> pd.DataFrame:
         log.info("evaluation: step %d  FD %.3f  IS %.3f  classes %d/%d  (%.1f s)", step, row["fd"],
                  row["is_mean"], row["classes_present"], store.num_classes, row["seconds"])
         rows.append(row)
+        # Saved after every checkpoint, so an evaluation killed part-way keeps what it scored.
+        _write_table(rows, reference, paths)
+    return _write_table(rows, reference, paths)
 
+
+def _write_table(rows: list[dict[str, Any]], reference: dict[str, Any], paths: RunPaths) -> pd.DataFrame:
     table = pd.DataFrame(rows).sort_values("step").reset_index(drop=True)
     table["best"] = table["fd"] == table["fd"].min()
     table["real_is"] = float(reference["real_is"])
     table["classifier_holdout_accuracy"] = float(reference["holdout_accuracy"])
+    with atomic_path(paths.eval_metrics) as tmp:
+        table.to_parquet(tmp, index=False)
+    return table
+
+
+def _unscored_table(paths: RunPaths, checkpoints: list[tuple[int, Path]], store: PreparedStore,
+                    num_samples: int) -> pd.DataFrame:
+    """The evaluation table of a run on unlabelled data: one row per checkpoint, metrics NaN.
+
+    The domain classifier needs labels, so there is nothing to score yet; the newest checkpoint is
+    marked best, and ``note`` says why.
+    """
+    why = "unlabelled dataset" if store.labels is None else f"{store.num_classes} class"
+    note = f"not scored: {why}, so there is no domain classifier; the newest checkpoint is marked best"
+    nan = float("nan")
+    table = pd.DataFrame([
+        {"step": step, "checkpoint": path.name, "fd": nan, "is_mean": nan, "is_std": nan,
+         "classes_present": 0, "rarest_class_fraction": nan, "num_samples": num_samples,
+         "feature_space": "none", "seconds": 0.0}
+        for step, path in checkpoints]).sort_values("step").reset_index(drop=True)
+    table["best"] = table["step"] == table["step"].max()
+    table["real_is"] = nan
+    table["classifier_holdout_accuracy"] = nan
+    table["note"] = note
+    log.info("evaluation: %s", note)
     with atomic_path(paths.eval_metrics) as tmp:
         table.to_parquet(tmp, index=False)
     return table

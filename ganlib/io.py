@@ -74,3 +74,15 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
         while chunk := f.read(chunk_bytes):
             h.update(chunk)
     return h.hexdigest()
+
+
+def remove_temporary_files(root: Path) -> list[Path]:
+    """Delete the temporary files that killed writers left under ``root``; return them.
+
+    Only safe while nothing else writes under ``root`` (the caller holds the run's lock).
+    """
+    leftovers = [p for p in Path(root).rglob(".*.tmp-*") if p.is_file()]
+    for p in leftovers:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return leftovers

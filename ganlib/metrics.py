@@ -104,7 +104,9 @@ def frechet_distance(
     for name, sigma in (("sigma1", sigma1), ("sigma2", sigma2)):
         _check_float_matrix(name, sigma)
         if tuple(sigma.shape) != (d, d):
-            raise ValueError(f"{name} must have shape ({d}, {d}) to match the means, got {tuple(sigma.shape)}")
+            raise ValueError(
+                f"{name} must have shape ({d}, {d}) to match the means, got {tuple(sigma.shape)}"
+            )
 
     device = mu1.device
     m1, m2 = mu1.to(device, torch.float64), mu2.to(device, torch.float64)
@@ -202,8 +204,14 @@ def class_histogram(predictions: torch.Tensor, num_classes: int) -> torch.Tensor
         raise ValueError(f"predictions must be a torch.Tensor, got {type(predictions).__name__}")
     if predictions.dim() != 1:
         raise ValueError(f"predictions must be 1-D (N,), got shape {tuple(predictions.shape)}")
-    if torch.is_floating_point(predictions) or torch.is_complex(predictions) or predictions.dtype == torch.bool:
-        raise ValueError(f"predictions must be an integer tensor of class indices, got dtype {predictions.dtype}")
+    if (
+        torch.is_floating_point(predictions)
+        or torch.is_complex(predictions)
+        or predictions.dtype == torch.bool
+    ):
+        raise ValueError(
+            f"predictions must be an integer tensor of class indices, got dtype {predictions.dtype}"
+        )
     labels = predictions.to(torch.int64)
     if labels.numel() > 0:
         lo, hi = int(labels.min()), int(labels.max())

@@ -3,33 +3,27 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ganlib.config import RunConfig, config_differences
-from ganlib.data.idx import find_mnist_files
-from ganlib.errors import CheckpointError, DataError
+from ganlib.data.sources import check_source
+from ganlib.errors import CheckpointError, ConfigError
+from ganlib.lock import check_under_root
 from ganlib.models import DCGAN_SIZES
-from ganlib.errors import ConfigError
 from ganlib.run import RunPaths, resolve_device
 
 
 def check_run(cfg: RunConfig) -> None:
     """Validate what pydantic cannot: the device exists, the data is there, a resumed run matches."""
     cfg = cfg.resolved()
+    check_under_root(cfg.run_dir, cfg.out)  # behind the run-id pattern: nothing escapes the output root
     resolve_device(cfg.device)
     if cfg.model.name == "dcgan" and cfg.data.image_size not in DCGAN_SIZES:
         raise ConfigError(f"data.image_size: dcgan makes {DCGAN_SIZES} px images, not {cfg.data.image_size}")
-    if cfg.data.dataset == "mnist":
-        root = Path(cfg.data.data_root)  # type: ignore[arg-type]
-        if not root.is_dir():
-            raise DataError(f"data.data_root: {root} is not a directory; point --data-root at the MNIST IDX files")
-        if cfg.data.split == "auto":
-            try:
-                find_mnist_files(root, "train")
-            except DataError:
-                find_mnist_files(root, "test")
-        else:
-            find_mnist_files(root, cfg.data.split)
+    check_source(cfg.data)  # the source exists and looks right; no images are read
+    count = _known_image_count(cfg)
+    if count is not None and cfg.train.batch_size > count:
+        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is larger than the dataset ({count} images); "
+                          f"use --batch-size {count} or less")
     saved = RunPaths(cfg.run_dir).config
     if saved.is_file():
         diffs = config_differences(json.loads(saved.read_text()), cfg.model_dump(mode="json"))
@@ -37,3 +31,16 @@ def check_run(cfg: RunConfig) -> None:
             raise CheckpointError(
                 f"run {cfg.run_id!r} exists with a different config ({'; '.join(diffs)}); "
                 "use a new --run-id, or the original settings to resume it")
+
+
+def _known_image_count(cfg: RunConfig) -> int | None:
+    """The dataset's size when it is known without reading the source: generated, or already prepared."""
+    from ganlib.data.store import store_path
+
+    limit = cfg.data.limit or float("inf")
+    if cfg.data.dataset == "digits":
+        return int(min(cfg.data.num_images, limit))
+    manifest = store_path(cfg.data, cfg.out) / "manifest.json"
+    if manifest.is_file():
+        return int(json.loads(manifest.read_text())["count"])
+    return None

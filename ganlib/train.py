@@ -23,16 +23,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
 from ganlib import checkpoint as ckpt
 from ganlib.config import RunConfig, config_differences, total_steps
-from ganlib.data.store import load_store
+from ganlib.data.loader import BatchSource
+from ganlib.data.store import copy_real_grid, load_store
 from ganlib.errors import CheckpointError, ConfigError
-from ganlib.io import atomic_path, atomic_write_json
+from ganlib.io import atomic_path, atomic_write_json, remove_temporary_files
+from ganlib.lock import run_lock
 from ganlib.losses import d_loss_nonsaturating, g_loss_nonsaturating
 from ganlib.models import build_models
 from ganlib.run import RunPaths, resolve_device
@@ -172,12 +173,23 @@ def train(
     checkpoint whose config differs in anything that changes the run is refused with the
     difference named. ``on_progress`` receives each flushed progress record; ``should_stop`` is
     polled at each flush and, when it returns True, training checkpoints and returns early.
+
+    The run directory is locked for the duration (a second process training the same run id is
+    refused). A fresh run seeds Python's, NumPy's and torch's global RNGs from ``cfg.seed``, as a
+    training script would; a resumed run restores them from the checkpoint.
     """
     cfg = cfg.resolved()
+    with run_lock(cfg.run_dir):
+        # Nobody else writes here while we hold the lock: temporary files are a killed writer's.
+        remove_temporary_files(cfg.run_dir)
+        return _train(cfg, Path(store_dir), on_progress, should_stop)
+
+
+def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop) -> TrainResult:
     paths = RunPaths(cfg.run_dir)
     device = resolve_device(cfg.device)
     store = load_store(store_dir)
-    images = torch.from_numpy(np.array(store.images)).to(device)  # uint8, copied to the device once
+    images = BatchSource(store.images, device, cfg.data.resident_limit_mb)  # on the device if it fits
     num_images, (channels, height, _) = len(images), store.images.shape[1:]
     num_steps = total_steps(cfg.train, num_images)
     batch = cfg.train.batch_size
@@ -212,11 +224,14 @@ def train(
         if paths.train_metrics.is_file():  # rows after the checkpoint are redone, so drop them
             rows = [r for r in pd.read_parquet(paths.train_metrics).to_dict("records") if r["step"] <= step]
         log.info("resuming run %s from %s (step %d of %d)", cfg.run_id, path.name, step, num_steps)
+    else:
+        ckpt.seed_global_rngs(cfg.seed)
     resumed_from = step
 
     paths.root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(paths.config, cfg.model_dump(mode="json"))
     atomic_write_json(paths.data / "manifest.json", store.manifest)
+    copy_real_grid(store.path, paths.data)
     log.info("training %s on %s: %d images %s, %d steps of batch %d on %s",
              cfg.model.name, store.manifest["dataset"], num_images, tuple(store.images.shape[1:]),
              num_steps, batch, device)
@@ -243,7 +258,7 @@ def train(
     stopped_early = False
     images_per_sec = float("nan")
     while step < num_steps:
-        real = to_unit_range(images[order.next()])
+        real = to_unit_range(images.next_batch(order))
         z = torch.randn(batch, cfg.model.noise_dim, device=device, generator=noise)
         window[filled] = train_step(generator, discriminator, opt_g, opt_d, real, z)
         filled += 1

@@ -22,3 +22,19 @@ import logging as _logging
 
 # ganlib logs progress at INFO; Prefect forwards the "ganlib" logger (see above) but only what passes its level.
 _logging.getLogger("ganlib").setLevel(_logging.INFO)
+
+
+class _UserErrorsWithoutTraceback(_logging.Filter):
+    """Prefect logs a failed task or flow with its traceback; for a ``GanlibError`` (a user mistake
+    with a one-line message saying what to do) the traceback is noise, so it is dropped."""
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        from ganlib.errors import GanlibError
+
+        if record.exc_info and isinstance(record.exc_info[1], GanlibError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _name in ("prefect.task_runs", "prefect.flow_runs", "prefect.task_engine", "prefect.flow_engine"):
+    _logging.getLogger(_name).addFilter(_UserErrorsWithoutTraceback())

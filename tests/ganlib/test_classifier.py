@@ -151,12 +151,17 @@ def test_training_works_without_augmentation_and_with_rgb_64() -> None:
         ({"labels": torch.zeros(9, dtype=torch.int64)}, r"labels must be a tensor of shape \(10,\)"),
         ({"labels": torch.full((10,), 4)}, r"labels must lie in \[0, 3\]"),
         ({"num_steps": 0}, "num_steps must be a positive integer, got 0"),
+        ({"images": torch.zeros(10, 2, 28, 28, dtype=torch.uint8)}, "channels"),
+        ({"images": torch.zeros(10, 1, 30, 30, dtype=torch.uint8)}, "side in"),
         ({"holdout_fraction": 1.0}, r"holdout_fraction must be in \(0, 1\)"),
         ({"lr": -1.0}, "lr must be a positive"),
     ],
 )
 def test_train_rejects_bad_arguments(change: dict, match: str) -> None:
-    kwargs = {"images": torch.zeros(10, 1, 28, 28, dtype=torch.uint8), "labels": torch.zeros(10, dtype=torch.int64)}
+    kwargs = {
+        "images": torch.zeros(10, 1, 28, 28, dtype=torch.uint8),
+        "labels": torch.zeros(10, dtype=torch.int64),
+    }
     kwargs.update(change)
     with pytest.raises(ValueError, match=match):
         train_classifier(kwargs.pop("images"), kwargs.pop("labels"), 4, **kwargs)
@@ -193,6 +198,12 @@ def test_classify_shapes_dtypes_and_batching() -> None:
     torch.testing.assert_close(feats_small, feats, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(probs_small, probs, rtol=1e-5, atol=1e-6)
     assert model.training is False
+
+
+def test_classify_rejects_model_in_train_mode() -> None:
+    model = DomainClassifier(1, 28, 3)
+    with pytest.raises(ValueError, match=r"model.eval\(\)"):
+        classify(model, torch.zeros(2, 1, 28, 28))
 
 
 def test_classify_empty_and_rejects_uint8() -> None:

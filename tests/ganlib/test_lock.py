@@ -113,8 +113,8 @@ def test_a_second_process_is_refused_with_one_line_naming_the_holder(tmp_path):
             with run_lock(run_dir):
                 pass
         msg = str(err.value)
-        assert msg.startswith(f"run 'busy' is already running (pid {holder.pid} on host {socket.gethostname()} "
-                              "since "), msg
+        host = socket.gethostname()
+        assert msg.startswith(f"run 'busy' is already running (pid {holder.pid} on host {host} since "), msg
         assert msg.endswith("); wait for it to finish, or use another --run-id"), msg
         assert "\n" not in msg
         assert read_lock(run_dir)["pid"] == holder.pid  # refusing did not disturb the holder's lock
@@ -135,7 +135,8 @@ def test_of_four_processes_racing_for_a_stale_lock_exactly_one_wins(tmp_path):
         go.touch()
         answers = [h.stdout.readline().strip() for h in holders]
         assert answers.count("held") == 1, answers
-        assert all(a.startswith("refused run 'race' is already running") for a in answers if a != "held"), answers
+        losers = [a for a in answers if a != "held"]
+        assert all(a.startswith("refused run 'race' is already running") for a in losers), answers
         winner = holders[answers.index("held")]
         assert read_lock(run_dir)["pid"] == winner.pid
     finally:
@@ -193,7 +194,8 @@ def test_a_lock_with_our_own_pid_that_we_do_not_hold_is_stale(tmp_path, ganlib_l
 def test_a_reused_pid_and_an_unreaped_zombie_do_not_count_as_the_holder(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        _write_lock(tmp_path / "reused", pid=sleeper.pid, proc_start="1")  # alive, but started at another time
+        # A live PID, but the process started at another time than the lock's holder did.
+        _write_lock(tmp_path / "reused", pid=sleeper.pid, proc_start="1")
         with run_lock(tmp_path / "reused"):
             assert read_lock(tmp_path / "reused")["pid"] == os.getpid()
         _write_lock(tmp_path / "alive", pid=sleeper.pid, proc_start=lockmod._proc_start(sleeper.pid))
@@ -270,7 +272,7 @@ def test_four_runs_trained_in_parallel_each_under_its_own_lock(tmp_path, tiny):
     procs = [subprocess.Popen([sys.executable, "-c", TRAINER, c.model_dump_json(), str(store)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cfgs]
     outputs = [p.communicate(timeout=300) for p in procs]
-    for p, (stdout, stderr) in zip(procs, outputs):
+    for p, (stdout, stderr) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, stderr[-2000:]
         seen = json.loads(stdout.strip().splitlines()[-1])
         assert seen["lock_before"] == seen["lock_after"] == seen["pid"] == p.pid and seen["final_step"] == 12

@@ -240,7 +240,11 @@ def test_class_histogram_empty() -> None:
 @pytest.mark.parametrize(
     ("preds", "num_classes", "match"),
     [
-        (torch.tensor([0, 3]), 3, r"predictions must lie in \[0, 2\] for num_classes=3, got values in \[0, 3\]"),
+        (
+            torch.tensor([0, 3]),
+            3,
+            r"predictions must lie in \[0, 2\] for num_classes=3, got values in \[0, 3\]",
+        ),
         (torch.tensor([-1, 0]), 3, r"must lie in \[0, 2\]"),
         (torch.tensor([0.0, 1.0]), 3, "integer tensor"),
         (torch.tensor([[0, 1]]), 3, "1-D"),

@@ -1,0 +1,106 @@
+"""Feeding training batches from a prepared store, resident on the device or streamed from disk.
+
+A store that fits the memory budget is copied to the device once and batches are indexed there,
+as before (no per-step host work). A larger store stays memory-mapped on disk: a background
+thread gathers the next batch's rows while the current step runs, copies them into pinned host
+memory and on to the device on a side CUDA stream, so the step finds its batch ready.
+
+Either way the batches are exactly those ``BatchOrder`` gives, in that order, so training stays
+bit-reproducible and resumable: the run's own order object advances (its state is what
+checkpoints save), and streaming looks ahead with a copy of it on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger("ganlib")
+
+MIB = 1 << 20
+
+
+def default_budget_bytes(device: torch.device) -> int:
+    """Half the device's free memory (CUDA), or half the host's available memory otherwise."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024 // 2
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") // 2
+
+
+class BatchSource:
+    """Batches of a uint8 store (N, C, H, W) on ``device``, in the order a ``BatchOrder`` gives.
+
+    ``budget_mb``: largest store kept resident on the device (None: ``default_budget_bytes``);
+    0 always streams. ``next_batch(order)`` returns uint8 (batch, C, H, W) on the device.
+    """
+
+    def __init__(self, images: np.ndarray, device: torch.device, budget_mb: int | None = None):
+        self.images, self.device = images, torch.device(device)
+        budget = default_budget_bytes(self.device) if budget_mb is None else budget_mb * MIB
+        self.resident = images.nbytes <= budget
+        self._data: torch.Tensor | None = None
+        if self.resident:
+            self._data = torch.from_numpy(np.array(images)).to(self.device)  # read and copied once
+        else:
+            log.info("data: store of %.0f MiB exceeds the %.0f MiB device budget; streaming batches "
+                     "from disk",
+                     images.nbytes / MIB, budget / MIB)
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ganlib-prefetch")
+            self._pinned: torch.Tensor | None = None
+            self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+            self._ahead: Any = None  # CPU copy of the order, one batch ahead of the run's
+            self._pending: Future | None = None
+            self._pending_state: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def next_batch(self, order: Any) -> torch.Tensor:
+        """Advance ``order`` by one batch and return that batch, uint8 (batch, C, H, W) on the device."""
+        if self._data is not None:
+            return self._data[order.next()]
+        state = order.state_dict()
+        if self._pending is None or self._pending_state != state:  # first batch, or the order was reset
+            self._ahead = copy.copy(order)
+            self._ahead.device = torch.device("cpu")
+            self._ahead.load_state_dict(state)
+            self._pending = self._pool.submit(self._load, self._ahead.next())
+        order.next()
+        batch = self._pending.result()
+        self._pending_state = self._ahead.state_dict()  # == order's state now
+        self._pending = self._pool.submit(self._load, self._ahead.next())
+        if self._stream is not None:  # the batch was made on the side stream; the step uses it on this one
+            batch.record_stream(torch.cuda.current_stream(self.device))
+        return batch
+
+    def _load(self, indices: torch.Tensor) -> torch.Tensor:
+        """Gather rows from the memory map (in file order, for locality) onto the device; runs in "
+          "the thread."""
+        idx = indices.numpy()
+        order = np.argsort(idx, kind="stable")
+        rows = np.empty((len(idx), *self.images.shape[1:]), dtype=np.uint8)
+        rows[order] = self.images[idx[order]]
+        host = torch.from_numpy(rows)
+        if self._stream is None:
+            return host.to(self.device)
+        if self._pinned is None or self._pinned.shape != host.shape:
+            self._pinned = torch.empty(host.shape, dtype=torch.uint8).pin_memory()
+        self._pinned.copy_(host)
+        with torch.cuda.stream(self._stream):
+            batch = self._pinned.to(self.device, non_blocking=True)
+        # The pinned buffer is reused for the next batch, so this copy must finish first; waiting
+        # here blocks only this thread, while the training step runs on the main stream.
+        self._stream.synchronize()
+        return batch

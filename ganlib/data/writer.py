@@ -1,0 +1,171 @@
+"""Streaming ``.npy`` files and an ordered, bounded parallel map: preparation's plumbing.
+
+Preparation never holds a dataset in memory. Chunks of decoded images are appended to ``.npy``
+files with ordinary sequential writes (not through a memory map: dirty pages of a map count in
+the process's resident set until it is unmapped, while written pages belong to the page cache),
+hashed as they go, and read back the same way. ``np.load(path, mmap_mode="r")`` opens the result.
+
+Decoding runs in worker processes through ``map_ordered``, which keeps at most ``window`` chunks
+in flight, so memory is bounded by ``window`` x chunk size whatever the dataset's size.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import multiprocessing as mp
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+_MAGIC = b"\x93NUMPY\x01\x00"
+_ALIGN = 64  # numpy aligns the data of .npy files to 64 bytes
+
+M = TypeVar("M")
+R = TypeVar("R")
+
+
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype, length: int | None = None) -> bytes:
+    """A version 1.0 .npy header; padded to ``length`` bytes (so it can be rewritten in place)."""
+    text = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (  # noqa: UP031 (numpy's own layout)
+        np.lib.format.dtype_to_descr(np.dtype(dtype)), tuple(int(d) for d in shape))
+    prefix = len(_MAGIC) + 2
+    if length is None:
+        length = -(-(prefix + len(text) + 1) // _ALIGN) * _ALIGN
+    pad = length - prefix - len(text) - 1
+    if pad < 0:
+        raise ValueError(f"npy header for shape {shape} does not fit in {length} bytes")
+    return _MAGIC + (length - prefix).to_bytes(2, "little") + (text + " " * pad + "\n").encode("latin1")
+
+
+class NpyWriter:
+    """Append rows to ``path``, an .npy array (capacity, *row_shape) of ``dtype``, in order.
+
+    ``finish(rows)`` rewrites the header for the number of rows actually written (fewer than the
+    capacity when images were skipped), truncates the file, fsyncs it and returns the sha256 of
+    the data bytes (what ``load_store`` verifies).
+    """
+
+    def __init__(self, path: Path, capacity: int, row_shape: tuple[int, ...], dtype: Any):
+        self.path, self.row_shape, self.dtype = Path(path), tuple(row_shape), np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        self.rows = 0
+        self._header = _npy_header((capacity, *self.row_shape), self.dtype)
+        self._hash = hashlib.sha256()
+        self._file = open(self.path, "wb")  # noqa: SIM115  (closed in finish/close)
+        self._file.write(self._header)
+
+    def write(self, rows: np.ndarray) -> None:
+        """Append rows of shape (n, *row_shape) (cast to the writer's dtype, C order)."""
+        if rows.shape[1:] != self.row_shape:
+            raise ValueError(f"rows of shape {rows.shape[1:]} written to a {self.row_shape} array")
+        data = np.ascontiguousarray(rows, dtype=self.dtype).data
+        self._file.write(data)
+        self._hash.update(data)
+        self.rows += len(rows)
+
+    def finish(self) -> str:
+        """Fix the header to the rows written, flush to disk; returns the data's sha256 (hex)."""
+        self._file.seek(0)
+        self._file.write(_npy_header((self.rows, *self.row_shape), self.dtype, len(self._header)))
+        self._file.truncate(len(self._header) + self.rows * self.row_bytes)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) of a C-ordered .npy file, from its header alone."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        if fortran:
+            raise ValueError(f"{path} is Fortran-ordered; expected C order")
+        return tuple(shape), dtype, f.tell()
+
+
+def iter_npy_rows(path: Path, rows_per_chunk: int) -> Iterator[np.ndarray]:
+    """The rows of a C-ordered .npy file, in chunks, read with plain reads (bounded memory)."""
+    shape, dtype, offset = npy_layout(path)
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for start in range(0, shape[0], rows_per_chunk):
+            n = min(rows_per_chunk, shape[0] - start)
+            yield np.frombuffer(f.read(n * row_bytes), dtype=dtype).reshape(n, *shape[1:])
+
+
+def read_npy_rows(path: Path, indices: Iterable[int]) -> np.ndarray:
+    """Selected rows of a C-ordered .npy file, (len(indices), *row_shape), with plain reads."""
+    shape, dtype, offset = npy_layout(path)
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    rows = []
+    with open(path, "rb") as f:
+        for i in indices:
+            f.seek(offset + int(i) * row_bytes)
+            rows.append(np.frombuffer(f.read(row_bytes), dtype=dtype).reshape(shape[1:]))
+    return np.stack(rows) if rows else np.empty((0, *shape[1:]), dtype=dtype)
+
+
+def sha256_npy_data(path: Path, chunk_bytes: int = 1 << 22) -> str:
+    """sha256 of the data bytes of an .npy file (what ``NpyWriter.finish`` returned), streamed."""
+    _, _, offset = npy_layout(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while chunk := f.read(chunk_bytes):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def map_ordered(fn: Callable[[Any], R], items: Iterable[tuple[M, Any]], workers: int,
+                window: int | None = None) -> Iterator[tuple[M, R]]:
+    """Yield (meta, fn(task)) for each (meta, task) of ``items``, in order, using ``workers`` processes.
+
+    At most ``window`` (default 2 x workers) tasks are submitted and not yet consumed, so the
+    results waiting in memory are bounded. ``workers <= 1`` runs in this process. Closing the
+    generator early (the consumer has enough) terminates the pool. ``fn`` and the tasks must be
+    picklable where the platform starts workers by spawning.
+    """
+    if workers <= 1:
+        for meta, task in items:
+            yield meta, fn(task)
+        return
+    window = window or 2 * workers
+    # fork is the cheapest start on Linux and does not re-import the caller's main module (a flow
+    # script importing Prefect). The workers only decode images with numpy and Pillow; they never
+    # touch the threads or locks the parent may hold (Prefect's event loop, torch's pools).
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+        pool = mp.get_context(method).Pool(workers)
+    try:
+        pending: collections.deque = collections.deque()
+        for meta, task in items:
+            pending.append((meta, pool.apply_async(fn, (task,))))
+            if len(pending) >= window:
+                meta0, result = pending.popleft()
+                yield meta0, result.get()
+        while pending:
+            meta0, result = pending.popleft()
+            yield meta0, result.get()
+    finally:
+        pool.terminate()
+        pool.join()

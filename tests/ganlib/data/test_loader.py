@@ -1,0 +1,74 @@
+"""Batches resident on the device or streamed from disk are the same batches, in the same order."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ganlib.checkpoint import load_checkpoint
+from ganlib.data.loader import BatchSource
+from ganlib.data.store import load_store, prepare_dataset
+from ganlib.train import BatchOrder, train
+
+
+def _store(tmp_path, n=100):
+    images = np.random.default_rng(0).integers(0, 256, (n, 1, 8, 8), dtype=np.uint8)
+    path = tmp_path / "images.npy"
+    np.save(path, images)
+    return np.load(path, mmap_mode="r"), images
+
+
+@pytest.mark.parametrize("budget_mb", [None, 0])
+def test_resident_and_streamed_batches_follow_batch_order_exactly(tmp_path, budget_mb):
+    mapped, images = _store(tmp_path)
+    source = BatchSource(mapped, torch.device("cpu"), budget_mb)
+    assert source.resident == (budget_mb is None) and len(source) == 100
+    order, reference = BatchOrder(100, 30, 7, torch.device("cpu")), BatchOrder(100, 30, 7, torch.device("cpu"))
+    for _ in range(10):  # three batches an epoch: crosses epoch boundaries
+        batch = source.next_batch(order)
+        expected = images[reference.next().numpy()]
+        assert batch.dtype == torch.uint8 and np.array_equal(batch.numpy(), expected)
+    assert order.state_dict() == reference.state_dict()
+
+
+def test_streaming_follows_an_order_that_jumps(tmp_path):
+    """A resumed run loads a saved state into its order: the prefetched batch must not be used."""
+    mapped, images = _store(tmp_path)
+    source = BatchSource(mapped, torch.device("cpu"), 0)
+    order = BatchOrder(100, 10, 3, torch.device("cpu"))
+    source.next_batch(order)
+    order.load_state_dict({"epoch": 4, "position": 7})
+    reference = BatchOrder(100, 10, 3, torch.device("cpu"))
+    reference.load_state_dict({"epoch": 4, "position": 7})
+    assert np.array_equal(source.next_batch(order).numpy(), images[reference.next().numpy()])
+
+
+def test_training_streamed_from_disk_is_bit_identical_to_resident(tiny):
+    resident = tiny(run_id="resident")
+    streamed = tiny(run_id="streamed", data__resident_limit_mb=0)
+    store = prepare_dataset(resident.data, resident.out)
+    assert prepare_dataset(streamed.data, streamed.out) == store  # the budget is not part of the store
+    train(resident, store)
+    train(streamed, store)
+    a = pd.read_parquet(resident.run_dir / "metrics" / "train.parquet")
+    b = pd.read_parquet(streamed.run_dir / "metrics" / "train.parquet")
+    pd.testing.assert_frame_equal(a.drop(columns="images_per_sec"), b.drop(columns="images_per_sec"))
+    ga = load_checkpoint(resident.run_dir / "checkpoints" / "step_000012.pt")["generator"]
+    gb = load_checkpoint(streamed.run_dir / "checkpoints" / "step_000012.pt")["generator"]
+    assert all(torch.equal(ga[k], gb[k]) for k in ga)
+    assert (streamed.run_dir / "data" / "real_grid.png").is_file()
+    assert load_store(store).manifest["count"] == 400
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_streamed_batches_on_cuda_come_through_pinned_memory(tmp_path):
+    mapped, images = _store(tmp_path)
+    device = torch.device("cuda")
+    source = BatchSource(mapped, device, 0)
+    order, reference = BatchOrder(100, 30, 7, device), BatchOrder(100, 30, 7, torch.device("cpu"))
+    for _ in range(7):
+        batch = source.next_batch(order)
+        assert batch.device.type == "cuda"
+        assert np.array_equal(batch.cpu().numpy(), images[reference.next().numpy()])
+    assert source._pinned is not None and source._pinned.is_pinned()
