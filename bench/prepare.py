@@ -53,8 +53,8 @@ def rss_mb():
 root, out, size, channels, workers = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 baseline = rss_mb()
 t0 = time.perf_counter()
-path = prepare_dataset(DataConfig(dataset="folder", data_root=root, image_size=size, channels=channels), Path(out),
-                       workers=workers)
+cfg = DataConfig(dataset="folder", data_root=root, image_size=size, channels=channels)
+path = prepare_dataset(cfg, Path(out), workers=workers)
 seconds = time.perf_counter() - t0
 manifest = json.loads((path / "manifest.json").read_text())
 me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -89,7 +89,8 @@ def make_images(directory: Path, count: int, size: int) -> Path:
     t0 = time.perf_counter()
     for i in range(count):
         fx, fy, phase = rng.uniform(0.5, 4, 3)
-        base = np.stack([128 + 100 * np.sin((x * fx + y * fy) / size * 6.28 + phase + k) for k in range(3)], -1)
+        wave = (x * fx + y * fy) / size * 6.28 + phase
+        base = np.stack([128 + 100 * np.sin(wave + k) for k in range(3)], -1)
         noise = rng.normal(0, 12, (size, size, 3))
         Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(directory / f"{i:06d}.png")
     marker.touch()
@@ -110,9 +111,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num-images", default="50000", help="comma-separated counts (default 50000)")
     p.add_argument("--png-size", type=int, default=32, help="side of the generated PNGs (default 32)")
-    p.add_argument("--image-size", type=int, default=32, choices=[28, 32, 64], help="prepared size (default 32)")
+    p.add_argument("--image-size", type=int, default=32, choices=[28, 32, 64], help="prepared size (32)")
     p.add_argument("--channels", default="auto", choices=["auto", "grayscale", "rgb"])
-    p.add_argument("--workers", default="0", help="comma-separated decoding processes; 0 = all cores (default)")
+    p.add_argument("--workers", default="0", help="comma-separated decoding processes (default 0: all cores)")
     p.add_argument("--images-dir", type=Path, default=Path(tempfile.gettempdir()) / "ganlib-bench-prepare",
                    help="where the generated PNGs are kept between runs")
     args = p.parse_args()

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganlib.errors import CheckpointError
+from ganlib.io import atomic_path
 
 __all__ = [
     "DomainClassifier",
@@ -292,10 +293,9 @@ def train_classifier(
         train_idx, hold_idx = order[:num_train], order[num_train:]
         batch_gen = torch.Generator(device=device).manual_seed(seed + 1)
 
-        x_all = images.to(device)
-        y_all = labels.to(device)
-        x_train, y_train = x_all[train_idx.to(device)], y_all[train_idx.to(device)]
-        x_hold, y_hold = x_all[hold_idx.to(device)], y_all[hold_idx.to(device)]
+        # Index on the host, then move: only one copy of the dataset lives on the device.
+        x_train, y_train = images[train_idx].to(device), labels[train_idx].to(device)
+        x_hold, y_hold = images[hold_idx].to(device), labels[hold_idx].to(device)
 
         model = DomainClassifier(c, h, num_classes).to(device)
         model.train()
@@ -425,8 +425,8 @@ def _check_plain(value: Any, where: str) -> None:
 def save_classifier(model: DomainClassifier, meta: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write a classifier (constructor args, weights and ``meta``) to one file, atomically.
 
-    The file is written next to ``path`` with a ``.tmp`` suffix, fsynced, then renamed over
-    ``path``, so a crash never leaves a truncated classifier that a later run would trust.
+    The file is written to a temporary name next to ``path``, fsynced, then renamed over ``path``
+    (``ganlib.io.atomic_path``), so a crash never leaves a truncated classifier a later run would trust.
 
     Args:
         model: the classifier; weights are stored on the CPU.
@@ -443,17 +443,9 @@ def save_classifier(model: DomainClassifier, meta: dict[str, Any], path: str | o
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": meta,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # A per-process temporary name: two runs evaluating the same dataset at once may both save.
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_classifier(

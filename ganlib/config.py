@@ -98,6 +98,7 @@ class ModelConfig(_Section):
     hidden_dim: int = Field(256, ge=8, le=8192, description="mlp: width of the hidden layers.")
     ngf: int = Field(32, ge=4, le=1024, description="dcgan: generator width (channels of the last block).")
     ndf: int = Field(32, ge=4, le=1024, description="dcgan: discriminator width (channels of the first block).")
+    spectral_norm: bool = Field(False, description="Spectral normalisation of D's weight layers (Miyato et al. 2018).")
 
 
 class TrainConfig(_Section):
@@ -109,8 +110,24 @@ class TrainConfig(_Section):
     epochs: float | None = Field(None, gt=0, description="Total passes over the dataset (may be fractional).")
     batch_size: int = Field(128, ge=2, le=65_536)
     lr: float = Field(2e-4, gt=0, le=1.0, description="Adam learning rate of G and D.")
+    lr_g: float | None = Field(None, gt=0, le=1.0, description="Generator learning rate (default: lr).")
+    lr_d: float | None = Field(None, gt=0, le=1.0, description="Discriminator learning rate (default: lr).")
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
+    loss: Literal["ns", "hinge", "wgan-gp", "ls"] = Field(
+        "ns", description="'ns': non-saturating (BCE on logits); 'hinge'; 'wgan-gp': Wasserstein with "
+        "gradient penalty; 'ls': least squares.")
+    d_steps: int = Field(1, ge=1, le=100, description="Discriminator updates per generator update.")
+    gp_weight: float = Field(10.0, ge=0, description="wgan-gp: weight of the gradient penalty.")
+    r1: float = Field(0.0, ge=0, description="R1 penalty weight gamma on D's gradient at real images (0 = off).")
+    r1_every: int = Field(1, ge=1, description="Apply R1 every this many D updates (lazy regularisation).")
+    ema_decay: float = Field(
+        0.999, ge=0, lt=1, description="Decay of the generator's exponential moving average (0 = no EMA). "
+        "Ramped up as min(decay, (1 + step) / (10 + step)).")
+    max_rollbacks: int = Field(
+        3, ge=0, description="Non-finite losses roll back to the last checkpoint with lower learning rates, "
+        "at most this many times; then training fails.")
+    rollback_lr_factor: float = Field(0.5, gt=0, lt=1, description="Learning-rate factor applied at each rollback.")
     checkpoint_every: int = Field(500, ge=1, description="Save a checkpoint every this many steps (and at the end).")
     log_every: int = Field(50, ge=1, description="Flush per-step metrics and print progress every this many steps.")
 
@@ -130,6 +147,7 @@ class EvalConfig(_Section):
     num_samples: int = Field(10_000, ge=100, le=1_000_000, description="Generated samples per checkpoint.")
     classifier_steps: int = Field(1500, ge=1, description="Training steps of the domain classifier.")
     batch_size: int = Field(500, ge=1, description="Generation and feature-extraction batch.")
+    use_ema: bool = Field(True, description="Score (and render) the EMA generator when the run keeps one.")
 
 
 class GalleryConfig(_Section):
@@ -183,7 +201,7 @@ class RunConfig(_Section):
 # how long or how verbosely the run goes on, not what it is learning.
 RESUMABLE_CHANGES = {
     "run_id", "out", "device", "train.steps", "train.epochs", "train.checkpoint_every",
-    "train.log_every",
+    "train.log_every", "train.max_rollbacks", "train.rollback_lr_factor",
 }
 
 
@@ -197,7 +215,8 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     def walk(a: Any, b: Any, prefix: str) -> None:
         if isinstance(a, dict) and isinstance(b, dict):
             for key in sorted(set(a) | set(b)):
-                walk(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+                if key in a or b.get(key) is not None:  # a field newer than the saved config: its default
+                    walk(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
         elif a != b and prefix not in RESUMABLE_CHANGES and not prefix.startswith(("eval.", "gallery.")):
             diffs.append(f"{prefix}: {a!r} -> {b!r}")
 

@@ -25,3 +25,7 @@ class CheckpointError(GanlibError):
 
 class RunError(GanlibError):
     """A run directory cannot be used (bad run id, locked by another process, ...)."""
+
+
+class TrainingDiverged(GanlibError):
+    """Training produced non-finite losses again and again, even after rolling back."""

@@ -299,3 +299,19 @@ def check_under_root(path: Path, root: Path) -> Path:
         raise RunError(f"run directory {path} resolves to {resolved}, which is not inside the output root "
                        f"{base}; use a plain --run-id (letters, digits, '.', '_', '-') and no symlinks out")
     return resolved
+
+
+def check_not_running(run_dir: Path) -> None:
+    """Raise ``RunError`` if another live process holds ``run_dir``'s lock (a cheap pre-check;
+    ``run_lock`` is what actually excludes)."""
+    lock_path = Path(run_dir).resolve() / LOCK_NAME
+    held = _HELD.get(lock_path)
+    if held is not None and held.pid == os.getpid():
+        return
+    try:
+        info = _parse(lock_path.read_bytes())
+    except OSError:
+        return
+    if info is not None and _holder_is_alive(info):
+        raise RunError(f"run {lock_path.parent.name!r} is already running ({_describe(info)}); "
+                       "wait for it to finish, or use another --run-id")

@@ -128,7 +128,20 @@ def build_models(cfg: ModelConfig, channels: int, image_size: int) -> tuple[nn.M
         raise ConfigError(f"model.name: unknown model {cfg.name!r}; choose mlp or dcgan")
     dcgan_init_(g)
     dcgan_init_(d)
+    if cfg.spectral_norm:
+        _spectral_norm_(d)
     return g, d
+
+
+def _spectral_norm_(module: nn.Module) -> None:
+    """Spectral normalisation (Miyato et al. 2018) on every conv and linear weight of ``module``."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    for name, child in list(module.named_children()):
+        if isinstance(child, (nn.Conv2d, nn.Linear)):
+            setattr(module, name, spectral_norm(child))
+        else:
+            _spectral_norm_(child)
 
 
 def count_parameters(module: nn.Module) -> int:

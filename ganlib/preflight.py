@@ -7,7 +7,7 @@ import json
 from ganlib.config import RunConfig, config_differences
 from ganlib.data.sources import check_source
 from ganlib.errors import CheckpointError, ConfigError
-from ganlib.lock import check_under_root
+from ganlib.lock import check_not_running, check_under_root
 from ganlib.models import DCGAN_SIZES
 from ganlib.run import RunPaths, resolve_device
 
@@ -16,6 +16,7 @@ def check_run(cfg: RunConfig) -> None:
     """Validate what pydantic cannot: the device exists, the data is there, a resumed run matches."""
     cfg = cfg.resolved()
     check_under_root(cfg.run_dir, cfg.out)  # behind the run-id pattern: nothing escapes the output root
+    check_not_running(cfg.run_dir)
     resolve_device(cfg.device)
     if cfg.model.name == "dcgan" and cfg.data.image_size not in DCGAN_SIZES:
         raise ConfigError(f"data.image_size: dcgan makes {DCGAN_SIZES} px images, not {cfg.data.image_size}")

@@ -15,6 +15,7 @@ are copied to the host once every ``log_every`` steps (the only sync in the loop
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -31,10 +32,10 @@ from ganlib import checkpoint as ckpt
 from ganlib.config import RunConfig, config_differences, total_steps
 from ganlib.data.loader import BatchSource
 from ganlib.data.store import copy_real_grid, load_store
-from ganlib.errors import CheckpointError, ConfigError
+from ganlib.errors import CheckpointError, ConfigError, TrainingDiverged
 from ganlib.io import atomic_path, atomic_write_json, remove_temporary_files
 from ganlib.lock import run_lock
-from ganlib.losses import d_loss_nonsaturating, g_loss_nonsaturating
+from ganlib.losses import OBJECTIVES, gradient_penalty, r1_penalty
 from ganlib.models import build_models
 from ganlib.run import RunPaths, resolve_device
 
@@ -104,6 +105,38 @@ def to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:
     return images_uint8.float().div_(127.5).sub_(1.0)
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What one training step optimises: the loss pair, D updates per G update, regularisers, EMA."""
+
+    loss: str = "ns"
+    d_steps: int = 1
+    gp_weight: float = 10.0
+    r1: float = 0.0
+    r1_every: int = 1
+    ema_decay: float = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> Objective:
+        t = cfg.train
+        return cls(loss=t.loss, d_steps=t.d_steps, gp_weight=t.gp_weight, r1=t.r1, r1_every=t.r1_every,
+                   ema_decay=t.ema_decay)
+
+
+def ema_beta(decay: float, step: int) -> float:
+    """EMA decay at ``step`` (0-based), ramped up so early averages are not dominated by the init."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, generator: nn.Module, beta: float) -> None:
+    """ema <- beta * ema + (1 - beta) * generator for parameters; buffers (BN statistics) copied."""
+    ema_params, params = list(ema.parameters()), list(generator.parameters())
+    torch._foreach_lerp_(ema_params, params, 1.0 - beta)
+    for b_ema, b in zip(ema.buffers(), generator.buffers()):
+        b_ema.copy_(b)
+
+
 def train_step(
     generator: nn.Module,
     discriminator: nn.Module,
@@ -111,40 +144,61 @@ def train_step(
     opt_d: torch.optim.Optimizer,
     real: torch.Tensor,
     z: torch.Tensor,
+    objective: Objective = Objective(),  # noqa: B008 (frozen dataclass)
+    step: int = 0,
+    ema: nn.Module | None = None,
+    noise: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """One D update then one G update on a batch. Returns the step's scalars on the device.
+    """``objective.d_steps`` D updates, then one G update. Returns the step's scalars on the device.
 
-    real: (N, C, H, W) float in [-1, 1]; z: (N, noise_dim). Returns a float32 tensor
-    (d_loss, g_loss, D(x), D(G(z))) with the two D outputs as mean probabilities; nothing here
-    synchronises with the host.
+    real: (d_steps * N, C, H, W) float in [-1, 1], one batch of N per D update; z: (d_steps * N,
+    noise_dim). The G update reuses the last D update's fakes (G has not changed since). ``step``
+    (0-based) schedules lazy R1 and the EMA ramp-up; ``noise`` draws the gradient penalty's
+    interpolation weights. Returns float32 (d_loss, g_loss, D(x), D(G(z))), the D outputs as mean
+    sigmoid of the last D update; nothing here synchronises with the host.
     """
-    # Update D: maximise log D(x) + log(1 - D(G(z))).
-    fake = generator(z)
-    real_logits = discriminator(real)
-    fake_logits = discriminator(fake.detach())
-    d_loss = d_loss_nonsaturating(real_logits, fake_logits)
-    opt_d.zero_grad(set_to_none=True)
-    d_loss.backward()
-    opt_d.step()
+    d_loss_fn, g_loss_fn = OBJECTIVES[objective.loss]
+    for i, (real_i, z_i) in enumerate(zip(real.chunk(objective.d_steps), z.chunk(objective.d_steps))):
+        # Update D on one batch.
+        fake = generator(z_i)
+        d_index = step * objective.d_steps + i
+        use_r1 = objective.r1 > 0 and d_index % objective.r1_every == 0
+        if use_r1:
+            real_i = real_i.detach().requires_grad_(True)
+        real_logits = discriminator(real_i)
+        fake_logits = discriminator(fake.detach())
+        d_loss = d_loss_fn(real_logits, fake_logits)
+        d_total = d_loss
+        if objective.loss == "wgan-gp" and objective.gp_weight > 0:
+            d_total = d_total + objective.gp_weight * gradient_penalty(discriminator, real_i.detach(), fake.detach(),
+                                                                       noise)
+        if use_r1:  # lazy R1: every r1_every updates, scaled up to keep the same average strength
+            d_total = d_total + (objective.r1 / 2) * objective.r1_every * r1_penalty(real_logits, real_i)
+        opt_d.zero_grad(set_to_none=True)
+        d_total.backward()
+        opt_d.step()
 
-    # Update G: maximise log D(G(z)) against the updated D. D's weight gradients are not needed
-    # here, so they are not computed (about a third of the backward pass through D).
+    # Update G against the updated D. D's weight gradients are not needed here, so they are not
+    # computed (about a third of the backward pass through D).
     discriminator.requires_grad_(False)
-    g_loss = g_loss_nonsaturating(discriminator(fake))
+    g_loss = g_loss_fn(discriminator(fake))
     opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
     opt_g.step()
     discriminator.requires_grad_(True)
+    if ema is not None:
+        update_ema(ema, generator, ema_beta(objective.ema_decay, step))
 
     with torch.no_grad():
         return torch.stack([d_loss.detach(), g_loss.detach(),
-                            torch.sigmoid(real_logits).mean(), torch.sigmoid(fake_logits).mean()])
+                            torch.sigmoid(real_logits.detach()).mean(), torch.sigmoid(fake_logits).mean()])
 
 
-def make_optimizers(cfg: RunConfig, generator: nn.Module, discriminator: nn.Module):
-    betas = (cfg.train.beta1, cfg.train.beta2)
-    return (torch.optim.Adam(generator.parameters(), lr=cfg.train.lr, betas=betas),
-            torch.optim.Adam(discriminator.parameters(), lr=cfg.train.lr, betas=betas))
+def make_optimizers(cfg: RunConfig, generator: nn.Module, discriminator: nn.Module, lr_scale: float = 1.0):
+    t = cfg.train
+    betas = (t.beta1, t.beta2)
+    return (torch.optim.Adam(generator.parameters(), lr=(t.lr_g or t.lr) * lr_scale, betas=betas),
+            torch.optim.Adam(discriminator.parameters(), lr=(t.lr_d or t.lr) * lr_scale, betas=betas))
 
 
 def _format_eta(seconds: float) -> str:
@@ -182,10 +236,45 @@ def train(
     with run_lock(cfg.run_dir):
         # Nobody else writes here while we hold the lock: temporary files are a killed writer's.
         remove_temporary_files(cfg.run_dir)
-        return _train(cfg, Path(store_dir), on_progress, should_stop)
+        health: dict[str, Any] | None = None  # None: take the checkpoint's
+        while True:
+            try:
+                return _train(cfg, Path(store_dir), on_progress, should_stop, health)
+            except NonFiniteLoss as err:
+                # Roll back: resume from the last checkpoint with lower learning rates.
+                health = {"rollbacks": err.health["rollbacks"] + 1,
+                          "lr_scale": err.health["lr_scale"] * cfg.train.rollback_lr_factor}
+                _record_health_event(RunPaths(cfg.run_dir), err.step, "non-finite-loss", str(err),
+                                     "rollback" if health["rollbacks"] <= cfg.train.max_rollbacks else "fail",
+                                     health["lr_scale"])
+                if health["rollbacks"] > cfg.train.max_rollbacks:
+                    raise TrainingDiverged(
+                        f"training diverged: {err} at step {err.step}, still after {cfg.train.max_rollbacks} "
+                        f"rollbacks with learning rates down to x{err.health['lr_scale']:g}; lower --lr or "
+                        "change the loss or model") from None
+                log.warning("%s at step %d: rolling back to the last checkpoint with learning rates x%g "
+                            "(rollback %d of at most %d)", err, err.step, health["lr_scale"],
+                            health["rollbacks"], cfg.train.max_rollbacks)
 
 
-def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop) -> TrainResult:
+class NonFiniteLoss(Exception):
+    """Internal: a flushed loss was NaN or infinite (carries the step and the health state)."""
+
+    def __init__(self, message: str, step: int, health: dict[str, Any]):
+        super().__init__(message)
+        self.step, self.health = step, health
+
+
+def _record_health_event(paths: RunPaths, step: int, event: str, detail: str, action: str, lr_scale: float) -> None:
+    """Append a row to ``metrics/health.parquet`` (step, event, detail, action, lr_scale)."""
+    path = paths.metrics / "health.parquet"
+    rows = pd.read_parquet(path).to_dict("records") if path.is_file() else []
+    rows.append({"step": step, "event": event, "detail": detail, "action": action, "lr_scale": lr_scale,
+                 "time": time.time()})
+    _write_table(rows, path)
+
+
+def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop, health_override) -> TrainResult:
     paths = RunPaths(cfg.run_dir)
     device = resolve_device(cfg.device)
     store = load_store(store_dir)
@@ -193,17 +282,19 @@ def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop) -> TrainRe
     num_images, (channels, height, _) = len(images), store.images.shape[1:]
     num_steps = total_steps(cfg.train, num_images)
     batch = cfg.train.batch_size
+    objective = Objective.from_config(cfg)
 
     with torch.random.fork_rng(devices=[]):  # model init must not depend on (or disturb) global RNG
         torch.manual_seed(cfg.seed)
         generator, discriminator = build_models(cfg.model, channels, height)
     generator.to(device).train()
     discriminator.to(device).train()
-    opt_g, opt_d = make_optimizers(cfg, generator, discriminator)
+    ema = copy.deepcopy(generator).eval().requires_grad_(False) if objective.ema_decay > 0 else None
     noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     order = BatchOrder(num_images, batch, cfg.seed, device)
     rows: list[dict[str, Any]] = []
     step = 0
+    health = {"rollbacks": 0, "lr_scale": 1.0}
 
     found = ckpt.latest_checkpoint(paths.checkpoints)  # on the CPU: RNG states must stay there
     if found is not None:
@@ -213,10 +304,20 @@ def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop) -> TrainRe
             raise CheckpointError(
                 f"run {cfg.run_id!r} was started with a different config ({'; '.join(diffs)}); "
                 "use a new --run-id, or the original settings to resume")
+        health = dict(state.get("health", health))
+    if health_override is not None:
+        health = health_override
+    opt_g, opt_d = make_optimizers(cfg, generator, discriminator, health["lr_scale"])
+    if found is not None:
         generator.load_state_dict(state["generator"])
         discriminator.load_state_dict(state["discriminator"])
+        if ema is not None:
+            ema.load_state_dict(state.get("generator_ema", state["generator"]))
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
+        for opt, base in ((opt_g, cfg.train.lr_g or cfg.train.lr), (opt_d, cfg.train.lr_d or cfg.train.lr)):
+            for group in opt.param_groups:  # a rollback lowers the rates the checkpoint was saved with
+                group["lr"] = base * health["lr_scale"]
         noise.set_state(state["rng"]["noise"])
         ckpt.restore_rng_state(state["rng"]["global"])
         order.load_state_dict(state["data"])
@@ -232,9 +333,9 @@ def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop) -> TrainRe
     atomic_write_json(paths.config, cfg.model_dump(mode="json"))
     atomic_write_json(paths.data / "manifest.json", store.manifest)
     copy_real_grid(store.path, paths.data)
-    log.info("training %s on %s: %d images %s, %d steps of batch %d on %s",
-             cfg.model.name, store.manifest["dataset"], num_images, tuple(store.images.shape[1:]),
-             num_steps, batch, device)
+    log.info("training %s (%s loss) on %s: %d images %s, %d steps of batch %d on %s",
+             cfg.model.name, objective.loss, store.manifest["dataset"], num_images,
+             tuple(store.images.shape[1:]), num_steps, batch, device)
 
     def save(at_step: int) -> Path:
         _write_table(rows, paths.train_metrics)  # table first: a resume truncates it to the checkpoint
@@ -245,10 +346,12 @@ def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop) -> TrainRe
             "image_shape": [channels, height, height],
             "num_classes": store.num_classes,
             "generator": generator.state_dict(),
+            **({"generator_ema": ema.state_dict()} if ema is not None else {}),
             "discriminator": discriminator.state_dict(),
             "opt_g": opt_g.state_dict(),
             "opt_d": opt_d.state_dict(),
             "data": order.state_dict(),
+            "health": health,
             "rng": {"noise": noise.get_state(), "global": ckpt.capture_rng_state()},
         })
         return target
@@ -258,21 +361,26 @@ def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop) -> TrainRe
     stopped_early = False
     images_per_sec = float("nan")
     while step < num_steps:
-        real = to_unit_range(images.next_batch(order))
-        z = torch.randn(batch, cfg.model.noise_dim, device=device, generator=noise)
-        window[filled] = train_step(generator, discriminator, opt_g, opt_d, real, z)
+        batches = [images.next_batch(order) for _ in range(objective.d_steps)]
+        real = to_unit_range(batches[0] if len(batches) == 1 else torch.cat(batches))
+        z = torch.randn(len(real), cfg.model.noise_dim, device=device, generator=noise)
+        window[filled] = train_step(generator, discriminator, opt_g, opt_d, real, z, objective, step, ema, noise)
         filled += 1
         step += 1
 
         last = step == num_steps
         if filled == cfg.train.log_every or last or step % cfg.train.checkpoint_every == 0:
             values = window[:filled].cpu().tolist()  # the loop's one host sync
+            for i, v in enumerate(values):
+                if not all(math.isfinite(x) for x in v):
+                    bad = [name for name, x in zip(METRIC_COLUMNS, v) if not math.isfinite(x)]
+                    raise NonFiniteLoss(f"non-finite {', '.join(bad)}", step - filled + i + 1, health)
             now = time.perf_counter()
             images_per_sec = filled * batch / max(now - t_flush, 1e-9)
             for i, v in enumerate(values):
                 s = step - filled + i + 1
-                rows.append({"step": s, "epoch": s * batch / num_images, **dict(zip(METRIC_COLUMNS, v)),
-                             "images_per_sec": images_per_sec})
+                rows.append({"step": s, "epoch": s * batch * objective.d_steps / num_images,
+                             **dict(zip(METRIC_COLUMNS, v)), "images_per_sec": images_per_sec})
             record = {**rows[-1], "total_steps": num_steps,
                       "eta_s": (num_steps - step) * batch / images_per_sec}
             log.info("step %d/%d (%d%%) epoch %.2f | d_loss %.3f g_loss %.3f D(x) %.2f D(G(z)) %.2f | "
@@ -305,10 +413,13 @@ def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop) -> TrainRe
     )
 
 
-def load_generator(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_generator(path: Path, device: str | torch.device = "cpu", use_ema: bool = True
+                   ) -> tuple[nn.Module, dict[str, Any]]:
     """The generator of a checkpoint, in eval mode on ``device``, and the checkpoint's metadata.
 
-    Metadata: ``step``, ``config`` (dict), ``image_shape`` [C, H, W], ``num_classes``.
+    With ``use_ema`` the moving-average weights are used when the checkpoint has them.
+    Metadata: ``step``, ``config`` (dict), ``image_shape`` [C, H, W], ``num_classes``, ``weights``
+    ('ema' or 'raw').
     """
     from ganlib.config import ModelConfig
 
@@ -316,10 +427,11 @@ def load_generator(path: Path, device: str | torch.device = "cpu") -> tuple[nn.M
     channels, size, _ = state["image_shape"]
     with torch.random.fork_rng(devices=[]):
         generator, _ = build_models(ModelConfig.model_validate(state["config"]["model"]), channels, size)
+    weights = "ema" if use_ema and "generator_ema" in state else "raw"
     try:
-        generator.load_state_dict(state["generator"])
+        generator.load_state_dict(state["generator_ema" if weights == "ema" else "generator"])
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {path} does not fit its own model config: {str(err).splitlines()[0]}") from None
     generator.to(device).eval()
     meta = {k: state[k] for k in ("step", "config", "image_shape", "num_classes")}
-    return generator, meta
+    return generator, {**meta, "weights": weights}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ganlib.errors import ConfigError, DataError
+from ganlib.errors import ConfigError, DataError, TrainingDiverged
 
 RETRIES = 2
 
@@ -13,7 +13,7 @@ def retry_unless_user_error(task, task_run, state) -> bool:
     """Retry transient failures; a bad config or bad data fails the same way every time."""
     try:
         state.result()
-    except (ConfigError, DataError):
+    except (ConfigError, DataError, TrainingDiverged):
         return False
     except Exception:
         return True

@@ -584,17 +584,22 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
+def _cifar_names(located: Located) -> list[str]:
+    """Class names from batches.meta, or the standard ones when it is absent."""
+    if located.extra["meta"] is None:
+        return KNOWN_CLASS_NAMES["cifar10"]
+    try:
+        with open(located.extra["meta"], "rb") as f:
+            meta = _CifarUnpickler(f, encoding="latin1").load()
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError) as err:
+        raise DataError(f"data.data_root: {located.extra['meta']} is unreadable ({err}); "
+                        "replace it or delete it (the standard class names are used then)") from None
+
+
 def _open_cifar(cfg: DataConfig, located: Located) -> Source:
     batches: list[Path] = located.extra["batches"]
-    names = KNOWN_CLASS_NAMES["cifar10"]
-    if located.extra["meta"] is not None:
-        try:
-            with open(located.extra["meta"], "rb") as f:
-                meta = _CifarUnpickler(f, encoding="latin1").load()
-            names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
-        except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError) as err:
-            raise DataError(f"data.data_root: {located.extra['meta']} is unreadable ({err}); "
-                            "replace it or delete it (the standard class names are used then)") from None
+    names = _cifar_names(located)
     # Labels first (each batch is read again, one at a time, when its images are needed).
     all_labels = np.concatenate([_read_cifar_batch(b)[1] for b in batches])
     where = str(_cifar_dir(located.root))  # type: ignore[arg-type]
@@ -640,6 +645,17 @@ def _interleave(groups: list[list[str]]) -> tuple[list[str], list[int]]:
     return names, labels
 
 
+def _folder_classes(cfg: DataConfig, located: Located) -> tuple[list[str], list[str]]:
+    """(class names that have images, warnings); with ``strict`` an empty class folder is an error."""
+    by_class: dict[str, list[str]] = located.extra["by_class"]
+    empty = [c for c, files in by_class.items() if not files]
+    if empty and cfg.strict:
+        raise DataError(f"data.data_root: class folder {empty[0]!r} in {located.root} has no images; "
+                        "put images in it or remove it (or drop --strict to ignore empty class folders)")
+    warnings = [f"class folders without images, ignored: {', '.join(empty)}"] if empty else []
+    return [c for c, files in by_class.items() if files], warnings
+
+
 def _open_folder(cfg: DataConfig, located: Located) -> Source:
     by_class: dict[str, list[str]] = located.extra["by_class"]
     root: Path = located.root  # type: ignore[assignment]
@@ -652,14 +668,7 @@ def _open_folder(cfg: DataConfig, located: Located) -> Source:
         names = by_class[""]
         return Source("files", len(names), None, None, info, _file_tasks(root, names), names.__getitem__,
                       skipped=skipped)
-    warnings = []
-    empty = [c for c, files in by_class.items() if not files]
-    if empty:
-        if cfg.strict:
-            raise DataError(f"data.data_root: class folder {empty[0]!r} in {root} has no images; "
-                            "put images in it or remove it (or drop --strict to ignore empty class folders)")
-        warnings.append(f"class folders without images, ignored: {', '.join(empty)}")
-    classes = [c for c, files in by_class.items() if files]
+    classes, warnings = _folder_classes(cfg, located)
     keep = resolve_classes(cfg.classes, classes, "folder")
     if keep is not None:
         classes = [classes[k] for k in keep]
@@ -697,11 +706,17 @@ def check_source(cfg: DataConfig) -> None:
                             f"directory to download {TORCHVISION_CLASSES[cfg.dataset]} into")
         return
     located = locate(cfg)
-    if cfg.classes is not None and cfg.dataset in ("folder", "mnist", "fashion-mnist", "kmnist", "celeba"):
-        names = KNOWN_CLASS_NAMES.get(cfg.dataset)
-        if cfg.dataset == "folder" and located.extra["layout"] != "flat":
-            names = [c for c, files in located.extra["by_class"].items() if files]
-        resolve_classes(cfg.classes, names, cfg.dataset)
+    names = KNOWN_CLASS_NAMES.get(cfg.dataset)
+    if cfg.dataset == "folder" and located.extra["layout"] != "flat":
+        names, _ = _folder_classes(cfg, located)
+    if cfg.classes is None:
+        return
+    if cfg.dataset in ("npz", "idx"):
+        open_source(cfg, located)  # reads the labels only (small), which name the classes
+        return
+    if cfg.dataset == "cifar10":
+        names = _cifar_names(located)
+    resolve_classes(cfg.classes, names, cfg.dataset)
 
 
 def _move_tree(src: Path, dest: Path) -> None:

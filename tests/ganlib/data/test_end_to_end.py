@@ -20,12 +20,14 @@ REPO = Path(__file__).resolve().parents[3]
 
 def _cifar(tmp_path, make, n=200):
     images = np.stack([make.pattern(32, 32, 3, i) for i in range(n)])
-    make.cifar_batch(tmp_path / "cifar" / "cifar-10-batches-py" / "data_batch_1", images, [i % 10 for i in range(n)])
+    labels = [i % 10 for i in range(n)]
+    make.cifar_batch(tmp_path / "cifar" / "cifar-10-batches-py" / "data_batch_1", images, labels)
     return tmp_path / "cifar"
 
 
 def test_labelled_rgb_source_trains_and_is_scored(tiny, tmp_path, make):
-    cfg = tiny(run_id="cifar", data={"dataset": "cifar10", "data_root": str(_cifar(tmp_path, make)), "image_size": 32})
+    data = {"dataset": "cifar10", "data_root": str(_cifar(tmp_path, make)), "image_size": 32}
+    cfg = tiny(run_id="cifar", data=data)
     store = prepare_dataset(cfg.data, cfg.out)
     result = train(cfg, store)
     assert result.final_step == 12
@@ -38,7 +40,8 @@ def test_labelled_rgb_source_trains_and_is_scored(tiny, tmp_path, make):
 def test_unlabelled_folder_trains_and_evaluation_marks_the_newest_checkpoint(tiny, tmp_path, make):
     for i in range(64):
         make.save(make.pattern(40, 36, 3, i), tmp_path / "flat" / f"{i:03d}.png")
-    cfg = tiny(run_id="flat", data={"dataset": "folder", "data_root": str(tmp_path / "flat"), "image_size": 32})
+    data = {"dataset": "folder", "data_root": str(tmp_path / "flat"), "image_size": 32}
+    cfg = tiny(run_id="flat", data=data)
     store = prepare_dataset(cfg.data, cfg.out)
     train(cfg, store)
     table = evaluate_run(cfg, store)

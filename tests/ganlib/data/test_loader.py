@@ -23,7 +23,8 @@ def test_resident_and_streamed_batches_follow_batch_order_exactly(tmp_path, budg
     mapped, images = _store(tmp_path)
     source = BatchSource(mapped, torch.device("cpu"), budget_mb)
     assert source.resident == (budget_mb is None) and len(source) == 100
-    order, reference = BatchOrder(100, 30, 7, torch.device("cpu")), BatchOrder(100, 30, 7, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    order, reference = BatchOrder(100, 30, 7, cpu), BatchOrder(100, 30, 7, cpu)
     for _ in range(10):  # three batches an epoch: crosses epoch boundaries
         batch = source.next_batch(order)
         expected = images[reference.next().numpy()]

@@ -9,7 +9,8 @@ from ganlib.data.preview import evenly_spaced, save_image_grid
 from ganlib.gallery import save_grid
 
 
-@pytest.mark.parametrize(("n", "c", "size"), [(100, 1, 28), (100, 3, 32), (7, 3, 64), (1, 1, 28), (23, 1, 32)])
+@pytest.mark.parametrize(("n", "c", "size"),
+                         [(100, 1, 28), (100, 3, 32), (7, 3, 64), (1, 1, 28), (23, 1, 32)])
 def test_grid_matches_gallery_save_grid_pixel_for_pixel(tmp_path, n, c, size):
     images = np.random.default_rng(n).integers(0, 256, (n, c, size, size), dtype=np.uint8)
     ours = save_image_grid(images, tmp_path / "ours.png", nrow=10)

@@ -103,7 +103,8 @@ def test_idx_colour_file_with_labels_beside_it(tmp_path, make):
     images = rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8)
     make.idx(tmp_path / "set-images-idx4-ubyte.gz", images)
     make.idx(tmp_path / "set-labels-idx1-ubyte", rng.integers(0, 4, 30).astype(np.uint8))
-    store, _ = prepare(tmp_path, dataset="idx", data_root=tmp_path / "set-images-idx4-ubyte.gz", image_size=32)
+    root = tmp_path / "set-images-idx4-ubyte.gz"
+    store, _ = prepare(tmp_path, dataset="idx", data_root=root, image_size=32)
     assert np.array_equal(store.images, images.transpose(0, 3, 1, 2)) and store.manifest["num_classes"] == 4
     assert store.manifest["source"]["labels_file"].endswith("set-labels-idx1-ubyte")
 
@@ -135,7 +136,8 @@ def test_celeba_layout_split_and_no_labels(tmp_path, make):
     base = tmp_path / "celeba" / "celeba"
     for i in range(1, 7):
         make.save(make.pattern(218, 178, 3, i), base / "img_align_celeba" / f"{i:06d}.jpg", quality=90)
-    (base / "list_eval_partition.txt").write_text("".join(f"{i:06d}.jpg {0 if i <= 4 else 2}\n" for i in range(1, 7)))
+    partition = "".join(f"{i:06d}.jpg {0 if i <= 4 else 2}\n" for i in range(1, 7))  # 4 train, 2 test
+    (base / "list_eval_partition.txt").write_text(partition)
     store, _ = prepare(tmp_path, dataset="celeba", data_root=tmp_path / "celeba", image_size=64)
     assert store.images.shape == (6, 3, 64, 64) and store.labels is None
     store, _ = prepare(tmp_path, dataset="celeba", data_root=tmp_path / "celeba", image_size=64, split="test")
@@ -145,11 +147,13 @@ def test_celeba_layout_split_and_no_labels(tmp_path, make):
 def test_fashion_mnist_in_torchvision_layout(tmp_path, mnist_dir):
     raw = tmp_path / "fm" / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
-    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):  # decompressed, as torchvision leaves them
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):  # decompressed, as torchvision does
         (raw / name).write_bytes(gzip.decompress((mnist_dir / f"{name}.gz").read_bytes()))
-    store, _ = prepare(tmp_path, dataset="fashion-mnist", data_root=tmp_path / "fm", limit=500, classes=["Bag", "0"])
+    store, _ = prepare(tmp_path, dataset="fashion-mnist", data_root=tmp_path / "fm", limit=500,
+                       classes=["Bag", "0"])
     assert store.manifest["class_names"] == ["T-shirt/top", "Bag"] and set(store.labels) == {0, 1}
-    assert store.manifest["source"]["kind"] == "fashion-mnist-idx" and store.manifest["source"]["split"] == "test"
+    source = store.manifest["source"]
+    assert source["kind"] == "fashion-mnist-idx" and source["split"] == "test"
 
 
 def test_fingerprint_follows_the_source_files(tmp_path, class_folder, make):

@@ -78,6 +78,35 @@ def test_truncated_idx_is_reported(tmp_path, mnist_dir):
 
     raw = gzip.open(mnist_dir / "t10k-images-idx3-ubyte.gz").read()
     (tmp_path / "t10k-images-idx3-ubyte").write_bytes(raw[:5000])
-    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes((mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    labels = "t10k-labels-idx1-ubyte.gz"
+    (tmp_path / labels).write_bytes((mnist_dir / labels).read_bytes())
     with pytest.raises(DataError, match="truncated"):
         load_mnist(tmp_path, "test")
+
+
+def test_manifest_records_source_transforms_and_grid(tmp_path, mnist_dir):
+    from PIL import Image
+
+    cfg = DataConfig(dataset="mnist", data_root=mnist_dir, limit=300, image_size=32)
+    path = prepare_dataset(cfg, tmp_path)
+    m = json.loads((path / "manifest.json").read_text())
+    assert m["source"]["kind"] == "mnist-idx" and m["source"]["files"] == 2
+    assert len(m["source"]["fingerprint"]) == 64
+    assert m["transforms"]["upscaled"] == 300 and "lanczos" in m["transforms"]["geometry"]
+    assert m["class_names"] == [str(i) for i in range(10)] and sum(m["class_histogram"].values()) == 300
+    grid = Image.open(path / "real_grid.png")
+    assert grid.mode == "L" and grid.size == ((10 * 34 + 2) * 3,) * 2  # 10x10 cells of 32+2 px, enlarged 3x
+    assert m["real_grid"] == "real_grid.png" and m["skipped"] == [] and m["count"] == 300
+
+
+def test_store_arrays_open_memory_mapped(tmp_path):
+    path = prepare_dataset(DataConfig(num_images=200), tmp_path)
+    images = np.load(path / "images.npy", mmap_mode="r")
+    assert isinstance(load_store(path).images, np.memmap) and images.shape == (200, 1, 28, 28)
+    assert np.load(path / "labels.npy", mmap_mode="r").dtype == np.int64
+
+
+def test_digits_class_filter(tmp_path):
+    store = load_store(prepare_dataset(DataConfig(num_images=300, classes=["3", "7"]), tmp_path))
+    assert len(store.images) == 60 and store.manifest["class_names"] == ["3", "7"]
+    assert set(store.labels) == {0, 1}

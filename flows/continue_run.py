@@ -1,0 +1,128 @@
+"""Continue an existing run for N more steps, then re-evaluate it and refresh its gallery.
+
+The ``continue-training`` flow is what a nightly schedule runs (see ``deployments.toml`` and
+``flows/serve.py``). It reads ``<out>/<run_id>/config.json``, sets ``train.steps`` to the newest
+checkpoint's step plus ``more_steps`` and runs the ``gan-pipeline`` flow on it as a subflow:
+training resumes from that checkpoint (nothing is retrained), every checkpoint is evaluated
+(already-scored ones are reused) and the gallery is rendered from the best one.
+
+Run it by hand (temporary Prefect server, like ``flows/train.py``):
+
+    python flows/continue_run.py --run-id digits-nightly --more-steps 500
+    python flows/continue_run.py --run-id digits-nightly --out /data/gan-runs --device cuda
+
+The run must exist (start it once with ``flows/train.py --run-id NAME`` or the ``gan-pipeline``
+deployment), unless the flow's ``new_run`` parameter gives the settings to start it with: then
+the first scheduled run creates it and trains ``more_steps`` steps.
+"""
+
+from __future__ import annotations  # noqa: I001 (tasks is imported before prefect on purpose)
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import tasks  # noqa: F401  (sets the project's Prefect defaults before prefect is imported)
+from prefect import flow, runtime
+from pydantic import Field
+
+from flows.train import gan_pipeline
+from ganlib.checkpoint import list_checkpoints
+from ganlib.config import DEVICE_PATTERN, RUN_ID_PATTERN, RunConfig, build_config
+from ganlib.errors import GanlibError, RunError
+from ganlib.run import RunPaths
+
+RunId = Annotated[str, Field(pattern=RUN_ID_PATTERN)]
+MoreSteps = Annotated[int, Field(ge=1, le=10_000_000)]
+Device = Annotated[str | None, Field(pattern=DEVICE_PATTERN)]
+
+
+def continued_config(run_id: str, out: Path | str, more_steps: int, device: str | None = None,
+                     new_run: RunConfig | dict[str, Any] | None = None) -> RunConfig:
+    """The run's saved config with ``train.steps`` = newest checkpoint step + ``more_steps``.
+
+    A run that does not exist yet is started from ``new_run`` (its ``run_id``, ``out`` and
+    ``train.steps`` replaced by the arguments) when that is given; without it, ``RunError``.
+    """
+    paths = RunPaths(Path(out) / run_id)
+    if paths.config.is_file():
+        try:
+            data: dict[str, Any] = json.loads(paths.config.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise RunError(f"run {run_id!r}: cannot read {paths.config}: {err}") from None
+    elif new_run is not None:
+        data = new_run.model_dump(mode="json") if isinstance(new_run, RunConfig) else dict(new_run)
+    else:
+        raise RunError(f"run {run_id!r} not found: {paths.config} does not exist; start it first "
+                       f"(flows/train.py --run-id {run_id} --out {out}, or the gan-pipeline deployment), "
+                       "or give new_run settings to start it")
+    checkpoints = list_checkpoints(paths.checkpoints)
+    newest = checkpoints[-1][0] if checkpoints else 0
+    data["run_id"], data["out"] = run_id, str(out)
+    data.setdefault("train", {}).update(steps=newest + more_steps, epochs=None)
+    if device is not None:
+        data["device"] = device
+    return build_config(data)
+
+
+def _flow_run_name() -> str:
+    params = runtime.flow_run.parameters
+    run_id, more = params.get("run_id", "?"), params.get("more_steps", "?")
+    try:  # dataset and model from the run's saved config, when it is readable
+        saved = json.loads((Path(params.get("out", "artifacts")) / str(run_id) / "config.json").read_text())
+        prefix = f"{saved['data']['dataset']}-{saved['model']['name']}-"
+    except (OSError, ValueError, KeyError, TypeError):
+        prefix = ""
+    return f"{prefix}{run_id}-continue+{more}"
+
+
+@flow(name="continue-training", flow_run_name=_flow_run_name, log_prints=True)
+def continue_training(
+    run_id: RunId,
+    out: Path = Path("artifacts"),
+    more_steps: MoreSteps = 1000,
+    device: Device = None,
+    new_run: RunConfig | None = None,
+) -> dict[str, Any]:
+    """Train run_id more_steps steps beyond its newest checkpoint, re-evaluate it, refresh its gallery.
+
+    Args:
+        run_id: The run to continue: <out>/<run_id>/config.json must exist (or give new_run).
+        out: Output root holding the run.
+        more_steps: Steps to train beyond the run's newest checkpoint.
+        device: Override the run's device ('auto', 'cpu', 'cuda[:N]', 'mps'); default: the run's own.
+        new_run: Settings to start the run with if it does not exist yet (run_id, out and
+            train.steps are replaced); leave empty to require an existing run.
+    """
+    config = continued_config(run_id, out, more_steps, device, new_run)
+    print(f"continuing run {run_id} to step {config.train.steps}")
+    return gan_pipeline(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-id", required=True, help="the run to continue")
+    parser.add_argument("--out", type=Path, default=Path("artifacts"), help="output root (default artifacts)")
+    parser.add_argument("--more-steps", type=int, default=1000,
+                        help="steps beyond the newest checkpoint (default 1000)")
+    parser.add_argument("--device", default=None, help="override the run's device")
+    args = parser.parse_args(argv)
+    if args.more_steps < 1:
+        parser.error(f"--more-steps must be at least 1 (got {args.more_steps})")
+    try:
+        continued_config(args.run_id, args.out, args.more_steps, args.device)  # fail before Prefect starts
+        summary = continue_training(args.run_id, args.out, args.more_steps, args.device)
+    except GanlibError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    best = summary["best"]
+    print(f"done: {summary['run_dir']}  step {summary['train']['final_step']}  best {best['checkpoint']}  "
+          f"FD {best['fd']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

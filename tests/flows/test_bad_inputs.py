@@ -1,0 +1,110 @@
+"""The bad-input matrix of docs/reliability.md at the command line: one line on stderr, exit code 2,
+nothing written. Dataset rows live in tests/ganlib/data/test_bad_input.py."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.train import main
+
+FAST = ["--num-images", "200", "--ngf", "8", "--ndf", "8", "--steps", "4", "--batch-size", "32", "--device", "cpu"]
+
+
+def run_cli(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse errors
+        code = exit_.code
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--lr", "-1"], "error: invalid config: train.lr: Input should be greater than 0 (got -1.0)"),
+    (["--lr", "0"], "error: invalid config: train.lr: Input should be greater than 0 (got 0.0)"),
+    (["--model", "vae"], "error: invalid config: model.name: Input should be"),
+    (["--steps", "0"], "error: invalid config: train.steps: Input should be greater than or equal to 1 (got 0)"),
+    (["--steps", "10", "--epochs", "2"], "error: invalid config: train: give steps or epochs, not both"),
+    (["--batch-size", "1"], "error: invalid config: train.batch_size: Input should be greater than or equal to 2"),
+    (["--num-images", "100", "--batch-size", "128"],
+     "error: train.batch_size: 128 is larger than the dataset (100 images); use --batch-size 100 or less"),
+    (["--image-size", "48"], "error: invalid config: data.image_size: Input should be 28, 32 or 64 (got 48)"),
+    (["--device", "tpu"], "error: invalid config: device: String should match pattern"),
+    (["--device", "cuda"], "error: device: 'cuda' requested but CUDA is not available here; use --device cpu or auto"),
+    (["--seed", "-3"], "error: invalid config: seed: Input should be greater than or equal to 0 (got -3)"),
+    (["--steps", "ten"], "error: argument --steps: invalid int value: 'ten' (see --help)"),
+    (["--lrr", "1"], "error: unrecognized arguments: --lrr 1 (see --help)"),
+    (["--config", "/nonexistent.json"], "error: --config: cannot read /nonexistent.json"),
+    (["--run-id", "../escape"], "error: invalid config: run_id: String should match pattern"),
+    (["--run-id", "a/b"], "error: invalid config: run_id: String should match pattern"),
+    (["--run-id", "x" * 81], "error: invalid config: run_id: String should match pattern"),
+    (["--run-id", ".hidden"], "error: invalid config: run_id: String should match pattern"),
+])
+def test_config_and_run_id_rows(argv, message, capsys, tmp_path):
+    if sys.platform != "linux" and "cuda" in argv:
+        pytest.skip("linux CI row")
+    out = tmp_path / "out"
+    code, err = run_cli(argv + ["--out", str(out)], capsys)
+    assert code == 2
+    assert err.startswith(message), err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_unknown_field_in_a_config_file(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"train": {"learning_rate": 1e-3}}))
+    code, err = run_cli(["--config", str(path), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and err.startswith("error: invalid config: train.learning_rate: unknown field")
+
+
+def test_resume_with_another_model_names_the_difference(tmp_path, capsys):
+    run = tmp_path / "out" / "r"
+    run.mkdir(parents=True)
+    from ganlib.config import build_config
+
+    saved = build_config({"run_id": "r", "out": str(tmp_path / "out"), "model": {"ngf": 8, "ndf": 8}})
+    (run / "config.json").write_text(saved.to_json())
+    code, err = run_cli(["--run-id", "r", "--out", str(tmp_path / "out"), "--ngf", "16", "--ndf", "8"], capsys)
+    assert code == 2
+    assert err.startswith("error: run 'r' exists with a different config (model.ngf: 8 -> 16); "
+                          "use a new --run-id, or the original settings to resume it")
+
+
+def test_run_already_running_is_refused(tmp_path, capsys):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom ganlib.lock import run_lock\n"
+         "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(60)",
+         str(tmp_path / "out" / "busy")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, err = run_cli(["--run-id", "busy", "--out", str(tmp_path / "out"), *FAST], capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 2
+    assert err.startswith("error: run 'busy' is already running (pid ")
+    assert err.rstrip().endswith("wait for it to finish, or use another --run-id")
+    assert sorted(p.name for p in (tmp_path / "out" / "busy").iterdir()) == [".lock"]
+
+
+def test_malicious_checkpoint_is_refused_and_kept_aside(tmp_path):
+    """A pickle that would run code, placed as the newest checkpoint: refused, moved to corrupt/."""
+    import os
+    import pickle
+
+    from ganlib.checkpoint import latest_checkpoint
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    (ckpts / "step_000010.pt").write_bytes(pickle.dumps({"format": 1, "x": Evil()}))
+    assert latest_checkpoint(ckpts) is None
+    assert (ckpts / "corrupt" / "step_000010.pt").is_file() and not (tmp_path / "pwned").exists()
+    assert Path(ckpts / "step_000010.pt").exists() is False

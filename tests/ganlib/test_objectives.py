@@ -1,0 +1,149 @@
+"""Losses, regularisers, EMA, D steps, spectral norm and the non-finite-loss rollback."""
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import ganlib.train as train_mod
+from ganlib import losses
+from ganlib.checkpoint import load_checkpoint
+from ganlib.config import ModelConfig
+from ganlib.data.store import prepare_dataset
+from ganlib.errors import TrainingDiverged
+from ganlib.models import build_models
+from ganlib.train import Objective, ema_beta, load_generator, train, train_step, update_ema
+
+
+def test_loss_values_on_known_logits():
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.5])
+    assert losses.d_loss_hinge(real, fake).item() == pytest.approx((0 + 0.5) / 2 + (0 + 1.5) / 2)
+    assert losses.d_loss_wasserstein(real, fake).item() == pytest.approx(-0.75 - 1.25)
+    assert losses.g_loss_critic(fake).item() == pytest.approx(0.75)
+    assert losses.d_loss_least_squares(real, fake).item() == pytest.approx(0.5 * (1 + 0.25) / 2 + 0.5 * (4 + 0.25) / 2)
+    big = torch.tensor([1e4, -1e4])
+    assert torch.isfinite(losses.d_loss_nonsaturating(big, -big)) and torch.isfinite(losses.g_loss_nonsaturating(-big))
+
+
+def test_penalties_on_a_linear_critic():
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(4, 1, bias=False))
+    with torch.no_grad():
+        lin[1].weight.copy_(torch.tensor([[0.6, 0.8, 0.0, 0.0]]))  # unit-norm gradient everywhere
+    d = lambda x: lin(x).view(-1)  # noqa: E731
+    x = torch.randn(8, 1, 2, 2)
+    assert losses.gradient_penalty(d, x, torch.randn(8, 1, 2, 2)).item() == pytest.approx(0.0, abs=1e-10)
+    x.requires_grad_(True)
+    assert losses.r1_penalty(d(x), x).item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("loss", ["ns", "hinge", "wgan-gp", "ls"])
+def test_each_loss_trains_d_on_an_easy_case(loss):
+    torch.manual_seed(0)
+    g, d = build_models(ModelConfig(name="dcgan", ngf=8, ndf=8), 1, 28)
+    opt_g = torch.optim.Adam(g.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(d.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    real, z = torch.ones(32, 1, 28, 28), torch.randn(32, 100)
+    d_loss_fn, _ = losses.OBJECTIVES[loss]
+    with torch.no_grad():
+        fake = g(z)
+        before = d_loss_fn(d(real), d(fake)).item()
+    for _ in range(3):
+        out = train_step(g, d, opt_g, opt_d, real, z, Objective(loss=loss, r1=1.0 if loss == "ns" else 0.0))
+        assert torch.isfinite(out).all()
+    with torch.no_grad():
+        assert d_loss_fn(d(real), d(fake)).item() < before
+
+
+def test_ema_ramp_and_update():
+    assert ema_beta(0.999, 0) == pytest.approx(0.1) and ema_beta(0.999, 10**6) == 0.999
+    a, b = nn.Linear(2, 2), nn.Linear(2, 2)
+    expected = 0.75 * a.weight.detach() + 0.25 * b.weight.detach()
+    update_ema(a, b, 0.75)
+    assert torch.allclose(a.weight, expected)
+
+
+def test_d_steps_consume_that_many_batches(tiny):
+    cfg = tiny(run_id="dsteps", train__d_steps=2, train__steps=3, train__checkpoint_every=3)
+    train(cfg, prepare_dataset(cfg.data, cfg.out))
+    state = load_checkpoint(cfg.run_dir / "checkpoints" / "step_000003.pt")
+    assert state["data"] == {"epoch": 0, "position": 6}  # 400 images / 32 = 12 batches per epoch
+
+
+@pytest.mark.parametrize("overrides", [
+    {"train__loss": "wgan-gp", "train__d_steps": 2},
+    {"train__loss": "hinge", "train__r1": 1.0, "train__r1_every": 4, "model__spectral_norm": True},
+])
+def test_resume_stays_bit_exact_with_every_option(tiny, overrides):
+    whole = tiny(run_id="whole", **overrides)
+    store = prepare_dataset(whole.data, whole.out)
+    train(whole, store)
+    train(tiny(run_id="part", **{**overrides, "train__steps": 6}), store)
+    train(tiny(run_id="part", **overrides), store)
+    a = load_checkpoint(whole.run_dir / "checkpoints" / "step_000012.pt")
+    b = load_checkpoint(whole.out / "part" / "checkpoints" / "step_000012.pt")
+    for key in ("generator", "generator_ema", "discriminator"):
+        assert all(torch.equal(a[key][n], b[key][n]) for n in a[key]), key
+
+
+def test_ema_generator_is_saved_and_used_by_default(tiny):
+    cfg = tiny(run_id="ema")
+    train(cfg, prepare_dataset(cfg.data, cfg.out))
+    path = cfg.run_dir / "checkpoints" / "step_000012.pt"
+    ema, meta = load_generator(path)
+    raw, meta_raw = load_generator(path, use_ema=False)
+    assert (meta["weights"], meta_raw["weights"]) == ("ema", "raw")
+    z = torch.randn(4, 100)
+    assert not torch.equal(ema(z), raw(z))
+
+
+def test_separate_learning_rates(tiny):
+    cfg = tiny(run_id="lrs", train__lr_g=1e-4, train__lr_d=4e-4, train__steps=1, train__checkpoint_every=1)
+    train(cfg, prepare_dataset(cfg.data, cfg.out))
+    state = load_checkpoint(cfg.run_dir / "checkpoints" / "step_000001.pt")
+    assert state["opt_g"]["param_groups"][0]["lr"] == 1e-4 and state["opt_d"]["param_groups"][0]["lr"] == 4e-4
+
+
+def test_spectral_norm_bounds_d_weights():
+    torch.manual_seed(0)
+    _, d = build_models(ModelConfig(name="dcgan", ngf=8, ndf=8, spectral_norm=True), 1, 28)
+    for _ in range(20):  # power iterations converge in train mode
+        d(torch.randn(4, 1, 28, 28))
+    conv = d.net[0]
+    sigma = torch.linalg.matrix_norm(conv.weight.flatten(1), ord=2)
+    assert sigma.item() == pytest.approx(1.0, abs=0.05)
+
+
+def _nan_after(calls: int, always: bool = False):
+    """A non-saturating D loss that turns NaN from its ``calls``-th call on (or only then)."""
+    count = {"n": 0}
+
+    def d_loss(real_logits, fake_logits):
+        count["n"] += 1
+        value = losses.d_loss_nonsaturating(real_logits, fake_logits)
+        if count["n"] == calls or (always and count["n"] >= calls):
+            return value * float("nan")
+        return value
+
+    return d_loss
+
+
+def test_non_finite_loss_rolls_back_with_lower_rates_and_continues(tiny, monkeypatch):
+    monkeypatch.setitem(train_mod.OBJECTIVES, "ns", (_nan_after(9), losses.g_loss_nonsaturating))
+    cfg = tiny(run_id="nan")
+    result = train(cfg, prepare_dataset(cfg.data, cfg.out))
+    assert result.final_step == 12
+    health = pd.read_parquet(cfg.run_dir / "metrics" / "health.parquet")
+    assert health[["step", "event", "action"]].values.tolist() == [[9, "non-finite-loss", "rollback"]]
+    state = load_checkpoint(cfg.run_dir / "checkpoints" / "step_000012.pt")
+    assert state["health"] == {"rollbacks": 1, "lr_scale": 0.5}
+    assert state["opt_d"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+    assert pd.read_parquet(cfg.run_dir / "metrics" / "train.parquet")["step"].tolist() == list(range(1, 13))
+
+
+def test_persistent_non_finite_loss_fails_after_k_rollbacks(tiny, monkeypatch):
+    monkeypatch.setitem(train_mod.OBJECTIVES, "ns", (_nan_after(9, always=True), losses.g_loss_nonsaturating))
+    cfg = tiny(run_id="diverge", train__max_rollbacks=2)
+    with pytest.raises(TrainingDiverged, match=r"training diverged: non-finite d_loss.* at step \d+, still after 2 rollbacks"):
+        train(cfg, prepare_dataset(cfg.data, cfg.out))
+    health = pd.read_parquet(cfg.run_dir / "metrics" / "health.parquet")
+    assert health["action"].tolist() == ["rollback", "rollback", "fail"]
