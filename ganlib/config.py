@@ -22,7 +22,7 @@ from ganlib.errors import ConfigError
 DatasetName = Literal[
     "digits", "mnist", "fashion-mnist", "kmnist", "cifar10", "celeba", "folder", "npz", "idx"]
 DATASETS: tuple[str, ...] = get_args(DatasetName)
-MODELS = ("mlp", "dcgan")
+MODELS = ("mlp", "dcgan", "resnet")
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$"
 DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+|mps)$"
 
@@ -92,8 +92,11 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     """Generator and discriminator architecture."""
 
-    name: Literal["mlp", "dcgan"] = Field(
-        "dcgan", description="'mlp': the tutorial's MLP done right; 'dcgan': conv nets with batch norm.")
+    name: Literal["mlp", "dcgan", "resnet"] = Field(
+        "dcgan", description="'mlp': the tutorial's MLP done right; 'dcgan': conv nets with batch norm; "
+        "'resnet': SNGAN-style residual nets (32 and 64 px).")
+    conditional: bool = Field(
+        False, description="Class-conditional G (conditional batch norm) and D (projection); needs labels.")
     noise_dim: int = Field(100, ge=1, le=4096, description="Length of the latent vector z.")
     hidden_dim: int = Field(256, ge=8, le=8192, description="mlp: width of the hidden layers.")
     ngf: int = Field(32, ge=4, le=1024, description="dcgan: generator width (channels of the last block).")
@@ -121,6 +124,15 @@ class TrainConfig(_Section):
     gp_weight: float = Field(10.0, ge=0, description="wgan-gp: weight of the gradient penalty.")
     r1: float = Field(0.0, ge=0, description="R1 penalty weight gamma on D's gradient at real images (0 = off).")
     r1_every: int = Field(1, ge=1, description="Apply R1 every this many D updates (lazy regularisation).")
+    diffaug: list[Literal["color", "translation", "cutout"]] = Field(
+        default_factory=list, description="Differentiable augmentation of everything D sees "
+        "('translation,cutout' on the command line; empty = off).")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="'bf16': autocast to bfloat16 with TF32 matmuls on CUDA (the CPU stays fp32).")
+    compile: bool = Field(False, description="torch.compile G and D for the training step.")
+    health_window: int = Field(
+        5, ge=1, description="Saturation / collapse are reported after this many consecutive bad flushes.")
+    stop_on_health: bool = Field(False, description="Stop the run (an error) when saturation or collapse is detected.")
     ema_decay: float = Field(
         0.999, ge=0, lt=1, description="Decay of the generator's exponential moving average (0 = no EMA). "
         "Ramped up as min(decay, (1 + step) / (10 + step)).")
@@ -130,6 +142,13 @@ class TrainConfig(_Section):
     rollback_lr_factor: float = Field(0.5, gt=0, lt=1, description="Learning-rate factor applied at each rollback.")
     checkpoint_every: int = Field(500, ge=1, description="Save a checkpoint every this many steps (and at the end).")
     log_every: int = Field(50, ge=1, description="Flush per-step metrics and print progress every this many steps.")
+
+    @field_validator("diffaug", mode="before")
+    @classmethod
+    def _split_policy(cls, v: Any) -> Any:
+        if isinstance(v, str):  # the command line gives "translation,cutout"
+            v = [p.strip() for p in v.split(",") if p.strip()]
+        return v
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainConfig:
@@ -201,7 +220,8 @@ class RunConfig(_Section):
 # how long or how verbosely the run goes on, not what it is learning.
 RESUMABLE_CHANGES = {
     "run_id", "out", "device", "train.steps", "train.epochs", "train.checkpoint_every",
-    "train.log_every", "train.max_rollbacks", "train.rollback_lr_factor",
+    "train.log_every", "train.max_rollbacks", "train.rollback_lr_factor", "train.compile",
+    "train.health_window", "train.stop_on_health", "data.strict", "data.download", "data.resident_limit_mb",
 }
 
 
@@ -215,8 +235,8 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     def walk(a: Any, b: Any, prefix: str) -> None:
         if isinstance(a, dict) and isinstance(b, dict):
             for key in sorted(set(a) | set(b)):
-                if key in a or b.get(key) is not None:  # a field newer than the saved config: its default
-                    walk(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+                if key in a and key in b:  # a field the saved config predates cannot block a resume
+                    walk(a[key], b[key], f"{prefix}.{key}" if prefix else key)
         elif a != b and prefix not in RESUMABLE_CHANGES and not prefix.startswith(("eval.", "gallery.")):
             diffs.append(f"{prefix}: {a!r} -> {b!r}")
 

@@ -29,3 +29,7 @@ class RunError(GanlibError):
 
 class TrainingDiverged(GanlibError):
     """Training produced non-finite losses again and again, even after rolling back."""
+
+
+class HealthStop(GanlibError):
+    """Training was stopped because a health monitor fired and ``train.stop_on_health`` is set."""

@@ -28,7 +28,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -444,6 +446,40 @@ def make_interpolation(checkpoint_path: Path, gallery_dir: Path, seed: int,
 
 # --- exporting many samples (flows/generate.py) ---------------------------------------------------
 
+def resolve_checkpoint(run_dir: Path, which: str = "best") -> Path:
+    """The checkpoint of a run that ``which`` names; ``CheckpointError`` (one line) if there is none.
+
+    ``which``: ``best`` (marked in ``metrics/eval.parquet``), ``latest``, a step (``1000``), a file
+    name in ``checkpoints/`` (``step_001000.pt``), or a path to a checkpoint file.
+    """
+    import pandas as pd  # local: only this function needs it
+
+    run_dir = Path(run_dir)
+    checkpoints_dir = run_dir / "checkpoints"
+    found = ckpt.list_checkpoints(checkpoints_dir)
+    if which == "best":
+        table_path = run_dir / "metrics" / "eval.parquet"
+        if not table_path.is_file():
+            raise CheckpointError(f"run {run_dir} has no evaluation ({table_path} is missing), so no best "
+                                  "checkpoint; evaluate it first or name one (--checkpoint latest or a step)")
+        table = pd.read_parquet(table_path)
+        path = checkpoints_dir / str(table.loc[table["best"], "checkpoint"].iloc[-1])
+    elif which == "latest":
+        if not found:
+            raise CheckpointError(f"run {run_dir} has no checkpoints in {checkpoints_dir}; train it first")
+        path = found[-1][1]
+    elif which.isdigit():
+        path = checkpoints_dir / ckpt.checkpoint_name(int(which))
+    elif Path(which).is_file():
+        path = Path(which)
+    else:
+        path = checkpoints_dir / which
+    if not path.is_file():
+        steps = ", ".join(str(s) for s, _ in found) or "none"
+        raise CheckpointError(f"checkpoint {which!r} not found: {path} does not exist (steps saved: {steps})")
+    return path
+
+
 def _safe_name(text: str) -> str:
     """A class name as a folder name: letters, digits, '.', '_', '-' only."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "class"
@@ -455,15 +491,16 @@ def export_samples(checkpoint_path: Path, dest: Path, num_samples: int, seed: in
     """Generate ``num_samples`` images from a checkpoint into ``dest``: an npz file or a PNG folder.
 
     Latents are ``fixed_noise(num_samples, noise_dim, seed)`` (the ``seed`` is the latent seed
-    itself and is recorded), so the same call reproduces the same images, and image i does not
-    depend on ``num_samples``. Conditional checkpoints get balanced labels (image i is class
+    itself and is recorded), so the same call reproduces the same images, and image i has the
+    same latent whatever ``num_samples`` is (its pixels may differ by a rounding step when the batch
+    size differs: convolutions sum in a different order). Conditional checkpoints get balanced labels (image i is class
     i mod K).
 
     - ``fmt="npz"``: ``dest`` (a .npz file) with ``images`` uint8 (N, C, H, W), ``seed``, ``step``,
       ``checkpoint`` and, when conditional, ``labels`` (N,) int64 and ``class_names``.
     - ``fmt="png"``: ``dest`` (a folder) with ``000000.png`` ... (conditional: ``<class>/000000.png``)
-      and ``meta.json`` (seed, step, checkpoint, count, files), written last: its presence marks a
-      complete folder.
+      and ``meta.json`` (seed, step, checkpoint, weights, count). The folder appears complete or not
+      at all (built under a temporary name, then renamed); an existing one is replaced.
 
     Generates and writes in batches, so memory stays at one batch whatever ``num_samples`` is.
     """
@@ -490,19 +527,37 @@ def export_samples(checkpoint_path: Path, dest: Path, num_samples: int, seed: in
                      weights=record["weights"], **extra)
         return record
 
-    files: list[str] = []
-    for i in range(0, num_samples, batch_size):
-        batch_labels = None if labels is None else labels[i: i + batch_size]
-        images = to_uint8(generate(generator, z[i: i + batch_size], batch_size, batch_labels)).numpy()
-        for j, image in enumerate(images):
-            k = i + j
-            name = f"{k:06d}.png" if names is None else f"{_safe_name(names[int(labels[k])])}/{k:06d}.png"
-            picture = Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0))
-            save_png(picture, dest / name)
-            files.append(name)
     if names is not None:
         record["class_names"] = names
-    atomic_write_json(dest / "meta.json", {**record, "files": len(files),
-                                           "naming": "NNNNNN.png = image index" if names is None
-                                           else "<class>/NNNNNN.png = image index, class = index mod K"})
+    # The folder is built under a hidden temporary name and renamed into place when complete: the
+    # same all-or-nothing guarantee as ``atomic_path`` gives one file, for the whole folder, at the
+    # cost of one sync instead of two fsyncs per image (10,000 PNGs: ~2 s instead of ~60 s).
+    for stale in dest.parent.glob(f".{dest.name}.tmp-*"):  # left by a killed export
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    tmp.mkdir(parents=True)
+    try:
+        for i in range(0, num_samples, batch_size):
+            batch_labels = None if labels is None else labels[i: i + batch_size]
+            images = to_uint8(generate(generator, z[i: i + batch_size], batch_size, batch_labels)).numpy()
+            for j, image in enumerate(images):
+                k = i + j
+                name = f"{k:06d}.png" if names is None else f"{_safe_name(names[int(labels[k])])}/{k:06d}.png"
+                (tmp / name).parent.mkdir(exist_ok=True)
+                picture = Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0))
+                picture.save(tmp / name, format="PNG")
+        naming = ("NNNNNN.png = image index" if names is None
+                  else "<class>/NNNNNN.png = image index; class = index mod K")
+        atomic_write_json(tmp / "meta.json", {**record, "files": num_samples, "naming": naming})
+        os.sync()  # every image on disk before the rename makes the folder visible
+        if dest.exists():  # a previous export of the same name: swap, then delete it
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+        os.sync()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return record

@@ -60,12 +60,12 @@ OBJECTIVES = {
 }
 
 
-def gradient_penalty(discriminator, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None
-                     ) -> torch.Tensor:
+def gradient_penalty(discriminator, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None,
+                     y: torch.Tensor | None = None) -> torch.Tensor:
     """WGAN-GP penalty E[(||grad D(x_hat)||_2 - 1)^2] at random interpolates x_hat of real and fake."""
     alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, generator=generator)
     mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(discriminator(mixed).sum(), mixed, create_graph=True)
+    (grad,) = torch.autograd.grad(discriminator(mixed, y).sum(), mixed, create_graph=True)
     return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
 
 

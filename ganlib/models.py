@@ -15,6 +15,7 @@ Presets:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ganlib.config import ModelConfig
@@ -23,23 +24,53 @@ from ganlib.errors import ConfigError
 DCGAN_SIZES = (28, 32, 64)
 
 
+class Norm(nn.Module):
+    """Batch norm, class-conditional when ``num_classes`` > 0 (de Vries et al. 2017).
+
+    Conditional: the normalisation has no affine parameters of its own; a per-class scale and shift
+    are looked up from an embedding. ``forward(x, y)``: x (N, C[, H, W]), y int64 (N,) or None.
+    """
+
+    def __init__(self, features: int, num_classes: int = 0, dim: int = 2):
+        super().__init__()
+        self.num_classes = num_classes
+        self.bn = (nn.BatchNorm2d if dim == 2 else nn.BatchNorm1d)(features, affine=num_classes == 0)
+        if num_classes:
+            self.embed = nn.Embedding(num_classes, 2 * features)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.bn(x)
+        if not self.num_classes:
+            return out
+        gamma, beta = self.embed(y).chunk(2, dim=1)
+        shape = (-1, out.shape[1]) + (1,) * (out.dim() - 2)
+        return out * gamma.view(shape) + beta.view(shape)
+
+
+def _project(logits: torch.Tensor, features: torch.Tensor, embed: nn.Embedding | None,
+             y: torch.Tensor | None) -> torch.Tensor:
+    """Projection discriminator (Miyato & Koyama 2018): add <embed(y), features>; features (N, F)."""
+    if embed is None:
+        return logits
+    return logits + (embed(y) * features).sum(dim=1)
+
+
 class MLPGenerator(nn.Module):
-    def __init__(self, noise_dim: int, hidden_dim: int, channels: int, image_size: int):
+    def __init__(self, noise_dim: int, hidden_dim: int, channels: int, image_size: int, num_classes: int = 0):
         super().__init__()
         self.shape = (channels, image_size, image_size)
-        out = channels * image_size * image_size
-        self.net = nn.Sequential(
-            nn.Linear(noise_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(True),
-            nn.Linear(hidden_dim, hidden_dim * 2), nn.BatchNorm1d(hidden_dim * 2), nn.ReLU(True),
-            nn.Linear(hidden_dim * 2, out), nn.Tanh(),
-        )
+        self.fc1, self.norm1 = nn.Linear(noise_dim, hidden_dim), Norm(hidden_dim, num_classes, dim=1)
+        self.fc2, self.norm2 = nn.Linear(hidden_dim, hidden_dim * 2), Norm(hidden_dim * 2, num_classes, dim=1)
+        self.out = nn.Linear(hidden_dim * 2, channels * image_size * image_size)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).view(z.shape[0], *self.shape)
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = torch.relu(self.norm1(self.fc1(z), y))
+        h = torch.relu(self.norm2(self.fc2(h), y))
+        return torch.tanh(self.out(h)).view(z.shape[0], *self.shape)
 
 
 class MLPDiscriminator(nn.Module):
-    def __init__(self, hidden_dim: int, channels: int, image_size: int):
+    def __init__(self, hidden_dim: int, channels: int, image_size: int, num_classes: int = 0):
         super().__init__()
         inp = channels * image_size * image_size
         # No batch norm in D: it would couple the real and fake batches' statistics.
@@ -47,11 +78,13 @@ class MLPDiscriminator(nn.Module):
             nn.Flatten(),
             nn.Linear(inp, hidden_dim * 2), nn.LeakyReLU(0.2, True),
             nn.Linear(hidden_dim * 2, hidden_dim), nn.LeakyReLU(0.2, True),
-            nn.Linear(hidden_dim, 1),
         )
+        self.out = nn.Linear(hidden_dim, 1)
+        self.embed = nn.Embedding(num_classes, hidden_dim) if num_classes else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).view(-1)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.net(x)
+        return _project(self.out(h).view(-1), h, self.embed, y)
 
 
 def _dcgan_widths(image_size: int) -> tuple[int, int]:
@@ -60,27 +93,27 @@ def _dcgan_widths(image_size: int) -> tuple[int, int]:
 
 
 class DCGANGenerator(nn.Module):
-    def __init__(self, noise_dim: int, ngf: int, channels: int, image_size: int):
+    def __init__(self, noise_dim: int, ngf: int, channels: int, image_size: int, num_classes: int = 0):
         super().__init__()
         num_up, start = _dcgan_widths(image_size)
         width = ngf * 2 ** (num_up - 1)
-        layers: list[nn.Module] = [
-            nn.ConvTranspose2d(noise_dim, width, start, 1, 0, bias=False),
-            nn.BatchNorm2d(width), nn.ReLU(True),
-        ]
+        self.convs = nn.ModuleList([nn.ConvTranspose2d(noise_dim, width, start, 1, 0, bias=False)])
+        self.norms = nn.ModuleList([Norm(width, num_classes)])
         for _ in range(num_up - 1):
-            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
-                       nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+            self.convs.append(nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False))
+            self.norms.append(Norm(width // 2, num_classes))
             width //= 2
-        layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1, bias=False), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
+        self.out = nn.ConvTranspose2d(width, channels, 4, 2, 1, bias=False)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z.view(z.shape[0], -1, 1, 1))
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = z.view(z.shape[0], -1, 1, 1)
+        for conv, norm in zip(self.convs, self.norms):
+            h = torch.relu(norm(conv(h), y))
+        return torch.tanh(self.out(h))
 
 
 class DCGANDiscriminator(nn.Module):
-    def __init__(self, ndf: int, channels: int, image_size: int):
+    def __init__(self, ndf: int, channels: int, image_size: int, num_classes: int = 0):
         super().__init__()
         num_down, end = _dcgan_widths(image_size)
         width = ndf
@@ -89,11 +122,84 @@ class DCGANDiscriminator(nn.Module):
             layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
                        nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, True)]
             width *= 2
-        layers += [nn.Conv2d(width, 1, end, 1, 0, bias=False)]
         self.net = nn.Sequential(*layers)
+        self.out = nn.Conv2d(width, 1, end, 1, 0, bias=False)
+        self.embed = nn.Embedding(num_classes, width) if num_classes else None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.net(x)
+        return _project(self.out(h).view(-1), h.sum(dim=(2, 3)) if self.embed is not None else h, self.embed, y)
+
+
+class _ResBlockUp(nn.Module):
+    """SNGAN generator block: BN-ReLU-up-conv3-BN-ReLU-conv3, plus an upsampled 1x1 shortcut."""
+
+    def __init__(self, cin: int, cout: int, num_classes: int):
+        super().__init__()
+        self.norm1, self.conv1 = Norm(cin, num_classes), nn.Conv2d(cin, cout, 3, 1, 1)
+        self.norm2, self.conv2 = Norm(cout, num_classes), nn.Conv2d(cout, cout, 3, 1, 1)
+        self.skip = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        h = F.interpolate(torch.relu(self.norm1(x, y)), scale_factor=2.0, mode="nearest")
+        h = self.conv2(torch.relu(self.norm2(self.conv1(h), y)))
+        return h + self.skip(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class _ResBlockDown(nn.Module):
+    """SNGAN discriminator block: (ReLU)-conv3-ReLU-conv3-avgpool, plus a 1x1 shortcut."""
+
+    def __init__(self, cin: int, cout: int, first: bool):
+        super().__init__()
+        self.first = first
+        self.conv1, self.conv2 = nn.Conv2d(cin, cout, 3, 1, 1), nn.Conv2d(cout, cout, 3, 1, 1)
+        self.skip = nn.Conv2d(cin, cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).view(-1)
+        h = x if self.first else torch.relu(x)
+        h = F.avg_pool2d(self.conv2(torch.relu(self.conv1(h))), 2)
+        shortcut = self.skip(F.avg_pool2d(x, 2)) if self.first else F.avg_pool2d(self.skip(x), 2)
+        return h + shortcut
+
+
+RESNET_SIZES = (32, 64)
+
+
+class ResNetGenerator(nn.Module):
+    """SNGAN-style residual generator (Miyato et al. 2018) for 32 or 64 px: 4x4 -> up-blocks -> image."""
+
+    def __init__(self, noise_dim: int, ngf: int, channels: int, image_size: int, num_classes: int = 0):
+        super().__init__()
+        width = ngf * 4
+        self.width = width
+        self.fc = nn.Linear(noise_dim, 4 * 4 * width)
+        self.blocks = nn.ModuleList([_ResBlockUp(width, width, num_classes)
+                                     for _ in range({32: 3, 64: 4}[image_size])])
+        self.norm = Norm(width, num_classes)
+        self.out = nn.Conv2d(width, channels, 3, 1, 1)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.fc(z).view(z.shape[0], self.width, 4, 4)
+        for block in self.blocks:
+            h = block(h, y)
+        return torch.tanh(self.out(torch.relu(self.norm(h, y))))
+
+
+class ResNetDiscriminator(nn.Module):
+    """SNGAN-style residual discriminator: down-blocks, ReLU, global sum pooling, linear (+ projection)."""
+
+    def __init__(self, ndf: int, channels: int, image_size: int, num_classes: int = 0):
+        super().__init__()
+        width = ndf * 4
+        downs = {32: 2, 64: 3}[image_size]
+        self.blocks = nn.Sequential(_ResBlockDown(channels, width, first=True),
+                                    *[_ResBlockDown(width, width, first=False) for _ in range(downs)])
+        self.out = nn.Linear(width, 1)
+        self.embed = nn.Embedding(num_classes, width) if num_classes else None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = torch.relu(self.blocks(x)).sum(dim=(2, 3))
+        return _project(self.out(h).view(-1), h, self.embed, y)
 
 
 def dcgan_init_(module: nn.Module) -> None:
@@ -103,29 +209,47 @@ def dcgan_init_(module: nn.Module) -> None:
             nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.affine:
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
+        elif isinstance(m, Norm) and m.num_classes:  # per-class scales around 1, shifts 0
+            features = m.embed.weight.shape[1] // 2
+            nn.init.normal_(m.embed.weight[:, :features], 1.0, 0.02)
+            nn.init.zeros_(m.embed.weight[:, features:])
 
 
-def build_models(cfg: ModelConfig, channels: int, image_size: int) -> tuple[nn.Module, nn.Module]:
+def build_models(cfg: ModelConfig, channels: int, image_size: int, num_classes: int = 0
+                 ) -> tuple[nn.Module, nn.Module]:
     """Generator and discriminator for images of shape (channels, image_size, image_size).
 
+    With ``cfg.conditional`` both take class labels: ``G(z, y)``, ``D(x, y)`` with y int64 (N,) in
+    [0, num_classes); G then uses conditional batch norm and D a projection head.
     Weights are initialised from the global torch RNG: seed it (or use ``torch.random.fork_rng``)
     before calling for reproducible models.
     """
+    k = num_classes if cfg.conditional else 0
+    if cfg.conditional and num_classes < 2:
+        raise ConfigError("model.conditional: needs a labelled dataset with at least 2 classes; "
+                          "drop --conditional or use a labelled dataset")
     if cfg.name == "mlp":
-        g: nn.Module = MLPGenerator(cfg.noise_dim, cfg.hidden_dim, channels, image_size)
-        d: nn.Module = MLPDiscriminator(cfg.hidden_dim, channels, image_size)
+        g: nn.Module = MLPGenerator(cfg.noise_dim, cfg.hidden_dim, channels, image_size, k)
+        d: nn.Module = MLPDiscriminator(cfg.hidden_dim, channels, image_size, k)
     elif cfg.name == "dcgan":
         if image_size not in DCGAN_SIZES:
             raise ConfigError(
                 f"model.name: 'dcgan' makes images of {', '.join(map(str, DCGAN_SIZES))} px, "
                 f"not {image_size}; set data.image_size to one of them or use --model mlp")
-        g = DCGANGenerator(cfg.noise_dim, cfg.ngf, channels, image_size)
-        d = DCGANDiscriminator(cfg.ndf, channels, image_size)
+        g = DCGANGenerator(cfg.noise_dim, cfg.ngf, channels, image_size, k)
+        d = DCGANDiscriminator(cfg.ndf, channels, image_size, k)
+    elif cfg.name == "resnet":
+        if image_size not in RESNET_SIZES:
+            raise ConfigError(
+                f"model.name: 'resnet' makes images of {', '.join(map(str, RESNET_SIZES))} px, "
+                f"not {image_size}; set data.image_size (--image-size 32) or use --model dcgan")
+        g = ResNetGenerator(cfg.noise_dim, cfg.ngf, channels, image_size, k)
+        d = ResNetDiscriminator(cfg.ndf, channels, image_size, k)
     else:  # pydantic's Literal makes this unreachable from validated configs
-        raise ConfigError(f"model.name: unknown model {cfg.name!r}; choose mlp or dcgan")
+        raise ConfigError(f"model.name: unknown model {cfg.name!r}; choose mlp, dcgan or resnet")
     dcgan_init_(g)
     dcgan_init_(d)
     if cfg.spectral_norm:

@@ -11,6 +11,8 @@ Sans, so plots look the same offline on every machine.
 
 from __future__ import annotations
 
+import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +33,13 @@ def smoothing_span(num_points: int) -> int:
 def smooth(values: np.ndarray | pd.Series, span: int) -> np.ndarray:
     """Exponential moving average with bias correction (the start is not dragged towards 0).
 
-    Non-finite values (a diverged step) are skipped rather than poisoning everything after them.
-    Returns float64 of the same length.
+    Non-finite values (a diverged step) are skipped rather than poisoning everything after them,
+    and stay NaN in the result, so a plotted curve has a gap where there was no finite value
+    instead of a flat line. Returns float64 of the same length.
     """
     series = pd.Series(np.asarray(values, dtype=np.float64)).replace([np.inf, -np.inf], np.nan)
-    return series.ewm(span=span, adjust=True, ignore_na=True).mean().to_numpy()
+    smoothed = series.ewm(span=span, adjust=True, ignore_na=True).mean()
+    return smoothed.where(series.notna()).to_numpy()
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
@@ -46,16 +50,22 @@ def save_figure(fig: Figure, path: Path) -> Path:
 
 
 def _note(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", wrap=True, color="0.4")
+    ax.text(0.5, 0.5, textwrap.fill(text, 40), transform=ax.transAxes, ha="center", va="center", color="0.4")
 
 
-def plot_training(train: pd.DataFrame, path: Path) -> Path:
+LOSS_NAMES = {"ns": "non-saturating", "hinge": "hinge", "wgan-gp": "Wasserstein + GP", "ls": "least squares"}
+
+
+def plot_training(train: pd.DataFrame, path: Path, events: pd.DataFrame | None = None,
+                  loss: str | None = None) -> Path:
     """Losses and discriminator outputs over steps, from ``metrics/train.parquet``.
 
     Top: ``d_loss`` and ``g_loss``. Bottom: ``d_real`` = D(x) and ``d_fake`` = D(G(z)), mean
     probabilities in [0, 1], with 0.5 (a discriminator that cannot tell) dashed. Raw values faint,
-    smoothed ones solid. What healthy looks like: both losses level off without one going to 0,
-    D(x) stays above D(G(z)) without D(G(z)) collapsing to 0.
+    smoothed ones solid; steps with a non-finite loss are marked by red lines, and health events
+    (``events``: ``metrics/health.parquet`` rows with a ``step``, e.g. rollbacks) by dashed purple
+    ones. What healthy looks like: both losses level off without one going to 0, D(x) stays above
+    D(G(z)) without D(G(z)) collapsing to 0. ``loss``: the run's ``train.loss``, named on the axis.
     """
     fig = Figure(figsize=(9, 6.2), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
@@ -72,7 +82,18 @@ def plot_training(train: pd.DataFrame, path: Path) -> Path:
         ax.grid(alpha=0.3)
     if not len(train):
         _note(top, "no training steps recorded")
-    top.set_ylabel("loss (non-saturating, from logits)")
+    else:
+        losses = train[[c for c in ("d_loss", "g_loss") if c in train]].to_numpy(dtype=float)
+        bad = steps[~np.isfinite(losses).all(axis=1)]
+        if len(bad):  # a diverged stretch: a gap in the curves, and red lines so it is not missed
+            top.vlines(bad, 0, 1, transform=top.get_xaxis_transform(), colors=BEST_COLOUR, alpha=0.35,
+                       linewidth=1, label=f"non-finite loss ({len(bad)} steps)")
+    if events is not None and "step" in events and len(events):
+        for ax in (top, bottom):
+            ax.vlines(events["step"].to_numpy(dtype=float), 0, 1, transform=ax.get_xaxis_transform(),
+                      colors="tab:purple", linestyles="--", linewidth=1.2,
+                      label=f"health event ({len(events)})" if ax is top else None)
+    top.set_ylabel(f"loss ({LOSS_NAMES.get(loss, loss)})" if loss else "loss")
     top.set_title(f"Training losses and discriminator outputs (EMA span {span} steps; raw values faint)")
     bottom.axhline(0.5, color="0.5", linestyle="--", linewidth=1, label="0.5: D cannot tell")
     bottom.set_ylim(-0.02, 1.02)
@@ -113,7 +134,7 @@ def plot_evaluation(table: pd.DataFrame, path: Path, num_classes: int | None = N
     for ax, (column, title, _) in zip(axes, EVAL_PANELS, strict=True):
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-        if column not in table or not table[column].notna().any():
+        if not scored or column not in table or not table[column].notna().any():
             _note(ax, str(table["note"].iloc[0]) if "note" in table and len(table) else "not scored")
             continue
         values = table[column].to_numpy(dtype=float)
@@ -135,7 +156,8 @@ def plot_evaluation(table: pd.DataFrame, path: Path, num_classes: int | None = N
             ax.axvline(best_step, color=BEST_COLOUR, linestyle=":", linewidth=1.2)
             ax.plot([best_step], [table.at[b, column]], marker="*", markersize=15, color=BEST_COLOUR,
                     linestyle="none", label=f"best: step {best_step:,}", zorder=5)
-        ax.legend(fontsize=8, loc="best")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="best")
     for ax in axes[2:]:
         ax.set_xlabel("checkpoint step")
     fig.suptitle("Evaluation per checkpoint" + ("" if scored else " (not scored)"))
@@ -177,7 +199,13 @@ def plot_run(run_dir: Path, plots_dir: Path | None = None) -> dict[str, str]:
     train_path, eval_path = run_dir / "metrics" / "train.parquet", run_dir / "metrics" / "eval.parquet"
     if train_path.is_file():
         train = pd.read_parquet(train_path)
-        made["training"] = str(plot_training(train, plots_dir / "training.png"))
+        health_path = run_dir / "metrics" / "health.parquet"
+        events = pd.read_parquet(health_path) if health_path.is_file() else None
+        try:
+            loss = json.loads((run_dir / "config.json").read_text())["train"].get("loss", "ns")
+        except (OSError, ValueError, KeyError):
+            loss = None
+        made["training"] = str(plot_training(train, plots_dir / "training.png", events, loss))
         made["throughput"] = str(plot_throughput(train, plots_dir / "throughput.png"))
     if eval_path.is_file():
         made["evaluation"] = str(plot_evaluation(pd.read_parquet(eval_path), plots_dir / "evaluation.png"))

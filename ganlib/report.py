@@ -1,21 +1,41 @@
-"""The run summary: one dict (``summary.json``) and its Markdown rendering (``summary.md``)."""
+"""The run summary: one dict (``summary.json``) and its Markdown rendering (``summary.md``).
+
+The Markdown comes in two forms. ``summary.md`` in the run folder shows its pictures through
+relative paths (``gallery/grid_5x5.png``), so a Markdown viewer opened on the folder shows them
+and the file stays small. The Prefect summary artifact cannot reach the run folder, so its form
+embeds a small gallery and the loss plot as ``data:`` URIs: Prefect's UI renders those (checked
+with headless Chromium against ``prefect server start``, Prefect 3.9; see ``docs/visuals.md``).
+The full page is ``report.html`` (``ganlib.report_html``).
+"""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from PIL import Image
 
 from ganlib.config import RunConfig
 from ganlib.io import atomic_write_json, atomic_write_text
 from ganlib.run import RunPaths
 
+# Widths of the pictures inlined in the Prefect artifact: a glance, not a download (~100 KB in all).
+INLINE_GRID_PX = 300
+INLINE_PLOT_PX = 720
+
 
 def build_summary(cfg: RunConfig, train: dict[str, Any], eval_table: pd.DataFrame,
-                  gallery: dict[str, Any]) -> dict[str, Any]:
-    """Plain-value summary of a finished run: config, training, best checkpoint and scores, files."""
+                  gallery: dict[str, Any], plots: dict[str, str] | None = None,
+                  report: str | None = None) -> dict[str, Any]:
+    """Plain-value summary of a finished run: config, training, best checkpoint and scores, files.
+
+    ``gallery``: what ``ganlib.gallery`` made (paths and seeds); ``plots``: ``ganlib.plots.plot_run``'s
+    paths; ``report``: the path of ``report.html``.
+    """
     best = eval_table[eval_table["best"]].iloc[-1]
     manifest_path = RunPaths(cfg.run_dir).data / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
@@ -39,25 +59,61 @@ def build_summary(cfg: RunConfig, train: dict[str, Any], eval_table: pd.DataFram
             "classifier_holdout_accuracy": float(best["classifier_holdout_accuracy"]),
         },
         "gallery": gallery,
+        "plots": plots or {},
+        "report": report,
     }
 
 
-def summary_markdown(summary: dict[str, Any]) -> str:
+def inline_png(path: Path, max_width: int) -> str:
+    """A ``data:image/png;base64,...`` URI of an image file, shrunk to at most ``max_width`` pixels wide.
+
+    Shrinking uses a box filter (an average), which keeps the enlarged cells of a grid clean.
+    """
+    with Image.open(path) as im:
+        picture = im.convert("RGB") if im.mode not in ("L", "RGB", "RGBA") else im.copy()
+    if picture.width > max_width:
+        height = round(picture.height * max_width / picture.width)
+        picture = picture.resize((max_width, height), Image.BOX)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _picture(path: str | None, alt: str, run_dir: Path, inline: bool, max_width: int) -> str:
+    """A Markdown image: inlined as a data URI, or a path relative to the run folder."""
+    if not path or not Path(path).is_file():
+        return f"*{alt}: not made*"
+    if inline:
+        return f"![{alt}]({inline_png(Path(path), max_width)})"
+    try:
+        rel = Path(path).resolve().relative_to(run_dir.resolve()).as_posix()
+    except ValueError:
+        rel = str(path)
+    return f"![{alt}]({rel})"
+
+
+def summary_markdown(summary: dict[str, Any], inline_images: bool = False) -> str:
+    """The summary as Markdown. ``inline_images``: embed the small gallery and the loss plot as
+    ``data:`` URIs (for the Prefect artifact) instead of referring to the files (for ``summary.md``)."""
     cfg, best, ref, train = summary["config"], summary["best"], summary["reference"], summary["train"]
+    gallery, plots = summary["gallery"], summary.get("plots") or {}
     run_dir = Path(summary["run_dir"])
+    report = summary.get("report")
     lines = [
         f"# GAN run `{summary['run_id']}`",
         "",
         f"**{cfg['model']['name']}** on **{cfg['data']['dataset']}** "
         f"({summary['data']['count']} images, shape {summary['data']['shape']}), "
-        f"{train['final_step']} steps of batch {cfg['train']['batch_size']}, lr {cfg['train']['lr']}, seed {cfg['seed']}.",
+        f"{train['final_step']} steps of batch {cfg['train']['batch_size']}, lr {cfg['train']['lr']}, "
+        f"seed {cfg['seed']}.",
         "",
         "## Best checkpoint (lowest Fréchet distance in the domain classifier's features)",
         "",
         "| checkpoint | step | FD | classifier IS | classes present | rarest class |",
         "|---|---|---|---|---|---|",
-        f"| `{best['checkpoint']}` | {best['step']} | {best['fd']:.3f} | {best['is_mean']:.3f} ± {best['is_std']:.3f} "
-        f"| {best['classes_present']} | {100 * best['rarest_class_fraction']:.1f}% |",
+        f"| `{best['checkpoint']}` | {best['step']} | {best['fd']:.3f} "
+        f"| {best['is_mean']:.3f} ± {best['is_std']:.3f} | {best['classes_present']} "
+        f"| {100 * best['rarest_class_fraction']:.1f}% |",
         "",
         f"Reference: real images score IS {ref['real_is']:.3f}; the classifier's held-out accuracy is "
         f"{100 * ref['classifier_holdout_accuracy']:.2f}%.",
@@ -65,11 +121,38 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"Training: {train['seconds']:.0f} s at {train['images_per_sec']:.0f} images/s"
         + (f", resumed from step {train['resumed_from_step']}" if train["resumed_from_step"] else "") + ".",
         "",
+        "## Pictures",
+        "",
+        f"Samples of the best checkpoint (step {best['step']}, fixed latents):",
+        "",
+        _picture(gallery.get("grid_5x5"), "best samples, 5x5", run_dir, inline_images, INLINE_GRID_PX),
+        "",
+        "Losses and D(x) / D(G(z)) over training:",
+        "",
+        _picture(plots.get("training"), "training curves", run_dir, inline_images, INLINE_PLOT_PX),
+        "",
+    ]
+    if report:
+        shown = Path(report).resolve() if inline_images else Path(report).name
+        lines += ["The full report (all plots, the timelapse, interpolation, eval table, health events): "
+                  f"open `{shown}` in a browser.", ""]
+    lines += [
         "## Files",
         "",
         f"- run directory: `{run_dir}`",
-        f"- gallery: `{summary['gallery']['grid_5x5']}`, `{summary['gallery']['grid_10x10']}`",
-        f"- samples: `{summary['gallery']['samples']}` ({summary['gallery']['num_samples']} images, seed {summary['gallery']['seed']})",
+        f"- gallery: `{gallery['grid_5x5']}`, `{gallery['grid_10x10']}`",
+        f"- samples: `{gallery['samples']}` ({gallery['num_samples']} images, seed {gallery['seed']})",
+    ]
+    if gallery.get("progress_gif"):
+        lines.append(f"- timelapse: `{gallery['progress_gif']}` (from `{run_dir / 'gallery' / 'steps'}`)")
+    if gallery.get("interpolation_png"):
+        lines.append(f"- interpolation: `{gallery['interpolation_png']}`, "
+                     f"`{gallery.get('interpolation_gif')}`")
+    if plots:
+        lines.append("- plots: " + ", ".join(f"`{p}`" for p in plots.values()))
+    if report:
+        lines.append(f"- report: `{report}`")
+    lines += [
         f"- tables: `{run_dir / 'metrics' / 'train.parquet'}`, `{run_dir / 'metrics' / 'eval.parquet'}`",
         f"- config: `{run_dir / 'config.json'}`; checkpoints: `{run_dir / 'checkpoints'}`",
         "",
@@ -78,6 +161,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 
 def write_summary(summary: dict[str, Any], run_dir: Path) -> tuple[Path, Path]:
+    """Write ``summary.json`` and ``summary.md`` (pictures by relative path) into ``run_dir``."""
     paths = RunPaths(Path(run_dir))
     atomic_write_json(paths.summary, summary)
     md = paths.root / "summary.md"

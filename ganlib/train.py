@@ -20,6 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,11 @@ import torch
 from torch import nn
 
 from ganlib import checkpoint as ckpt
+from ganlib.augment import diff_augment
 from ganlib.config import RunConfig, config_differences, total_steps
 from ganlib.data.loader import BatchSource
 from ganlib.data.store import copy_real_grid, load_store
-from ganlib.errors import CheckpointError, ConfigError, TrainingDiverged
+from ganlib.errors import CheckpointError, ConfigError, HealthStop, TrainingDiverged
 from ganlib.io import atomic_path, atomic_write_json, remove_temporary_files
 from ganlib.lock import run_lock
 from ganlib.losses import OBJECTIVES, gradient_penalty, r1_penalty
@@ -41,7 +43,9 @@ from ganlib.run import RunPaths, resolve_device
 
 log = logging.getLogger("ganlib")
 
-METRIC_COLUMNS = ("d_loss", "g_loss", "d_real", "d_fake")
+METRIC_COLUMNS = ("d_loss", "g_loss", "d_real", "d_fake", "fake_std")
+SATURATION = 0.99  # D(x) above and D(G(z)) below 1 - this, averaged over a flush: D wins outright
+COLLAPSE_FRACTION = 0.1  # sample spread below this fraction of its best so far: G collapsed
 
 
 @dataclass
@@ -115,12 +119,15 @@ class Objective:
     r1: float = 0.0
     r1_every: int = 1
     ema_decay: float = 0.0
+    diffaug: tuple[str, ...] = ()
+    bf16: bool = False  # autocast to bfloat16 (CUDA)
 
     @classmethod
-    def from_config(cls, cfg: RunConfig) -> Objective:
+    def from_config(cls, cfg: RunConfig, device: torch.device | None = None) -> Objective:
         t = cfg.train
         return cls(loss=t.loss, d_steps=t.d_steps, gp_weight=t.gp_weight, r1=t.r1, r1_every=t.r1_every,
-                   ema_decay=t.ema_decay)
+                   ema_decay=t.ema_decay, diffaug=tuple(t.diffaug),
+                   bf16=t.precision == "bf16" and device is not None and device.type == "cuda")
 
 
 def ema_beta(decay: float, step: int) -> float:
@@ -148,30 +155,37 @@ def train_step(
     step: int = 0,
     ema: nn.Module | None = None,
     noise: torch.Generator | None = None,
+    y: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``objective.d_steps`` D updates, then one G update. Returns the step's scalars on the device.
 
     real: (d_steps * N, C, H, W) float in [-1, 1], one batch of N per D update; z: (d_steps * N,
     noise_dim). The G update reuses the last D update's fakes (G has not changed since). ``step``
     (0-based) schedules lazy R1 and the EMA ramp-up; ``noise`` draws the gradient penalty's
-    interpolation weights. Returns float32 (d_loss, g_loss, D(x), D(G(z))), the D outputs as mean
-    sigmoid of the last D update; nothing here synchronises with the host.
+    interpolation weights; ``y`` (d_steps * N,) int64 labels of the real images for conditional
+    models (the fakes are made for the same labels, so both follow the data's class balance).
+    Returns float32 (d_loss, g_loss, D(x), D(G(z))), the D outputs as mean sigmoid of the last D
+    update; nothing here synchronises with the host.
     """
     d_loss_fn, g_loss_fn = OBJECTIVES[objective.loss]
-    for i, (real_i, z_i) in enumerate(zip(real.chunk(objective.d_steps), z.chunk(objective.d_steps))):
+    aug = (lambda x: diff_augment(x, objective.diffaug, noise)) if objective.diffaug else (lambda x: x)  # noqa: E731
+    amp = (lambda: torch.autocast(real.device.type, dtype=torch.bfloat16)) if objective.bf16 else nullcontext
+    ys = y.chunk(objective.d_steps) if y is not None else [None] * objective.d_steps
+    for i, (real_i, z_i, y_i) in enumerate(zip(real.chunk(objective.d_steps), z.chunk(objective.d_steps), ys)):
         # Update D on one batch.
-        fake = generator(z_i)
         d_index = step * objective.d_steps + i
         use_r1 = objective.r1 > 0 and d_index % objective.r1_every == 0
         if use_r1:
             real_i = real_i.detach().requires_grad_(True)
-        real_logits = discriminator(real_i)
-        fake_logits = discriminator(fake.detach())
+        with amp():
+            fake = generator(z_i, y_i)
+            real_logits = discriminator(aug(real_i), y_i).float()
+            fake_logits = discriminator(aug(fake.detach()), y_i).float()
         d_loss = d_loss_fn(real_logits, fake_logits)
         d_total = d_loss
         if objective.loss == "wgan-gp" and objective.gp_weight > 0:
             d_total = d_total + objective.gp_weight * gradient_penalty(discriminator, real_i.detach(), fake.detach(),
-                                                                       noise)
+                                                                       noise, y_i)
         if use_r1:  # lazy R1: every r1_every updates, scaled up to keep the same average strength
             d_total = d_total + (objective.r1 / 2) * objective.r1_every * r1_penalty(real_logits, real_i)
         opt_d.zero_grad(set_to_none=True)
@@ -181,7 +195,9 @@ def train_step(
     # Update G against the updated D. D's weight gradients are not needed here, so they are not
     # computed (about a third of the backward pass through D).
     discriminator.requires_grad_(False)
-    g_loss = g_loss_fn(discriminator(fake))
+    with amp():
+        g_logits = discriminator(aug(fake), y_i).float()
+    g_loss = g_loss_fn(g_logits)
     opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
     opt_g.step()
@@ -190,8 +206,9 @@ def train_step(
         update_ema(ema, generator, ema_beta(objective.ema_decay, step))
 
     with torch.no_grad():
-        return torch.stack([d_loss.detach(), g_loss.detach(),
-                            torch.sigmoid(real_logits.detach()).mean(), torch.sigmoid(fake_logits).mean()])
+        spread = fake.detach().float().std(dim=0).mean()  # sample diversity: collapse drives it to 0
+        return torch.stack([d_loss.detach(), g_loss.detach(), torch.sigmoid(real_logits.detach()).mean(),
+                            torch.sigmoid(fake_logits).mean(), spread])
 
 
 def make_optimizers(cfg: RunConfig, generator: nn.Module, discriminator: nn.Module, lr_scale: float = 1.0):
@@ -274,6 +291,45 @@ def _record_health_event(paths: RunPaths, step: int, event: str, detail: str, ac
     _write_table(rows, path)
 
 
+class HealthMonitor:
+    """Notices a failing GAN from the flushed per-step scalars, without extra host syncs.
+
+    - ``d-saturation``: mean D(x) > 0.99 and mean D(G(z)) < 0.01 over a flush;
+    - ``mode-collapse``: the generated batch's spread (mean per-pixel std) falls below 10% of the
+      best seen so far.
+    Each is recorded in ``metrics/health.parquet`` once ``window`` consecutive flushes show it (and
+    again only after it has cleared). Its counters live in the run's health state, saved with
+    every checkpoint, so a resumed run reports exactly what the uninterrupted one would.
+    """
+
+    def __init__(self, paths: RunPaths, window: int, stop: bool, health: dict[str, Any]):
+        self.paths, self.window, self.stop, self.health = paths, window, stop, health
+        health.setdefault("saturated_flushes", 0)
+        health.setdefault("collapsed_flushes", 0)
+        health.setdefault("best_spread", 0.0)
+
+    def observe(self, step: int, values: list[list[float]]) -> None:
+        cols = {name: sum(v[i] for v in values) / len(values) for i, name in enumerate(METRIC_COLUMNS)}
+        h = self.health
+        h["best_spread"] = max(h["best_spread"], cols["fake_std"])
+        saturated = cols["d_real"] > SATURATION and cols["d_fake"] < 1 - SATURATION
+        collapsed = cols["fake_std"] < COLLAPSE_FRACTION * h["best_spread"]
+        for event, bad, key, evidence in (
+            ("d-saturation", saturated, "saturated_flushes",
+             f"D(x) {cols['d_real']:.4f}, D(G(z)) {cols['d_fake']:.4f}"),
+            ("mode-collapse", collapsed, "collapsed_flushes",
+             f"sample spread {cols['fake_std']:.4f}, best {h['best_spread']:.4f}"),
+        ):
+            h[key] = h[key] + 1 if bad else 0
+            if h[key] == self.window:
+                detail = f"{evidence} over the last {self.window} flushes"
+                _record_health_event(self.paths, step, event, detail, "stop" if self.stop else "recorded", h["lr_scale"])
+                log.warning("health: %s at step %d (%s)", event, step, detail)
+                if self.stop:
+                    raise HealthStop(f"training stopped at step {step}: {event} ({detail}); "
+                                     "set train.stop_on_health false to only record it")
+
+
 def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop, health_override) -> TrainResult:
     paths = RunPaths(cfg.run_dir)
     device = resolve_device(cfg.device)
@@ -282,19 +338,25 @@ def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop, health_ove
     num_images, (channels, height, _) = len(images), store.images.shape[1:]
     num_steps = total_steps(cfg.train, num_images)
     batch = cfg.train.batch_size
-    objective = Objective.from_config(cfg)
+    objective = Objective.from_config(cfg, device)
+    if cfg.train.precision == "bf16":
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        else:
+            log.warning("train.precision: bf16 is used on CUDA only; training on %s in fp32", device)
 
     with torch.random.fork_rng(devices=[]):  # model init must not depend on (or disturb) global RNG
         torch.manual_seed(cfg.seed)
-        generator, discriminator = build_models(cfg.model, channels, height)
+        generator, discriminator = build_models(cfg.model, channels, height, store.num_classes)
     generator.to(device).train()
     discriminator.to(device).train()
     ema = copy.deepcopy(generator).eval().requires_grad_(False) if objective.ema_decay > 0 else None
     noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     order = BatchOrder(num_images, batch, cfg.seed, device)
+    labels = torch.from_numpy(store.labels).to(device) if cfg.model.conditional else None
     rows: list[dict[str, Any]] = []
     step = 0
-    health = {"rollbacks": 0, "lr_scale": 1.0}
+    health: dict[str, Any] = {"rollbacks": 0, "lr_scale": 1.0}
 
     found = ckpt.latest_checkpoint(paths.checkpoints)  # on the CPU: RNG states must stay there
     if found is not None:
@@ -305,8 +367,8 @@ def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop, health_ove
                 f"run {cfg.run_id!r} was started with a different config ({'; '.join(diffs)}); "
                 "use a new --run-id, or the original settings to resume")
         health = dict(state.get("health", health))
-    if health_override is not None:
-        health = health_override
+    if health_override is not None:  # a rollback: its count and learning-rate scale win
+        health = {**health, **health_override}
     opt_g, opt_d = make_optimizers(cfg, generator, discriminator, health["lr_scale"])
     if found is not None:
         generator.load_state_dict(state["generator"])
@@ -356,15 +418,23 @@ def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop, health_ove
         })
         return target
 
+    # The step runs compiled modules when asked; checkpoints and the EMA use the originals.
+    step_g, step_d = (torch.compile(generator), torch.compile(discriminator)) if cfg.train.compile else (
+        generator, discriminator)
+    monitor = HealthMonitor(paths, cfg.train.health_window, cfg.train.stop_on_health, health)
     window = torch.zeros(cfg.train.log_every, len(METRIC_COLUMNS), device=device)
     filled, t_start, t_flush = 0, time.perf_counter(), time.perf_counter()
     stopped_early = False
     images_per_sec = float("nan")
     while step < num_steps:
-        batches = [images.next_batch(order) for _ in range(objective.d_steps)]
+        batches, indices = [], []
+        for _ in range(objective.d_steps):
+            batches.append(images.next_batch(order))
+            indices.append(images.last_indices)
         real = to_unit_range(batches[0] if len(batches) == 1 else torch.cat(batches))
+        y = labels[torch.cat(indices)] if labels is not None else None
         z = torch.randn(len(real), cfg.model.noise_dim, device=device, generator=noise)
-        window[filled] = train_step(generator, discriminator, opt_g, opt_d, real, z, objective, step, ema, noise)
+        window[filled] = train_step(step_g, step_d, opt_g, opt_d, real, z, objective, step, ema, noise, y)
         filled += 1
         step += 1
 
@@ -375,6 +445,7 @@ def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop, health_ove
                 if not all(math.isfinite(x) for x in v):
                     bad = [name for name, x in zip(METRIC_COLUMNS, v) if not math.isfinite(x)]
                     raise NonFiniteLoss(f"non-finite {', '.join(bad)}", step - filled + i + 1, health)
+            monitor.observe(step, values)
             now = time.perf_counter()
             images_per_sec = filled * batch / max(now - t_flush, 1e-9)
             for i, v in enumerate(values):
@@ -426,7 +497,8 @@ def load_generator(path: Path, device: str | torch.device = "cpu", use_ema: bool
     state = ckpt.load_checkpoint(path, map_location=device)
     channels, size, _ = state["image_shape"]
     with torch.random.fork_rng(devices=[]):
-        generator, _ = build_models(ModelConfig.model_validate(state["config"]["model"]), channels, size)
+        generator, _ = build_models(ModelConfig.model_validate(state["config"]["model"]), channels, size,
+                                    state["num_classes"])
     weights = "ema" if use_ema and "generator_ema" in state else "raw"
     try:
         generator.load_state_dict(state["generator_ema" if weights == "ema" else "generator"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ganlib.errors import ConfigError, DataError, TrainingDiverged
+from ganlib.errors import ConfigError, DataError, HealthStop, TrainingDiverged
 
 RETRIES = 2
 
@@ -13,7 +13,7 @@ def retry_unless_user_error(task, task_run, state) -> bool:
     """Retry transient failures; a bad config or bad data fails the same way every time."""
     try:
         state.result()
-    except (ConfigError, DataError, TrainingDiverged):
+    except (ConfigError, DataError, HealthStop, TrainingDiverged):
         return False
     except Exception:
         return True

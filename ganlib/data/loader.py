@@ -43,7 +43,8 @@ class BatchSource:
     """Batches of a uint8 store (N, C, H, W) on ``device``, in the order a ``BatchOrder`` gives.
 
     ``budget_mb``: largest store kept resident on the device (None: ``default_budget_bytes``);
-    0 always streams. ``next_batch(order)`` returns uint8 (batch, C, H, W) on the device.
+    0 always streams. ``next_batch(order)`` returns uint8 (batch, C, H, W) on the device;
+    ``last_indices`` then holds that batch's indices (on the device), e.g. to gather its labels.
     """
 
     def __init__(self, images: np.ndarray, device: torch.device, budget_mb: int | None = None):
@@ -51,6 +52,7 @@ class BatchSource:
         budget = default_budget_bytes(self.device) if budget_mb is None else budget_mb * MIB
         self.resident = images.nbytes <= budget
         self._data: torch.Tensor | None = None
+        self.last_indices: torch.Tensor | None = None
         if self.resident:
             self._data = torch.from_numpy(np.array(images)).to(self.device)  # read and copied once
         else:
@@ -70,17 +72,20 @@ class BatchSource:
     def next_batch(self, order: Any) -> torch.Tensor:
         """Advance ``order`` by one batch and return that batch, uint8 (batch, C, H, W) on the device."""
         if self._data is not None:
-            return self._data[order.next()]
+            self.last_indices = order.next()
+            return self._data[self.last_indices]
         state = order.state_dict()
         if self._pending is None or self._pending_state != state:  # first batch, or the order was reset
             self._ahead = copy.copy(order)
             self._ahead.device = torch.device("cpu")
             self._ahead.load_state_dict(state)
-            self._pending = self._pool.submit(self._load, self._ahead.next())
-        order.next()
+            self._pending_indices = self._ahead.next()
+            self._pending = self._pool.submit(self._load, self._pending_indices)
+        self.last_indices = order.next()
         batch = self._pending.result()
         self._pending_state = self._ahead.state_dict()  # == order's state now
-        self._pending = self._pool.submit(self._load, self._ahead.next())
+        self._pending_indices = self._ahead.next()
+        self._pending = self._pool.submit(self._load, self._pending_indices)
         if self._stream is not None:  # the batch was made on the side stream; the step uses it on this one
             batch.record_stream(torch.cuda.current_stream(self.device))
         return batch

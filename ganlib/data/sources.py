@@ -304,12 +304,21 @@ def _list_dir(directory: Path) -> tuple[list[str], list[str]]:
     return sorted(files), sorted(dirs)
 
 
-def _walk_files(directory: Path, rel: str) -> Iterator[str]:
-    """Relative paths (``rel`` + name) of the non-hidden files under ``directory``, recursively, sorted."""
+def _walk_files(directory: Path, rel: str, seen: set[str] | None = None) -> Iterator[str]:
+    """Relative paths (``rel`` + name) of the non-hidden files under ``directory``, recursively, sorted.
+
+    Symlinked directories are followed (as torchvision's ImageFolder does), each real directory once,
+    so a link cycle cannot recurse forever.
+    """
+    seen = set() if seen is None else seen
+    real = os.path.realpath(directory)
+    if real in seen:
+        return
+    seen.add(real)
     files, dirs = _list_dir(directory)
     yield from (rel + name for name in files)
     for name in dirs:
-        yield from _walk_files(directory / name, f"{rel}{name}/")
+        yield from _walk_files(directory / name, f"{rel}{name}/", seen)
 
 
 def _locate_celeba(cfg: DataConfig, root: Path) -> Located:

@@ -54,7 +54,6 @@ from ganlib.errors import DataError
 from ganlib.io import atomic_write_bytes, atomic_write_json
 
 STORE_FORMAT = 2
-DIGITS_VERSION = sources.DIGITS_VERSION
 TASK_ROWS = 256  # images per decoding task: large enough to amortise the hop to a worker, small in memory
 POOL_MIN_IMAGES = 2048  # below this, starting worker processes costs more than it saves
 GRID_FILE = "real_grid.png"

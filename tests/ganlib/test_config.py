@@ -14,7 +14,7 @@ def test_defaults_follow_the_tutorial():
 
 @pytest.mark.parametrize(("data", "message"), [
     ({"train": {"lr": -1}}, "train.lr: Input should be greater than 0 (got -1)"),
-    ({"model": {"name": "vae"}}, "model.name: Input should be 'mlp' or 'dcgan' (got 'vae')"),
+    ({"model": {"name": "vae"}}, "model.name: Input should be 'mlp', 'dcgan' or 'resnet' (got 'vae')"),
     ({"data": {"dataset": "imagenet"}}, "data.dataset: Input should be 'digits', 'mnist', 'fashion-mnist', 'kmnist', "
                                           "'cifar10', 'celeba', 'folder', 'npz' or 'idx' (got 'imagenet')"),
     ({"train": {"steps": 5, "epochs": 1}}, "train: give steps or epochs, not both"),

@@ -369,3 +369,9 @@ def test_preflight_catches_class_and_strict_mistakes_before_any_work(tmp_path, c
     np.savez(tmp_path / "a.npz", images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, 0, 1]))
     with pytest.raises(DataError, match=r"unknown class '5' for npz; valid: 0, 1 \(or indices 0-1\)"):
         check_source(cfg(dataset="npz", data_root=tmp_path / "a.npz", classes="5"))
+
+
+def test_a_symlink_cycle_in_a_class_folder_is_walked_once(tmp_path, class_folder):
+    (class_folder / "cat" / "loop").symlink_to(class_folder / "cat", target_is_directory=True)
+    path = prepare_dataset(cfg(dataset="folder", data_root=class_folder), tmp_path / "out")
+    assert json.loads((path / "manifest.json").read_text())["count"] == 10

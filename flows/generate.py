@@ -1,0 +1,132 @@
+"""Generate N images from a run's best (or a named) checkpoint, as an npz file or a PNG folder.
+
+Run it:
+
+    python flows/generate.py --run-id digits-long                        # 10,000 images, best checkpoint, npz
+    python flows/generate.py --run-id digits-long --format png -n 500    # a folder of 500 PNGs
+    python flows/generate.py --run-id digits-long --checkpoint 2000 --seed 123
+    python flows/generate.py --run-id digits-long --checkpoint latest --dest /tmp/samples.npz
+
+The latent seed is recorded with the images (``seed`` in the npz, ``meta.json`` in the folder):
+``ganlib.gallery.fixed_noise(n, noise_dim, seed)`` gives the same latents on any machine, and the
+latent of image i does not depend on N. The default seed is the run's gallery seed, so the default npz starts
+with the images of ``gallery/samples.npz`` and the 5x5 grid. Class-conditional runs (issue #4)
+get balanced labels (image i is class i mod K; ``--per-class M`` asks for M of each) and, as
+PNGs, one folder per class. By default the images go to ``<run>/generated/``.
+
+Like ``flows/train.py``, with no ``PREFECT_API_URL`` set it starts a temporary Prefect server.
+"""
+
+from __future__ import annotations  # noqa: I001 (tasks is imported before prefect on purpose)
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import tasks  # noqa: F401  (sets the project's Prefect defaults before prefect is imported)
+from prefect import flow
+
+from ganlib.config import RunConfig
+from ganlib.errors import ConfigError, GanlibError, RunError
+from ganlib.gallery import GALLERY_NOISE_OFFSET, resolve_checkpoint
+from ganlib.run import RunPaths
+from tasks.gallery import generate_task
+
+DEFAULT_NUM_SAMPLES = 10_000  # as in the tutorial
+
+
+def plan_generation(run_dir: Path | str, checkpoint: str = "best", num_samples: int = DEFAULT_NUM_SAMPLES,
+                    fmt: str = "npz", seed: int | None = None, dest: Path | str | None = None,
+                    per_class: int | None = None, device: str | None = None,
+                    batch_size: int | None = None) -> dict[str, Any]:
+    """Resolve what to generate, checking everything before any work; ``GanlibError`` (one line) if wrong.
+
+    Returns the arguments of ``generate_task``: checkpoint path, dest, num_samples, seed, fmt,
+    device, batch_size, class_names, use_ema. ``per_class`` (conditional runs only) sets
+    num_samples to per_class x the number of classes.
+    """
+    paths = RunPaths(Path(run_dir))
+    if not paths.config.is_file():
+        raise RunError(f"no run at {paths.root} ({paths.config} is missing); check --run-id and --out")
+    try:
+        config = RunConfig.model_validate(json.loads(paths.config.read_text()))
+    except (OSError, ValueError) as err:
+        raise RunError(f"cannot read {paths.config}: {str(err).splitlines()[0]}") from None
+    if fmt not in ("npz", "png"):
+        raise ConfigError(f"format: 'npz' or 'png', not {fmt!r}")
+    if num_samples < 1:
+        raise ConfigError(f"num_samples: must be at least 1 (got {num_samples})")
+    path = resolve_checkpoint(paths.root, checkpoint)
+    manifest_path = paths.data / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    if per_class is not None:
+        if not getattr(config.model, "conditional", False):
+            raise ConfigError(f"--per-class: run {config.run_id!r} is not class-conditional; use -n instead")
+        num_samples = per_class * int(manifest.get("num_classes") or 0)
+    if seed is None:  # the gallery's latents: the first images are those of gallery/samples.npz
+        run_seed = config.gallery.seed if config.gallery.seed is not None else config.seed
+        seed = run_seed + GALLERY_NOISE_OFFSET
+    if dest is None:
+        name = f"{path.stem}-seed{seed}-n{num_samples}"
+        dest = paths.root / "generated" / (f"{name}.npz" if fmt == "npz" else name)
+    return {"checkpoint": str(path), "dest": str(dest), "num_samples": num_samples, "seed": seed, "fmt": fmt,
+            "device": device or config.device, "batch_size": batch_size or config.eval.batch_size,
+            "class_names": manifest.get("class_names"), "use_ema": getattr(config.eval, "use_ema", True)}
+
+
+@flow(name="generate-samples", log_prints=True)
+def generate_samples(run_dir: str, checkpoint: str = "best", num_samples: int = DEFAULT_NUM_SAMPLES,
+                     fmt: str = "npz", seed: int | None = None, dest: str | None = None,
+                     per_class: int | None = None, device: str | None = None) -> dict[str, Any]:
+    """Generate ``num_samples`` images from a checkpoint of the run in ``run_dir``; returns where and how."""
+    plan = plan_generation(run_dir, checkpoint, num_samples, fmt, seed, dest, per_class, device)
+    record = generate_task(**plan)
+    print(f"wrote {record['num_samples']} images to {record['path']} ({record['checkpoint']}, "
+          f"step {record['step']}, seed {record['seed']}, {record['weights']} weights)")
+    return record
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, as for every other user error
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-id", required=True, help="the run to sample from")
+    parser.add_argument("--out", default="artifacts", help="output root the run lives in (default artifacts)")
+    parser.add_argument("--checkpoint", default="best",
+                        help="best (default), latest, a step (2000), a file name or a path")
+    parser.add_argument("-n", "--num-samples", type=int, default=DEFAULT_NUM_SAMPLES,
+                        help=f"how many images (default {DEFAULT_NUM_SAMPLES:,})")
+    parser.add_argument("--per-class", type=int, help="conditional runs: this many images of each class")
+    parser.add_argument("--format", choices=("npz", "png"), default="npz",
+                        help="npz file (default) or PNG folder")
+    parser.add_argument("--seed", type=int, help="latent seed (default: the run's gallery seed)")
+    parser.add_argument("--dest",
+                        help="where to write (default: <run>/generated/<checkpoint>-seed<S>-n<N>[.npz])")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: the run's)")
+    args = parser.parse_args(argv)
+    run_dir = str(Path(args.out) / args.run_id)
+    try:
+        # Checked here first: a mistake fails in a second, not after the Prefect server has started.
+        plan_generation(run_dir, args.checkpoint, args.num_samples, args.format, args.seed, args.dest,
+                        args.per_class, args.device)
+        record = generate_samples(run_dir, args.checkpoint, args.num_samples, args.format, args.seed,
+                                  args.dest, args.per_class, args.device)
+    except GanlibError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(f"done: {record['path']}  {record['num_samples']} images  seed {record['seed']}  "
+          f"step {record['step']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
