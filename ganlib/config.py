@@ -130,6 +130,9 @@ class TrainConfig(_Section):
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="'bf16': autocast to bfloat16 with TF32 matmuls on CUDA (the CPU stays fp32).")
     compile: bool = Field(False, description="torch.compile G and D for the training step.")
+    max_minutes: float | None = Field(
+        None, gt=0, description="Stop (with a checkpoint) after this many minutes of training in this "
+        "attempt, even if steps remain; running again continues.")
     health_window: int = Field(
         5, ge=1, description="Saturation / collapse are reported after this many consecutive bad flushes.")
     stop_on_health: bool = Field(False, description="Stop the run (an error) when saturation or collapse is detected.")
@@ -221,7 +224,7 @@ class RunConfig(_Section):
 RESUMABLE_CHANGES = {
     "run_id", "out", "device", "train.steps", "train.epochs", "train.checkpoint_every",
     "train.log_every", "train.max_rollbacks", "train.rollback_lr_factor", "train.compile",
-    "train.health_window", "train.stop_on_health", "data.strict", "data.download", "data.resident_limit_mb",
+    "train.health_window", "train.stop_on_health", "train.max_minutes", "data.strict", "data.download", "data.resident_limit_mb",
 }
 
 

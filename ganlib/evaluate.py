@@ -84,10 +84,15 @@ def domain_reference(
 
 def score_images(
     images: torch.Tensor, classifier: DomainClassifier, reference: dict[str, Any], num_classes: int,
-    batch_size: int = 500,
+    batch_size: int = 500, asked: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Scores of images (N, C, H, W) float in [-1, 1] against the real reference; plain floats."""
+    """Scores of images (N, C, H, W) float in [-1, 1] against the real reference; plain floats.
+
+    ``asked``: for a conditional generator, the class each image was generated for (N,); adds
+    ``class_accuracy``, the fraction the classifier assigns to that class (NaN otherwise).
+    """
     features, probs = classify(classifier, images, batch_size=batch_size)
+    accuracy = float((probs.argmax(dim=1) == asked).double().mean()) if asked is not None else float("nan")
     mu, sigma = feature_statistics(features)
     is_mean, is_std = classifier_inception_score(probs)
     counts = class_histogram(probs.argmax(dim=1), num_classes)
@@ -96,6 +101,7 @@ def score_images(
         "fd": frechet_distance(mu, sigma, reference["mu"], reference["sigma"]),
         "is_mean": is_mean,
         "is_std": is_std,
+        "class_accuracy": accuracy,
         "classes_present": int((counts > 0).sum()),
         "rarest_class_fraction": float(min(fractions)),
         **{f"class_{c}": float(f) for c, f in enumerate(fractions)},
@@ -124,24 +130,30 @@ def evaluate_run(cfg: RunConfig, store_dir: Path) -> pd.DataFrame:
     previous: dict[tuple, dict[str, Any]] = {}
     if paths.eval_metrics.is_file():
         for row in pd.read_parquet(paths.eval_metrics).to_dict("records"):
-            previous[(row["checkpoint_sha256"], row["num_samples"], row["eval_seed"])] = row
+            previous[(row["checkpoint_sha256"], row["num_samples"], row["eval_seed"], row.get("use_ema"))] = row
 
     eval_seed = cfg.seed + EVAL_NOISE_OFFSET
     rows: list[dict[str, Any]] = []
     for step, path in checkpoints:
         sidecar = path.with_name(path.name + ".sha256")
         digest = sidecar.read_text().strip() if sidecar.is_file() else ""
-        key = (digest, cfg.eval.num_samples, eval_seed)
+        key = (digest, cfg.eval.num_samples, eval_seed, cfg.eval.use_ema)
         if digest and key in previous:
             rows.append(previous[key])
             continue
         t0 = time.perf_counter()
-        generator, meta = load_generator(path, device)
+        generator, meta = load_generator(path, device, use_ema=cfg.eval.use_ema)
         z = fixed_noise(cfg.eval.num_samples, meta["config"]["model"]["noise_dim"], eval_seed)
-        images = generate(generator, z, batch_size=cfg.eval.batch_size)
-        scores = score_images(images, classifier, reference, store.num_classes, cfg.eval.batch_size)
-        row = {"step": step, "checkpoint": path.name, **scores, "num_samples": cfg.eval.num_samples,
-               "feature_space": FEATURE_SPACE, "eval_seed": eval_seed, "checkpoint_sha256": digest,
+        # A conditional generator is asked for every class in turn; it is scored on how often the
+        # classifier agrees with the class asked for.
+        asked = (torch.arange(cfg.eval.num_samples) % store.num_classes
+                 if meta["config"]["model"].get("conditional") else None)
+        images = generate(generator, z, batch_size=cfg.eval.batch_size, labels=asked)
+        scores = score_images(images, classifier, reference, store.num_classes, cfg.eval.batch_size, asked)
+        row = {"step": step, "checkpoint": path.name, "generator": meta["weights"], **scores,
+               "num_samples": cfg.eval.num_samples,
+               "feature_space": FEATURE_SPACE, "eval_seed": eval_seed, "use_ema": cfg.eval.use_ema,
+               "checkpoint_sha256": digest,
                "seconds": round(time.perf_counter() - t0, 3)}
         log.info("evaluation: step %d  FD %.3f  IS %.3f  classes %d/%d  (%.1f s)", step, row["fd"],
                  row["is_mean"], row["classes_present"], store.num_classes, row["seconds"])

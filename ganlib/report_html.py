@@ -95,12 +95,12 @@ def _figure(path: Path, alt: str, caption: str = "", display_width: int | None =
         return f'<p class="missing">{_e(alt)}: not made yet (<code>{_e(path.name)}</code> is missing).</p>'
     with Image.open(path) as im:
         width, height = im.size
+    # The figure takes the picture's width, so a long caption wraps instead of widening it.
     shown = display_width or width
-    style = f' style="width:{shown}px"' if display_width else ""
     cls = ' class="pixel"' if pixel else ""
     cap = f"<figcaption>{caption}</figcaption>" if caption else ""
-    return (f'<figure><img src="{data_uri(path)}" alt="{_e(alt)}" width="{width}" height="{height}"'
-            f"{style}{cls}>{cap}</figure>")
+    return (f'<figure style="width:{shown}px; max-width:100%"><img src="{data_uri(path)}" alt="{_e(alt)}" '
+            f'width="{width}" height="{height}" style="width:100%"{cls}>{cap}</figure>')
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -156,7 +156,8 @@ def _cards(config: dict, summary: dict, train: pd.DataFrame | None, evals: pd.Da
             cards.append((f"{speed:,.0f}", "images/s (median)"))
     seconds = (summary.get("train") or {}).get("seconds")
     if seconds:
-        cards.append((f"{seconds / 60:.1f} min", "training time (this attempt)"))
+        shown = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+        cards.append((shown, "training time (this attempt)"))
     return '<div class="cards">' + "".join(
         f'<div class="card"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for v, k in cards) + "</div>"
 
@@ -254,7 +255,7 @@ def build_report(run_dir: Path) -> str:
     if evals is not None and len(evals) and "best" in evals:
         best_step = int(evals[evals["best"]]["step"].iloc[-1])
     weights = (summary.get("gallery") or {}).get("weights")
-    weights_note = " (EMA weights)" if weights == "ema" else ""
+    weights_note = ", EMA weights" if weights == "ema" else ""
 
     subtitle = (f"{_e(model.get('name', '?'))} on {_e(data.get('dataset', '?'))}"
                 + (f" ({manifest.get('count', '?'):,} images of {'×'.join(map(str, shape))})"
@@ -267,8 +268,8 @@ def build_report(run_dir: Path) -> str:
          + _figure(run_dir / "data" / "real_grid.png", "real images",
                    "Real images from the prepared dataset.", display_width=400)
          + _figure(gallery / "grid_10x10.png", "generated images, best checkpoint",
-                   f"Generated at the best checkpoint (step {best_step if best_step is not None else '?'}"
-                   f"{weights_note}), fixed latents.", display_width=400)
+                   f"Generated at the best checkpoint: step {best_step if best_step is not None else '?'}"
+                   f"{weights_note}, fixed latents.", display_width=400)
          + _figure(gallery / "progress.gif", "timelapse of training",
                    "Timelapse: the same 64 latents at every checkpoint, so each cell shows one sample "
                    "learning.", display_width=400)

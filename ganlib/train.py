@@ -461,10 +461,11 @@ def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop, health_ove
             if on_progress:
                 on_progress(record)
             filled, t_flush = 0, time.perf_counter()
-            if should_stop is not None and should_stop() and not last:
+            out_of_time = cfg.train.max_minutes is not None and now - t_start > 60 * cfg.train.max_minutes
+            if (out_of_time or (should_stop is not None and should_stop())) and not last:
                 stopped_early = True
                 save(step)
-                log.info("stop requested: checkpointed at step %d", step)
+                log.info("%s: checkpointed at step %d", "time budget spent" if out_of_time else "stop requested", step)
                 break
         if last or step % cfg.train.checkpoint_every == 0:
             save(step)

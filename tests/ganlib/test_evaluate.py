@@ -41,3 +41,20 @@ def test_no_checkpoints_is_a_clear_error(tiny):
     cfg = tiny(run_id="empty")
     with pytest.raises(DataError, match="has no checkpoints"):
         evaluate_run(cfg, prepare_dataset(cfg.data, cfg.out))
+
+
+def test_conditional_runs_report_class_accuracy(tiny):
+    cfg = tiny(run_id="cond-ev", model__conditional=True)
+    store = prepare_dataset(cfg.data, cfg.out)
+    train(cfg, store)
+    table = evaluate_run(cfg, store)
+    assert table["class_accuracy"].between(0, 1).all()
+    assert (table["generator"] == "ema").all()
+
+
+def test_raw_generator_can_be_scored_instead_of_the_ema(tiny):
+    cfg = tiny(run_id="raw-ev", eval__use_ema=False)
+    store = prepare_dataset(cfg.data, cfg.out)
+    train(cfg, store)
+    table = evaluate_run(cfg, store)
+    assert (table["generator"] == "raw").all() and table["class_accuracy"].isna().all()

@@ -103,3 +103,19 @@ def test_plot_run_writes_what_the_tables_allow(tmp_path):
     made = plot_run(run)
     assert set(made) == {"training", "throughput", "evaluation"}
     assert sorted(p.name for p in (run / "plots").iterdir()) == ["evaluation.png", "throughput.png", "training.png"]
+
+
+def test_health_events_and_the_loss_name_reach_the_training_plot(tmp_path):
+    run = tmp_path / "run"
+    (run / "metrics").mkdir(parents=True)
+    (run / "config.json").write_text('{"train": {"loss": "hinge"}}')
+    train_table().to_parquet(run / "metrics" / "train.parquet")
+    plot_run(run)
+    assert not _has_colour(_pixels(run / "plots" / "training.png"), PURPLE, tol=20)
+    pd.DataFrame({"step": [120, 300], "event": ["non-finite-loss"] * 2, "action": ["rollback"] * 2}
+                 ).to_parquet(run / "metrics" / "health.parquet")
+    plot_run(run)
+    assert _has_colour(_pixels(run / "plots" / "training.png"), PURPLE, tol=20)  # the event lines
+
+
+PURPLE = (148, 103, 189)  # matplotlib tab:purple, health events

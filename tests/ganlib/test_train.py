@@ -124,3 +124,10 @@ def test_load_generator_gives_an_eval_mode_generator(tiny):
     g, meta = load_generator(cfg.run_dir / "checkpoints" / "step_000012.pt")
     assert not g.training and meta["step"] == 12 and meta["image_shape"] == [1, 28, 28]
     assert g(torch.randn(3, 100)).shape == (3, 1, 28, 28)
+
+
+def test_time_budget_stops_with_a_checkpoint(tiny):
+    cfg = tiny(run_id="budget", train__max_minutes=1e-9)
+    result = train(cfg, prepare_dataset(cfg.data, cfg.out))
+    assert result.stopped_early and result.final_step == 4  # the first flush
+    assert latest_checkpoint(cfg.run_dir / "checkpoints")[1]["step"] == 4
