@@ -1,7 +1,8 @@
 """Training throughput of the real training step on synthetic data.
 
     python bench/throughput.py --device cpu --image-size 64 --batch-size 64 --ngf 64 --ndf 64 --steps 20
-    python bench/throughput.py --device cpu --image-size 28 --channels 1 --ngf 32 --ndf 32 --batch-size 128  # the default run
+    # the default run's model and batch:
+    python bench/throughput.py --device cpu --image-size 28 --channels 1 --ngf 32 --ndf 32 --batch-size 128
 
 Imports ganlib's own ``train_step``, ``BatchOrder`` and models, so what is timed is what trains.
 Prints one table row (images/s after warm-up, ms/step, peak memory) and appends it to
@@ -105,7 +106,8 @@ def main() -> None:
         "ms_per_step": round(1000 * seconds / args.steps, 2),
         "peak_memory_mb": round(peak_mb, 1),
     }
-    print(f"{'device':<28} {'model':<6} {'size':>4} {'batch':>5} {'ngf/ndf':>7} {'images/s':>9} {'ms/step':>8} {'peak MB':>8}")
+    print(f"{'device':<28} {'model':<6} {'size':>4} {'batch':>5} {'ngf/ndf':>7} {'images/s':>9} "
+          f"{'ms/step':>8} {'peak MB':>8}")
     print(f"{row['device'][:28]:<28} {args.model:<6} {args.image_size:>4} {args.batch_size:>5} "
           f"{args.ngf:>3}/{args.ndf:<3} {images_per_sec:>9.1f} {row['ms_per_step']:>8.2f} {peak_mb:>8.1f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import tasks  # noqa: F401  (sets the project's Prefect defaults before prefect is imported)
 from prefect import flow, runtime
 
+import tasks  # noqa: F401  (sets the project's Prefect defaults before prefect is imported)
 from ganlib.config import MODELS, RunConfig, build_config
 from ganlib.errors import GanlibError
 from ganlib.io import remove_temporary_files
@@ -95,7 +95,8 @@ FLAGS: list[tuple[str, str, type, str]] = [
     ("--diffaug", "train.diffaug", str, "differentiable augmentation, e.g. translation,cutout,color"),
     ("--precision", "train.precision", str, "fp32 (default) or bf16 (autocast on CUDA)"),
     ("--compile", "train.compile", bool, "torch.compile G and D"),
-    ("--max-minutes", "train.max_minutes", float, "stop training after this many minutes (checkpointed; rerun continues)"),
+    ("--max-minutes", "train.max_minutes", float,
+     "stop training after this many minutes (checkpointed; rerun continues)"),
     ("--checkpoint-every", "train.checkpoint_every", int, "checkpoint interval in steps (default 500)"),
     ("--eval-samples", "eval.num_samples", int, "generated samples per evaluated checkpoint (default 10000)"),
     ("--gallery-samples", "gallery.num_samples", int, "images saved in gallery/samples.npz (default 10000)"),
@@ -120,7 +121,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[RunConfig, bool]:
         if kind is bool:  # a switch: present means true
             parser.add_argument(flag, dest=field, action="store_const", const=True, help=help_text)
             continue
-        parser.add_argument(flag, dest=field, type=kind, default=None, help=help_text, metavar=flag[2:].upper().replace("-", "_"))
+        parser.add_argument(flag, dest=field, type=kind, default=None, help=help_text,
+                            metavar=flag[2:].upper().replace("-", "_"))
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
     args = parser.parse_args(argv)
 

@@ -187,7 +187,8 @@ class RunConfig(_Section):
         description="Name of the run directory under out; letters, digits, '.', '_', '-' "
         "(default: <dataset>-<model>-<timestamp>). Reusing an id resumes that run.")
     out: Path = Field(Path("artifacts"), description="Output root; the run goes to out/run_id.")
-    device: str = Field("auto", pattern=DEVICE_PATTERN, description="'auto' (CUDA when present), 'cpu', 'cuda[:N]', 'mps'.")
+    device: str = Field("auto", pattern=DEVICE_PATTERN,
+                        description="'auto' (CUDA when present), 'cpu', 'cuda[:N]', 'mps'.")
     seed: int = Field(7, ge=0, le=2**63 - 1)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -224,7 +225,8 @@ class RunConfig(_Section):
 RESUMABLE_CHANGES = {
     "run_id", "out", "device", "train.steps", "train.epochs", "train.checkpoint_every",
     "train.log_every", "train.max_rollbacks", "train.rollback_lr_factor", "train.compile",
-    "train.health_window", "train.stop_on_health", "train.max_minutes", "data.strict", "data.download", "data.resident_limit_mb",
+    "train.health_window", "train.stop_on_health", "train.max_minutes",
+    "data.strict", "data.download", "data.resident_limit_mb",
 }
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ganlib import checkpoint as ckpt
 from ganlib.classifier import DomainClassifier, classify, load_classifier, save_classifier, train_classifier
 from ganlib.config import EvalConfig, RunConfig
 from ganlib.data.store import PreparedStore, load_store
@@ -28,7 +29,6 @@ from ganlib.gallery import fixed_noise, generate
 from ganlib.io import atomic_path
 from ganlib.metrics import class_histogram, classifier_inception_score, feature_statistics, frechet_distance
 from ganlib.run import RunPaths, resolve_device
-from ganlib import checkpoint as ckpt
 from ganlib.train import load_generator
 
 log = logging.getLogger("ganlib")

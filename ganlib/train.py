@@ -323,7 +323,8 @@ class HealthMonitor:
             h[key] = h[key] + 1 if bad else 0
             if h[key] == self.window:
                 detail = f"{evidence} over the last {self.window} flushes"
-                _record_health_event(self.paths, step, event, detail, "stop" if self.stop else "recorded", h["lr_scale"])
+                action = "stop" if self.stop else "recorded"
+                _record_health_event(self.paths, step, event, detail, action, h["lr_scale"])
                 log.warning("health: %s at step %d (%s)", event, step, detail)
                 if self.stop:
                     raise HealthStop(f"training stopped at step {step}: {event} ({detail}); "
@@ -504,7 +505,8 @@ def load_generator(path: Path, device: str | torch.device = "cpu", use_ema: bool
     try:
         generator.load_state_dict(state["generator_ema" if weights == "ema" else "generator"])
     except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {path} does not fit its own model config: {str(err).splitlines()[0]}") from None
+        first_line = str(err).splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} does not fit its own model config: {first_line}") from None
     generator.to(device).eval()
     meta = {k: state[k] for k in ("step", "config", "image_shape", "num_classes")}
     return generator, {**meta, "weights": weights}

@@ -18,7 +18,7 @@ for _name, _value in {
 }.items():
     os.environ.setdefault(_name, _value)
 
-import logging as _logging
+import logging as _logging  # noqa: E402 (after the environment defaults, on purpose)
 
 # ganlib logs progress at INFO; Prefect forwards the "ganlib" logger (see above) but only what passes its level.
 _logging.getLogger("ganlib").setLevel(_logging.INFO)

@@ -37,7 +37,8 @@ def test_dry_run_prints_the_resolved_config(capsys):
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--lr", "-1"], "error: invalid config: train.lr: Input should be greater than 0 (got -1.0)"),
-    (["--model", "gan9000"], "error: invalid config: model.name: Input should be 'mlp', 'dcgan' or 'resnet' (got 'gan9000')"),
+    (["--model", "gan9000"],
+     "error: invalid config: model.name: Input should be 'mlp', 'dcgan' or 'resnet' (got 'gan9000')"),
     (["--steps", "x"], "error: argument --steps: invalid int value: 'x' (see --help)"),
     (["--dataset", "mnist", "--data-root", "/nonexistent"], "error: data.data_root: /nonexistent is not a directory"),
     (["--run-id", "../up"], "error: invalid config: run_id: String should match pattern"),

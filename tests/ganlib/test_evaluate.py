@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from ganlib.data.store import load_store, prepare_dataset
-from ganlib.evaluate import best_checkpoint, domain_reference, evaluate_run, score_images
 from ganlib.errors import DataError
+from ganlib.evaluate import best_checkpoint, domain_reference, evaluate_run, score_images
 from ganlib.train import train
 
 

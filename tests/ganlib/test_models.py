@@ -22,7 +22,8 @@ def test_shapes_and_ranges(name, size, channels):
 def test_dcgan_64_has_the_pytorch_examples_layers():
     g, d = build_models(ModelConfig(name="dcgan", ngf=64, ndf=64, noise_dim=100), 3, 64)
     convs_g = [m for m in g.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
-    assert [(m.in_channels, m.out_channels) for m in convs_g] == [(100, 512), (512, 256), (256, 128), (128, 64), (64, 3)]
+    expected = [(100, 512), (512, 256), (256, 128), (128, 64), (64, 3)]
+    assert [(m.in_channels, m.out_channels) for m in convs_g] == expected
     convs_d = [m for m in d.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [(m.in_channels, m.out_channels) for m in convs_d] == [(3, 64), (64, 128), (128, 256), (256, 512), (512, 1)]
     # pytorch/examples' DCGAN: 3,576,704 parameters in G and 2,765,568 in D.

@@ -143,7 +143,8 @@ def test_non_finite_loss_rolls_back_with_lower_rates_and_continues(tiny, monkeyp
 def test_persistent_non_finite_loss_fails_after_k_rollbacks(tiny, monkeypatch):
     monkeypatch.setitem(train_mod.OBJECTIVES, "ns", (_nan_after(9, always=True), losses.g_loss_nonsaturating))
     cfg = tiny(run_id="diverge", train__max_rollbacks=2)
-    with pytest.raises(TrainingDiverged, match=r"training diverged: non-finite d_loss.* at step \d+, still after 2 rollbacks"):
+    message = r"training diverged: non-finite d_loss.* at step \d+, still after 2 rollbacks"
+    with pytest.raises(TrainingDiverged, match=message):
         train(cfg, prepare_dataset(cfg.data, cfg.out))
     health = pd.read_parquet(cfg.run_dir / "metrics" / "health.parquet")
     assert health["action"].tolist() == ["rollback", "rollback", "fail"]
