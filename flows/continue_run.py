@@ -70,10 +70,14 @@ def continued_config(run_id: str, out: Path | str, more_steps: int, device: str 
 def _flow_run_name() -> str:
     params = runtime.flow_run.parameters
     run_id, more = params.get("run_id", "?"), params.get("more_steps", "?")
-    try:  # dataset and model from the run's saved config, when it is readable
+    try:  # dataset and model from the run's saved config, or from new_run for a run yet to start
         saved = json.loads((Path(params.get("out", "artifacts")) / str(run_id) / "config.json").read_text())
+    except (OSError, ValueError):
+        saved = params.get("new_run")
+        saved = saved.model_dump(mode="json") if isinstance(saved, RunConfig) else saved
+    try:
         prefix = f"{saved['data']['dataset']}-{saved['model']['name']}-"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         prefix = ""
     return f"{prefix}{run_id}-continue+{more}"
 
@@ -101,9 +105,14 @@ def continue_training(
     return gan_pipeline(config)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, as for every other user error
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-id", required=True, help="the run to continue")
     parser.add_argument("--out", type=Path, default=Path("artifacts"), help="output root (default artifacts)")
     parser.add_argument("--more-steps", type=int, default=1000,

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import tasks  # noqa: F401  (sets the project's Prefect defaults before prefect is imported)
-from prefect import flow
+from prefect import flow, runtime
 
 from ganlib.config import RunConfig
 from ganlib.errors import ConfigError, GanlibError, RunError
@@ -76,7 +76,12 @@ def plan_generation(run_dir: Path | str, checkpoint: str = "best", num_samples: 
             "class_names": manifest.get("class_names"), "use_ema": getattr(config.eval, "use_ema", True)}
 
 
-@flow(name="generate-samples", log_prints=True)
+def _flow_run_name() -> str:
+    p = runtime.flow_run.parameters
+    return f"generate-{Path(p.get('run_dir', 'run')).name}-{p.get('checkpoint', 'best')}-n{p.get('num_samples')}"
+
+
+@flow(name="generate-samples", flow_run_name=_flow_run_name, log_prints=True)
 def generate_samples(run_dir: str, checkpoint: str = "best", num_samples: int = DEFAULT_NUM_SAMPLES,
                      fmt: str = "npz", seed: int | None = None, dest: str | None = None,
                      per_class: int | None = None, device: str | None = None) -> dict[str, Any]:

@@ -2,9 +2,9 @@
 
 Needs a running Prefect server and PREFECT_API_URL pointing at it (see docs/scheduling.md):
 
-    prefect server start                                         # terminal 1, from the repo root
-    prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api
-    python flows/serve.py                                        # terminal 2: serve every deployment
+    prefect server start                                # terminal 1, from the repository root
+    export PREFECT_API_URL=http://127.0.0.1:4200/api    # terminal 2
+    python flows/serve.py                               # serve every deployment of the file
 
 The process stays in the foreground, starts each run as a subprocess when its schedule (or a
 manual trigger) comes due, and pauses the schedules when it stops (Ctrl-C). Examples:
@@ -298,9 +298,8 @@ def _require_server() -> str:
 
     url = get_current_settings().api.url
     if not url:
-        raise ScheduleFileError("PREFECT_API_URL is not set: start `prefect server start` and run "
-                                "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api` "
-                                "(see docs/scheduling.md)")
+        raise ScheduleFileError("PREFECT_API_URL is not set: start `prefect server start`, then "
+                                "`export PREFECT_API_URL=http://127.0.0.1:4200/api` (see docs/scheduling.md)")
     with get_client(sync_client=True) as client:
         problem = client.api_healthcheck()
     if problem is not None:

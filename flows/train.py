@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, runtime
+from pydantic import ValidationError
 
 import tasks  # noqa: F401  (sets the project's Prefect defaults before prefect is imported)
-from ganlib.config import MODELS, RunConfig, build_config
+from ganlib.config import MODELS, RUN_ID_PATTERN, RunConfig, build_config
 from ganlib.errors import GanlibError
 from ganlib.io import remove_temporary_files
 from ganlib.lock import run_lock
@@ -35,17 +37,25 @@ from tasks.train import train_task
 
 
 def _flow_run_name() -> str:
+    """'<dataset>-<model>-<run id>'; a run without an id gets the timestamped one it will use."""
     config = runtime.flow_run.parameters.get("config")
     if isinstance(config, RunConfig):
         config = config.model_dump(mode="json")
-    config = config or {}
-    data, model = config.get("data") or {}, config.get("model") or {}
-    return f"{data.get('dataset', 'digits')}-{model.get('name', 'dcgan')}-{config.get('run_id') or 'new'}"
+    try:
+        cfg = RunConfig.model_validate(config or {})
+    except ValidationError:  # the flow itself reports the bad parameter
+        return "invalid-config"
+    if cfg.run_id is None:
+        return cfg.resolved().run_id  # already '<dataset>-<model>-<timestamp>'
+    return f"{cfg.data.dataset}-{cfg.model.name}-{cfg.run_id}"
 
 
 @flow(name="gan-pipeline", flow_run_name=_flow_run_name, log_prints=True)
 def gan_pipeline(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008 (pydantic default shown in the UI)
     """Prepare the dataset, train (resuming if the run exists), evaluate every checkpoint, render the gallery."""
+    if config.run_id is None:  # the name the run was given is its id, so a retry finds the same directory
+        name = runtime.flow_run.name
+        config = config.model_copy(update={"run_id": name}) if name and re.fullmatch(RUN_ID_PATTERN, name) else config
     config = config.resolved()
     check_run(config)
     with run_lock(config.run_dir):  # the same run id started twice at once is refused

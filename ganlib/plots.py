@@ -12,6 +12,7 @@ Sans, so plots look the same offline on every machine.
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -113,25 +114,34 @@ EVAL_PANELS = [
     ("classes_present", "classes present in the samples", False),
     ("rarest_class_fraction", "rarest class's share of the samples", False),
 ]
+# Shown only when the table has values (conditional runs): is each image the class it was asked for?
+CONDITIONAL_PANEL = ("class_accuracy", "generated images of the class asked for (higher is better)", False)
 
 
 def plot_evaluation(table: pd.DataFrame, path: Path, num_classes: int | None = None) -> Path:
     """Each evaluation metric over checkpoints (``metrics/eval.parquet``), the best checkpoint marked.
 
     Panels: FD (the ranking metric; the best is its minimum), IS with its ±std band and the real
-    data's IS dashed, classes present (out of ``num_classes``), and the rarest class's fraction
-    with the uniform share 1/K dashed. The best checkpoint (``best`` column) is a red star and a
+    data's IS dashed, classes present (out of ``num_classes``, default: the number of
+    ``class_<k>`` columns), the rarest class's fraction with the uniform share 1/K dashed, and for
+    conditional runs ``class_accuracy``. The best checkpoint (``best`` column) is a red star and a
     dotted vertical line on every panel. A table of an unlabelled run (all NaN) gets a note.
     """
-    fig = Figure(figsize=(10, 6.4), layout="constrained")
-    axes = fig.subplots(2, 2, sharex=True).ravel()
+    panels = list(EVAL_PANELS)
+    if CONDITIONAL_PANEL[0] in table and table[CONDITIONAL_PANEL[0]].notna().any():
+        panels.append(CONDITIONAL_PANEL)
+    rows = (len(panels) + 1) // 2
+    fig = Figure(figsize=(10, 3.2 * rows), layout="constrained")
+    axes = fig.subplots(rows, 2, sharex=True).ravel()
+    for ax in axes[len(panels):]:  # an odd number of panels leaves one cell empty
+        ax.set_visible(False)
     steps = table["step"].to_numpy() if len(table) else np.array([])
     best_rows = table[table["best"]] if "best" in table and len(table) else table.iloc[0:0]
     best_step = int(best_rows["step"].iloc[-1]) if len(best_rows) else None
     scored = "fd" in table and table["fd"].notna().any()
     if num_classes is None:
-        num_classes = sum(1 for c in table.columns if str(c).startswith("class_")) or None
-    for ax, (column, title, _) in zip(axes, EVAL_PANELS, strict=True):
+        num_classes = sum(1 for c in table.columns if re.fullmatch(r"class_\d+", str(c))) or None
+    for ax, (column, title, _) in zip(axes, panels, strict=False):
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         if not scored or column not in table or not table[column].notna().any():
@@ -148,6 +158,8 @@ def plot_evaluation(table: pd.DataFrame, path: Path, num_classes: int | None = N
         if column == "classes_present" and num_classes:
             ax.axhline(num_classes, color="0.4", linestyle="--", linewidth=1, label=f"all {num_classes}")
             ax.set_ylim(0, num_classes + 0.8)
+        if column == "class_accuracy":
+            ax.set_ylim(-0.02, 1.02)
         if column == "rarest_class_fraction" and num_classes:
             ax.axhline(1 / num_classes, color="0.4", linestyle="--", linewidth=1,
                        label=f"uniform 1/{num_classes}")
@@ -158,8 +170,9 @@ def plot_evaluation(table: pd.DataFrame, path: Path, num_classes: int | None = N
                     linestyle="none", label=f"best: step {best_step:,}", zorder=5)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="best")
-    for ax in axes[2:]:
+    for ax in axes[len(panels) - 2:len(panels)]:  # the bottom panel of each column
         ax.set_xlabel("checkpoint step")
+        ax.xaxis.set_tick_params(labelbottom=True)
     fig.suptitle("Evaluation per checkpoint" + ("" if scored else " (not scored)"))
     return save_figure(fig, path)
 
@@ -208,5 +221,10 @@ def plot_run(run_dir: Path, plots_dir: Path | None = None) -> dict[str, str]:
         made["training"] = str(plot_training(train, plots_dir / "training.png", events, loss))
         made["throughput"] = str(plot_throughput(train, plots_dir / "throughput.png"))
     if eval_path.is_file():
-        made["evaluation"] = str(plot_evaluation(pd.read_parquet(eval_path), plots_dir / "evaluation.png"))
+        try:
+            num_classes = json.loads((run_dir / "data" / "manifest.json").read_text()).get("num_classes") or None
+        except (OSError, ValueError):
+            num_classes = None
+        made["evaluation"] = str(plot_evaluation(pd.read_parquet(eval_path), plots_dir / "evaluation.png",
+                                                 num_classes))
     return made

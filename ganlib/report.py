@@ -92,6 +92,13 @@ def _picture(path: str | None, alt: str, run_dir: Path, inline: bool, max_width:
     return f"![{alt}]({rel})"
 
 
+def _training_line(train: dict[str, Any]) -> str:
+    if train["resumed_from_step"] and train["final_step"] == train["resumed_from_step"]:
+        return f"Training: already at step {train['final_step']}; nothing to train in this attempt."
+    return (f"Training: {train['seconds']:.0f} s at {train['images_per_sec']:.0f} images/s"
+            + (f", resumed from step {train['resumed_from_step']}" if train["resumed_from_step"] else "") + ".")
+
+
 def summary_markdown(summary: dict[str, Any], inline_images: bool = False) -> str:
     """The summary as Markdown. ``inline_images``: embed the small gallery and the loss plot as
     ``data:`` URIs (for the Prefect artifact) instead of referring to the files (for ``summary.md``)."""
@@ -118,8 +125,7 @@ def summary_markdown(summary: dict[str, Any], inline_images: bool = False) -> st
         f"Reference: real images score IS {ref['real_is']:.3f}; the classifier's held-out accuracy is "
         f"{100 * ref['classifier_holdout_accuracy']:.2f}%.",
         "",
-        f"Training: {train['seconds']:.0f} s at {train['images_per_sec']:.0f} images/s"
-        + (f", resumed from step {train['resumed_from_step']}" if train["resumed_from_step"] else "") + ".",
+        _training_line(train),
         "",
         "## Pictures",
         "",

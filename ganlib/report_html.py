@@ -162,21 +162,30 @@ def _cards(config: dict, summary: dict, train: pd.DataFrame | None, evals: pd.Da
         f'<div class="card"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for v, k in cards) + "</div>"
 
 
+def _percent(value: Any) -> str:
+    return "–" if value is None or pd.isna(value) else f"{100 * float(value):.1f}%"
+
+
 def _eval_table(evals: pd.DataFrame) -> str:
-    head = ("<tr><th>step</th><th class='l'>checkpoint</th><th>FD ↓</th><th>classifier IS ↑</th>"
-            "<th>classes present</th><th>rarest class</th><th>samples</th><th>seconds</th></tr>")
+    # Conditional runs add how often an image is of the class it was asked for; EMA runs say so.
+    conditional = "class_accuracy" in evals and evals["class_accuracy"].notna().any()
+    weights = "generator" in evals
+    head = ("<tr><th>step</th><th class='l'>checkpoint</th>" + ("<th class='l'>weights</th>" if weights else "")
+            + "<th>FD ↓</th><th>classifier IS ↑</th><th>classes present</th><th>rarest class</th>"
+            + ("<th>class asked for ↑</th>" if conditional else "") + "<th>samples</th><th>seconds</th></tr>")
     rows = []
+    nan = float("nan")
     for r in evals.to_dict("records"):
         best = bool(r.get("best"))
-        rarest = r.get("rarest_class_fraction", float("nan"))
         rows.append(
             f"<tr class='{'best' if best else ''}'><td>{int(r['step']):,}</td>"
             f"<td class='l'>{_e(r['checkpoint'])}{' ★ best' if best else ''}</td>"
-            f"<td>{_fmt(r.get('fd', float('nan')))}</td>"
-            f"<td>{_fmt(r.get('is_mean', float('nan')))} ± {_fmt(r.get('is_std', float('nan')))}</td>"
-            f"<td>{_e(r.get('classes_present', ''))}</td>"
-            f"<td>{'–' if pd.isna(rarest) else f'{100 * rarest:.1f}%'}</td>"
-            f"<td>{_e(r.get('num_samples', ''))}</td><td>{_fmt(r.get('seconds', float('nan')), 1)}</td></tr>")
+            + (f"<td class='l'>{_e(r.get('generator', ''))}</td>" if weights else "")
+            + f"<td>{_fmt(r.get('fd', nan))}</td>"
+            f"<td>{_fmt(r.get('is_mean', nan))} ± {_fmt(r.get('is_std', nan))}</td>"
+            f"<td>{_e(r.get('classes_present', ''))}</td><td>{_percent(r.get('rarest_class_fraction'))}</td>"
+            + (f"<td>{_percent(r.get('class_accuracy'))}</td>" if conditional else "")
+            + f"<td>{_e(r.get('num_samples', ''))}</td><td>{_fmt(r.get('seconds', nan), 1)}</td></tr>")
     note = ""
     if "note" in evals and len(evals):
         note = f"<p class='muted'>{_e(evals['note'].iloc[0])}</p>"

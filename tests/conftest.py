@@ -48,8 +48,9 @@ def tiny(tmp_path):
 @pytest.fixture(scope="session")
 def prefect_harness():
     """A temporary Prefect API for the whole session (it takes ~15 s to start)."""
-    import tasks  # noqa: F401  (project Prefect defaults)
     from prefect.testing.utilities import prefect_test_harness
+
+    import tasks  # noqa: F401  (project Prefect defaults)
 
     with prefect_test_harness(server_startup_timeout=120):
         yield

@@ -87,6 +87,13 @@ def test_evaluation_plot_of_an_unscored_run(tmp_path):
     assert Image.open(plot_evaluation(eval_table((50.0,)), tmp_path / "single.png")).size == (1000, 640)
 
 
+def test_evaluation_plot_adds_the_class_accuracy_of_conditional_runs(tmp_path):
+    table = eval_table().assign(class_accuracy=float("nan"), class_accuracy_note="not a class column")
+    assert Image.open(plot_evaluation(table, tmp_path / "plain.png")).size == (1000, 640)  # NaN: no panel
+    table["class_accuracy"] = [0.2, 0.5, 0.8, 0.7]
+    assert Image.open(plot_evaluation(table, tmp_path / "cond.png")).size == (1000, 960)  # a third row
+
+
 def test_throughput_plot(tmp_path):
     pixels = _pixels(plot_throughput(train_table(), tmp_path / "speed.png"))
     assert pixels.shape == (340, 900, 3) and _has_colour(pixels, (44, 160, 44))  # tab:green
