@@ -1,6 +1,6 @@
 """Serve the GAN pipeline as scheduled Prefect deployments described in ``deployments.toml``.
 
-Needs a running Prefect server and PREFECT_API_URL pointing at it (see docs/scheduling.md):
+Needs a running Prefect server and PREFECT_API_URL pointing at it (README: "Scheduled runs on a Prefect server"):
 
     prefect server start                                # terminal 1, from the repository root
     export PREFECT_API_URL=http://127.0.0.1:4200/api    # terminal 2
@@ -299,7 +299,7 @@ def _require_server() -> str:
     url = get_current_settings().api.url
     if not url:
         raise ScheduleFileError("PREFECT_API_URL is not set: start `prefect server start`, then "
-                                "`export PREFECT_API_URL=http://127.0.0.1:4200/api` (see docs/scheduling.md)")
+                                "`export PREFECT_API_URL=http://127.0.0.1:4200/api` (README: Scheduled runs)")
     with get_client(sync_client=True) as client:
         problem = client.api_healthcheck()
     if problem is not None:
