@@ -185,6 +185,7 @@ def grid_picture(images: torch.Tensor, nrow: int, min_cell_px: int = 112,
 
 
 def save_png(picture: Image.Image, path: Path) -> Path:
+    """Write a picture as PNG to ``path`` atomically."""
     with atomic_path(Path(path)) as tmp:
         picture.save(tmp, format="PNG")
     return Path(path)

@@ -47,6 +47,16 @@ class Norm(nn.Module):
         return out * gamma.view(shape) + beta.view(shape)
 
 
+def _projection(num_classes: int, features: int) -> nn.Embedding | None:
+    """The class embedding of a projection discriminator, initialised small: with the default N(0, 1)
+    the projection term would dwarf the unconditional logit at the start (|logit| ~ 50)."""
+    if not num_classes:
+        return None
+    embed = nn.Embedding(num_classes, features)
+    nn.init.normal_(embed.weight, 0.0, 0.02)
+    return embed
+
+
 def _project(logits: torch.Tensor, features: torch.Tensor, embed: nn.Embedding | None,
              y: torch.Tensor | None) -> torch.Tensor:
     """Projection discriminator (Miyato & Koyama 2018): add <embed(y), features>; features (N, F)."""
@@ -80,7 +90,7 @@ class MLPDiscriminator(nn.Module):
             nn.Linear(hidden_dim * 2, hidden_dim), nn.LeakyReLU(0.2, True),
         )
         self.out = nn.Linear(hidden_dim, 1)
-        self.embed = nn.Embedding(num_classes, hidden_dim) if num_classes else None
+        self.embed = _projection(num_classes, hidden_dim)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.net(x)
@@ -124,7 +134,7 @@ class DCGANDiscriminator(nn.Module):
             width *= 2
         self.net = nn.Sequential(*layers)
         self.out = nn.Conv2d(width, 1, end, 1, 0, bias=False)
-        self.embed = nn.Embedding(num_classes, width) if num_classes else None
+        self.embed = _projection(num_classes, width)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.net(x)
@@ -195,7 +205,7 @@ class ResNetDiscriminator(nn.Module):
         self.blocks = nn.Sequential(_ResBlockDown(channels, width, first=True),
                                     *[_ResBlockDown(width, width, first=False) for _ in range(downs)])
         self.out = nn.Linear(width, 1)
-        self.embed = nn.Embedding(num_classes, width) if num_classes else None
+        self.embed = _projection(num_classes, width)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = torch.relu(self.blocks(x)).sum(dim=(2, 3))

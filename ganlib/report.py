@@ -4,7 +4,8 @@ The Markdown comes in two forms. ``summary.md`` in the run folder shows its pict
 relative paths (``gallery/grid_5x5.png``), so a Markdown viewer opened on the folder shows them
 and the file stays small. The Prefect summary artifact cannot reach the run folder, so its form
 embeds a small gallery and the loss plot as ``data:`` URIs: Prefect's UI renders those (checked
-with headless Chromium against ``prefect server start``, Prefect 3.9; see ``docs/visuals.md``).
+with headless Chromium against ``prefect server start``, Prefect 3.9; see the README's section
+"Pictures, plots, the run report and the Prefect UI").
 The full page is ``report.html`` (``ganlib.report_html``).
 """
 
