@@ -29,6 +29,7 @@ from prefect import flow, runtime
 from pydantic import Field
 
 from flows.train import gan_pipeline
+from flows.cli import OneLineParser
 from ganlib.checkpoint import list_checkpoints
 from ganlib.config import DEVICE_PATTERN, RUN_ID_PATTERN, RunConfig, build_config
 from ganlib.errors import GanlibError, RunError
@@ -105,14 +106,9 @@ def continue_training(
     return gan_pipeline(config)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit 2, as for every other user error
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-id", required=True, help="the run to continue")
     parser.add_argument("--out", type=Path, default=Path("artifacts"), help="output root (default artifacts)")
     parser.add_argument("--more-steps", type=int, default=1000,

@@ -28,6 +28,7 @@ from typing import Any
 import tasks  # noqa: F401  (sets the project's Prefect defaults before prefect is imported)
 from prefect import flow, runtime
 
+from flows.cli import OneLineParser
 from ganlib.config import RunConfig
 from ganlib.errors import ConfigError, GanlibError, RunError
 from ganlib.gallery import GALLERY_NOISE_OFFSET, resolve_checkpoint
@@ -93,14 +94,9 @@ def generate_samples(run_dir: str, checkpoint: str = "best", num_samples: int = 
     return record
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit 2, as for every other user error
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-id", required=True, help="the run to sample from")
     parser.add_argument("--out", default="artifacts", help="output root the run lives in (default artifacts)")
     parser.add_argument("--checkpoint", default="best",

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, get_type_hints
 from pydantic import TypeAdapter, ValidationError
 
 # flows.* import tasks (the project's Prefect defaults) before prefect itself.
+from flows.cli import OneLineParser
 from flows.continue_run import continue_training
 from flows.train import gan_pipeline
 
@@ -378,14 +379,8 @@ def mark_crashed(flow_run_ids: list[str]) -> int:
 # --- command line ---------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                      prog="python flows/serve.py")
     parser.add_argument("--file", type=Path, default=DEFAULT_FILE,
                         help=f"schedules file (default: {DEFAULT_FILE.name} in the repository root)")

@@ -12,7 +12,7 @@ Everything lands in <out>/<run-id>/ (default out: artifacts). Running again with
 --run-id resumes from the newest checkpoint.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 (tasks is imported before prefect on purpose)
 
 import argparse
 import json
@@ -21,10 +21,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import tasks  # noqa: F401  (sets the project's Prefect defaults before prefect is imported)
 from prefect import flow, runtime
 from pydantic import ValidationError
 
-import tasks  # noqa: F401  (sets the project's Prefect defaults before prefect is imported)
+from flows.cli import OneLineParser
 from ganlib.config import MODELS, RUN_ID_PATTERN, RunConfig, build_config
 from ganlib.errors import GanlibError
 from ganlib.io import remove_temporary_files
@@ -117,15 +118,9 @@ FLAGS: list[tuple[str, str, type, str]] = [
 ]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit 2, as for every other user error
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def parse_config(argv: list[str] | None = None) -> tuple[RunConfig, bool]:
     """Build the validated config from command-line flags (and an optional --config JSON file)."""
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="JSON file with a full or partial RunConfig; flags override it")
     for flag, field, kind, help_text in FLAGS:
         if kind is bool:  # a switch: present means true

@@ -40,3 +40,17 @@ def test_prepare_cache_key_only_while_the_store_exists(tiny):
     assert key and key == _cache_key(None, params)
     other = tiny(data__num_images=500)
     assert _cache_key(None, {"data": other.data, "out": str(other.out)}) is None
+
+
+def test_project_prefect_defaults_apply_from_any_directory(tmp_path):
+    """The offline-friendly settings hold even where no prefect.toml is in the working directory."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "DO_NOT_TRACK"}
+    code = ("import flows.train\nfrom prefect.settings import get_current_settings as g\ns = g()\n"
+            "print(s.server.analytics_enabled, s.server.ui.show_promotional_content, s.logging.extra_loggers)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip() == "False False ['ganlib']", out.stderr
