@@ -245,17 +245,11 @@ def build_models(cfg: ModelConfig, channels: int, image_size: int, num_classes: 
         g: nn.Module = MLPGenerator(cfg.noise_dim, cfg.hidden_dim, channels, image_size, k)
         d: nn.Module = MLPDiscriminator(cfg.hidden_dim, channels, image_size, k)
     elif cfg.name == "dcgan":
-        if image_size not in DCGAN_SIZES:
-            raise ConfigError(
-                f"model.name: 'dcgan' makes images of {', '.join(map(str, DCGAN_SIZES))} px, "
-                f"not {image_size}; set data.image_size to one of them or use --model mlp")
+        _check_size("dcgan", DCGAN_SIZES, image_size, "set data.image_size to one of them or use --model mlp")
         g = DCGANGenerator(cfg.noise_dim, cfg.ngf, channels, image_size, k)
         d = DCGANDiscriminator(cfg.ndf, channels, image_size, k)
     elif cfg.name == "resnet":
-        if image_size not in RESNET_SIZES:
-            raise ConfigError(
-                f"model.name: 'resnet' makes images of {', '.join(map(str, RESNET_SIZES))} px, "
-                f"not {image_size}; set data.image_size (--image-size 32) or use --model dcgan")
+        _check_size("resnet", RESNET_SIZES, image_size, "set data.image_size (--image-size 32) or use --model dcgan")
         g = ResNetGenerator(cfg.noise_dim, cfg.ngf, channels, image_size, k)
         d = ResNetDiscriminator(cfg.ndf, channels, image_size, k)
     else:  # pydantic's Literal makes this unreachable from validated configs
@@ -265,6 +259,12 @@ def build_models(cfg: ModelConfig, channels: int, image_size: int, num_classes: 
     if cfg.spectral_norm:
         _spectral_norm_(d)
     return g, d
+
+
+def _check_size(name: str, sizes: tuple[int, ...], image_size: int, fix: str) -> None:
+    if image_size not in sizes:
+        raise ConfigError(f"model.name: {name!r} makes images of {', '.join(map(str, sizes))} px, "
+                          f"not {image_size}; {fix}")
 
 
 def _spectral_norm_(module: nn.Module) -> None:

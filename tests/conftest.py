@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -17,20 +18,28 @@ def mnist_dir() -> Path:
     return MNIST_DIR
 
 
+# The settings of a run that trains, evaluates and renders in seconds on CPU (no run id, no output root).
+TINY_SETTINGS = {
+    "device": "cpu",
+    "data": {"dataset": "digits", "num_images": 400},
+    "model": {"name": "dcgan", "ngf": 8, "ndf": 8},
+    "train": {"steps": 12, "batch_size": 32, "checkpoint_every": 6, "log_every": 4},
+    "eval": {"num_samples": 200, "classifier_steps": 30, "batch_size": 100},
+    "gallery": {"num_samples": 50},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_settings() -> dict:
+    """A fresh copy of ``TINY_SETTINGS`` (for tests that pass a config as plain data)."""
+    return copy.deepcopy(TINY_SETTINGS)
+
+
 def tiny_config(tmp_path: Path, **overrides):
     """A RunConfig that trains, evaluates and renders in seconds on CPU."""
     from ganlib.config import build_config
 
-    data = {
-        "run_id": "tiny",
-        "out": str(tmp_path / "out"),
-        "device": "cpu",
-        "data": {"dataset": "digits", "num_images": 400},
-        "model": {"name": "dcgan", "ngf": 8, "ndf": 8},
-        "train": {"steps": 12, "batch_size": 32, "checkpoint_every": 6, "log_every": 4},
-        "eval": {"num_samples": 200, "classifier_steps": 30, "batch_size": 100},
-        "gallery": {"num_samples": 50},
-    }
+    data = {"run_id": "tiny", "out": str(tmp_path / "out"), **copy.deepcopy(TINY_SETTINGS)}
     for dotted, value in overrides.items():
         node = data
         *parents, leaf = dotted.split("__")

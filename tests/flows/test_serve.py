@@ -33,14 +33,6 @@ from ganlib.errors import RunError
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = Path(sys.executable).with_name("prefect")
 
-TINY_CONFIG: dict[str, Any] = {
-    "device": "cpu",
-    "data": {"dataset": "digits", "num_images": 400},
-    "model": {"name": "dcgan", "ngf": 8, "ndf": 8},
-    "train": {"steps": 12, "batch_size": 32, "checkpoint_every": 6, "log_every": 4},
-    "eval": {"num_samples": 200, "classifier_steps": 30, "batch_size": 100},
-    "gallery": {"num_samples": 50},
-}
 
 
 # --- the schedules file and prefect.yaml (fast) --------------------------------------------------------
@@ -260,10 +252,10 @@ def server(tmp_path_factory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def served(server: Server) -> Iterator[Server]:
+def served(server: Server, tiny_settings: dict) -> Iterator[Server]:
     """flows/serve.py serving two tiny deployments of a schedules file written for the test."""
     out = server.root / "out"
-    fresh_config = {"run_id": "srv-default", **TINY_CONFIG}
+    fresh_config = {"run_id": "srv-default", **tiny_settings}
     schedules = server.root / "schedules.toml"
     schedules.write_text(
         '[deployments.tiny-fresh]\nflow = "gan-pipeline"\ninterval = "1w"\npaused = true\ntags = ["test"]\n'
@@ -325,7 +317,8 @@ def _task_runs(srv: Server, flow_run_id: uuid.UUID) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_served_deployment_runs_with_an_override_then_continue_training_resumes_it(served: Server):
+def test_served_deployment_runs_with_an_override_then_continue_training_resumes_it(served: Server,
+                                                                                    tiny_settings: dict):
     from prefect.client.schemas.filters import (
         ArtifactFilter,
         ArtifactFilterKey,
@@ -336,7 +329,7 @@ def test_served_deployment_runs_with_an_override_then_continue_training_resumes_
     from tasks.common import artifact_key
 
     run_dir = served.out / "srv1"
-    override = {"config": {**TINY_CONFIG, "run_id": "srv1", "out": str(served.out)}}  # replaces all of config
+    override = {"config": {**tiny_settings, "run_id": "srv1", "out": str(served.out)}}  # replaces all of config
     run = _wait(served, _trigger(served, "gan-pipeline/tiny-fresh", override).id)
     assert run.name == "digits-dcgan-srv1"  # dataset, model, run id: readable in the UI's list
     assert run.parameters["config"]["run_id"] == "srv1"
