@@ -76,7 +76,8 @@ FLAGS: list[tuple[str, str, type, str]] = [
     ("--data-root", "data.data_root", str, "the source: a directory (mnist family, cifar10, celeba, folder "
      "of images with one sub-folder per class or flat) or a file (npz, idx)"),
     ("--num-images", "data.num_images", int, "digits: how many images to generate (default 20000)"),
-    ("--image-size", "data.image_size", int, "28, 32 or 64 (default 28); shorter side resized, then cropped"),
+    ("--image-size", "data.image_size", int, "28, 32, 64 or 128 (default 28; 128: dcgan or mlp, not the "
+     "embedded digits); shorter side resized, then cropped"),
     ("--channels", "data.channels", str, "auto (default: gray if every image is gray), grayscale or rgb"),
     ("--rgba-background", "data.rgba_background", str, "white (default) or black: what transparency becomes"),
     ("--classes", "data.classes", str, "comma-separated class names or indices to keep (labelled datasets)"),
@@ -103,14 +104,26 @@ FLAGS: list[tuple[str, str, type, str]] = [
     ("--ema-decay", "train.ema_decay", float, "generator EMA decay (default 0.999; 0 = off)"),
     ("--spectral-norm", "model.spectral_norm", bool, "spectral normalisation on the discriminator"),
     ("--conditional", "model.conditional", bool, "class-conditional G and D (labelled datasets)"),
-    ("--diffaug", "train.diffaug", str, "differentiable augmentation, e.g. translation,cutout,color"),
+    ("--diffaug", "train.diffaug", str, "differentiable augmentation: translation,cutout,color or none"),
     ("--precision", "train.precision", str, "fp32 (default) or bf16 (autocast on CUDA)"),
     ("--compile", "train.compile", bool, "torch.compile G and D"),
+    ("--channels-last", "train.channels_last", str, "auto (default: on for CUDA), on or off: NHWC memory "
+     "format for the conv models and batches"),
+    ("--fused-optimizer", "train.fused_optimizer", str, "auto (default: fused Adam where torch has it), on "
+     "or off (foreach)"),
     ("--max-minutes", "train.max_minutes", float,
      "stop training after this many minutes (checkpointed; rerun continues)"),
     ("--checkpoint-every", "train.checkpoint_every", int, "checkpoint interval in steps (default 500)"),
     ("--eval-samples", "eval.num_samples", int, "generated samples per evaluated checkpoint (default 10000)"),
     ("--gallery-samples", "gallery.num_samples", int, "images saved in gallery/samples.npz (default 10000)"),
+    ("--nproc-per-node", "dist.nproc_per_node", int, "training processes on this machine, one per GPU "
+     "(default 1; more launches torchrun; --batch-size stays the global batch)"),
+    ("--nnodes", "dist.nnodes", int, "machines training together (default 1; see README, Scaling)"),
+    ("--rdzv-endpoint", "dist.rdzv_endpoint", str, "HOST:PORT on this machine (machine 0) where the "
+     "processes of all machines meet (--nnodes > 1)"),
+    ("--dist-backend", "dist.backend", str, "auto (default: nccl on CUDA, gloo on the CPU), nccl or gloo"),
+    ("--dist-timeout-minutes", "dist.timeout_minutes", float, "kill the training processes after this many "
+     "minutes (the retry resumes)"),
     ("--seed", "seed", int, "run seed (default 7)"),
     ("--device", "device", str, "auto (default), cpu, cuda, cuda:N or mps"),
     ("--run-id", "run_id", str, "run name; reusing one resumes that run (default: dataset-model-timestamp)"),

@@ -38,7 +38,7 @@ __all__ = [
     "load_classifier",
 ]
 
-SUPPORTED_IMAGE_SIZES = (28, 32, 64)
+SUPPORTED_IMAGE_SIZES = (28, 32, 64, 128)
 SUPPORTED_CHANNELS = (1, 3)
 
 # Identifies classifier files so that a GAN checkpoint or an unrelated tensor file passed by
@@ -66,7 +66,7 @@ class DomainClassifier(nn.Module):
     Architecture (widths chosen so that 1500 training steps at batch 128 on 28x28 take well
     under a minute on a 2-core CPU)::
 
-        [64x64 only: 2x2 average pool to 32x32]
+        [64x64 and 128x128 only: average pool to 32x32]
         conv16 - maxpool2 - BN/ReLU - conv32 - conv32 - maxpool2 - conv64 - conv64
         (3x3 convs, each followed by BatchNorm and ReLU except where noted)
         adaptive avg pool to 4x4 - flatten - dropout - Linear(1024 -> feature_dim) - ReLU
@@ -74,7 +74,7 @@ class DomainClassifier(nn.Module):
 
     Args:
         in_channels: image channels, 1 or 3.
-        image_size: square image side, one of 28, 32, 64.
+        image_size: square image side, one of 28, 32, 64, 128.
         num_classes: number of classes K >= 2.
         feature_dim: width of the penultimate (embedding) layer, >= 1.
 
@@ -96,9 +96,9 @@ class DomainClassifier(nn.Module):
         self.num_classes = num_classes
         self.feature_dim = feature_dim
 
-        # 64x64 inputs are averaged down to 32x32 first: the classes of the datasets we use are
-        # still recognisable at 32x32, and the full resolution would cost 4x the compute.
-        stem: nn.Module = nn.AvgPool2d(2) if image_size >= 64 else nn.Identity()
+        # 64x64 and 128x128 inputs are averaged down to 32x32 first: the classes of the datasets we
+        # use are still recognisable at 32x32, and the full resolution would cost 4x (16x) the compute.
+        stem: nn.Module = nn.AvgPool2d(image_size // 32) if image_size >= 64 else nn.Identity()
         self.trunk = nn.Sequential(
             stem,
             # Only one narrow conv at full resolution, and pooled *before* its BatchNorm/ReLU:
@@ -210,7 +210,7 @@ def train_classifier(
     """Train a :class:`DomainClassifier` on real images.
 
     Args:
-        images: uint8 (N, C, H, W) in [0, 255] with C in {1, 3} and H = W in {28, 32, 64}.
+        images: uint8 (N, C, H, W) in [0, 255] with C in {1, 3} and H = W in {28, 32, 64, 128}.
         labels: integer (N,) class indices in [0, num_classes).
         num_classes: number of classes K >= 2.
         num_steps: optimisation steps (mini-batches).

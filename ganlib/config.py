@@ -53,7 +53,9 @@ class DataConfig(_Section):
     num_images: int = Field(
         20_000, ge=100, le=1_000_000, description="digits: how many images to generate.")
     seed: int = Field(7, ge=0, le=2**63 - 1, description="digits: generator seed (independent of the run seed).")
-    image_size: Literal[28, 32, 64] = Field(28, description="Side of the prepared square images, pixels.")
+    image_size: Literal[28, 32, 64, 128] = Field(
+        28, description="Side of the prepared square images, pixels (128: dcgan and mlp only; the embedded "
+        "digits are drawn at 28, 32 and 64).")
     limit: int | None = Field(
         None, ge=1, description="Keep at most this many images (the first N readable ones).")
     channels: Literal["auto", "grayscale", "rgb"] = Field(
@@ -93,12 +95,15 @@ class ModelConfig(_Section):
     """Generator and discriminator architecture."""
 
     name: Literal["mlp", "dcgan", "resnet"] = Field(
-        "dcgan", description="'mlp': the tutorial's MLP done right; 'dcgan': conv nets with batch norm; "
+        "mlp", description="'mlp' (default: on the CPU the best samples per minute of training, see "
+        "bench/RESULTS.md): the tutorial's MLP done right; 'dcgan': conv nets with batch norm; "
         "'resnet': SNGAN-style residual nets (32 and 64 px).")
     conditional: bool = Field(
         False, description="Class-conditional G (conditional batch norm) and D (projection); needs labels.")
     noise_dim: int = Field(100, ge=1, le=4096, description="Length of the latent vector z.")
-    hidden_dim: int = Field(256, ge=8, le=8192, description="mlp: width of the hidden layers.")
+    hidden_dim: int = Field(
+        512, ge=8, le=8192, description="mlp: width of the hidden layers (G: noise -> hidden -> 2*hidden -> "
+        "image; D mirrors it). 512 beat 256 at equal training time on MNIST (bench/RESULTS.md).")
     ngf: int = Field(32, ge=4, le=1024, description="dcgan: generator width (channels of the last block).")
     ndf: int = Field(32, ge=4, le=1024, description="dcgan: discriminator width (channels of the first block).")
     spectral_norm: bool = Field(False, description="Spectral normalisation of D's weight layers (Miyato et al. 2018).")
@@ -109,7 +114,7 @@ class TrainConfig(_Section):
 
     steps: int | None = Field(
         None, ge=1, description="Total optimisation steps (one D and one G update each). "
-        "Exclusive with epochs; if neither is given, 3000 steps.")
+        "Exclusive with epochs; if neither is given, 10000 steps.")
     epochs: float | None = Field(None, gt=0, description="Total passes over the dataset (may be fractional).")
     batch_size: int = Field(128, ge=2, le=65_536)
     lr: float = Field(2e-4, gt=0, le=1.0, description="Adam learning rate of G and D.")
@@ -125,11 +130,20 @@ class TrainConfig(_Section):
     r1: float = Field(0.0, ge=0, description="R1 penalty weight gamma on D's gradient at real images (0 = off).")
     r1_every: int = Field(1, ge=1, description="Apply R1 every this many D updates (lazy regularisation).")
     diffaug: list[Literal["color", "translation", "cutout"]] = Field(
-        default_factory=list, description="Differentiable augmentation of everything D sees "
-        "('translation,cutout' on the command line; empty = off).")
+        default_factory=lambda: ["translation"], description="Differentiable augmentation of everything D "
+        "sees ('translation,cutout' on the command line; 'none' = off). Default translation: on 10,000 "
+        "MNIST digits it kept D from memorising the training set (bench/RESULTS.md).")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="'bf16': autocast to bfloat16 with TF32 matmuls on CUDA (the CPU stays fp32).")
     compile: bool = Field(False, description="torch.compile G and D for the training step.")
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto", description="NHWC (channels-last) memory format for the conv models (dcgan, resnet) and the real "
+        "batches. On CUDA the convolution kernels (cuDNN, tensor cores with bf16) want it; on the CPU it was no "
+        "faster here (see bench/RESULTS.md). 'auto': on for CUDA, off elsewhere.")
+    fused_optimizer: Literal["auto", "on", "off"] = Field(
+        "auto", description="Adam's fused kernel (one kernel for all parameters of a model per update). "
+        "'auto': fused where torch has it for the device (CUDA, CPU), else the multi-tensor (foreach) one; "
+        "'on': fused or an error; 'off': foreach.")
     max_minutes: float | None = Field(
         None, gt=0, description="Stop (with a checkpoint) after this many minutes of training in this "
         "attempt, even if steps remain; running again continues.")
@@ -143,14 +157,15 @@ class TrainConfig(_Section):
         3, ge=0, description="Non-finite losses roll back to the last checkpoint with lower learning rates, "
         "at most this many times; then training fails.")
     rollback_lr_factor: float = Field(0.5, gt=0, lt=1, description="Learning-rate factor applied at each rollback.")
-    checkpoint_every: int = Field(500, ge=1, description="Save a checkpoint every this many steps (and at the end).")
+    checkpoint_every: int = Field(
+        2500, ge=1, description="Save a checkpoint every this many steps (and at the end); each is evaluated.")
     log_every: int = Field(50, ge=1, description="Flush per-step metrics and print progress every this many steps.")
 
     @field_validator("diffaug", mode="before")
     @classmethod
     def _split_policy(cls, v: Any) -> Any:
-        if isinstance(v, str):  # the command line gives "translation,cutout"
-            v = [p.strip() for p in v.split(",") if p.strip()]
+        if isinstance(v, str):  # the command line gives "translation,cutout" (or "none")
+            v = [p.strip() for p in v.split(",") if p.strip() and p.strip().lower() not in ("none", "off")]
         return v
 
     @model_validator(mode="after")
@@ -160,16 +175,59 @@ class TrainConfig(_Section):
         return self
 
 
-DEFAULT_STEPS = 3000
+DEFAULT_STEPS = 10_000
 
 
 class EvalConfig(_Section):
-    """Checkpoint evaluation in the domain classifier's feature space."""
+    """Checkpoint evaluation: feature spaces, metrics, seeds, and how the best checkpoint is chosen."""
 
-    num_samples: int = Field(10_000, ge=100, le=1_000_000, description="Generated samples per checkpoint.")
+    num_samples: int = Field(10_000, ge=100, le=1_000_000, description="Generated samples per checkpoint and seed.")
+    num_real: int | None = Field(
+        None, ge=50, le=1_000_000, description="Real images in the reference set, and as many held out for the "
+        "real-vs-real floor and the memorisation check (default: num_samples; at most half the dataset).")
     classifier_steps: int = Field(1500, ge=1, description="Training steps of the domain classifier.")
     batch_size: int = Field(500, ge=1, description="Generation and feature-extraction batch.")
-    use_ema: bool = Field(True, description="Score (and render) the EMA generator when the run keeps one.")
+    use_ema: bool = Field(
+        True, description="Choose the best checkpoint among (and render) the EMA generator's rows when the run keeps one.")
+    generators: Literal["both", "selected"] = Field(
+        "both", description="'both': score the raw and the EMA generator (one row each); 'selected': only the "
+        "one use_ema picks.")
+    num_seeds: int = Field(
+        1, ge=1, le=20, description="Latent seeds per checkpoint; with more than one the table holds the mean "
+        "and <metric>_seed_std.")
+    nearest_k: int = Field(3, ge=1, le=50, description="k of the k-nearest-neighbour manifolds (precision, recall, "
+                           "density, coverage).")
+    kid_subsets: int = Field(100, ge=1, le=10_000, description="KID: random subsets averaged.")
+    kid_subset_size: int = Field(
+        1000, ge=2, le=100_000, description="KID: samples per subset (capped at the sample and reference counts).")
+    inception: Literal["auto", "on", "off"] = Field(
+        "auto", description="Inception-v3 FID/KID/IS: 'auto' computes them on a GPU only (10,000 images take "
+        "many minutes on a CPU), 'on' everywhere, 'off' never. Skipped, with the reason in the table, when no "
+        "weights can be had.")
+    inception_weights: Path | None = Field(
+        None, description="torch-fidelity's Inception weights file (weights-inception-2015-12-05-6726825d.pth); "
+        "default: the library downloads it when there is a network.")
+    inception_weights_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-fA-F]{64}$", description="sha256 of inception_weights (required with it; "
+        "`sha256sum FILE` prints it).")
+    memorisation: Literal["pixels", "domain", "off"] = Field(
+        "pixels", description="Space of the nearest-training-image check: 'pixels' (L2 on the images), "
+        "'domain' (the domain classifier's features) or 'off'.")
+    select_metric: Literal[
+        "fd", "kid_mean", "is_mean", "precision", "recall", "density", "coverage", "class_accuracy",
+        "inception_fid", "inception_kid_mean", "inception_is_mean", "inception_precision", "inception_recall",
+        "inception_density", "inception_coverage",
+    ] = Field("fd", description="Metric that chooses the best checkpoint (a column of metrics/eval.parquet).")
+    select_direction: Literal["auto", "min", "max"] = Field(
+        "auto", description="Whether lower ('min') or higher ('max') select_metric is better; 'auto' knows "
+        "each metric's.")
+
+    @model_validator(mode="after")
+    def _weights_need_their_hash(self) -> EvalConfig:
+        if self.inception_weights is not None and self.inception_weights_sha256 is None:
+            raise ValueError("inception_weights needs inception_weights_sha256 (the file's sha256; "
+                             "`sha256sum FILE` prints it)")
+        return self
 
 
 class GalleryConfig(_Section):
@@ -177,6 +235,44 @@ class GalleryConfig(_Section):
 
     num_samples: int = Field(10_000, ge=1, le=1_000_000, description="Images saved to gallery/samples.npz.")
     seed: int | None = Field(None, ge=0, description="Noise seed of the grids and samples (default: the run seed).")
+
+
+class DistConfig(_Section):
+    """Data-parallel training over several processes: ``torchrun`` and ``torch.distributed``.
+
+    ``train.batch_size`` stays the global batch: each of the ``nproc_per_node * nnodes`` processes
+    trains on its slice of every batch (see ``ganlib.distributed``).
+    """
+
+    nproc_per_node: int = Field(
+        1, ge=1, le=1024, description="Training processes on each machine (one per GPU). More than one "
+        "(or nnodes > 1) launches torchrun; 1 trains in the calling process.")
+    nnodes: int = Field(
+        1, ge=1, le=4096, description="Machines taking part. More than one needs rdzv_endpoint, and the "
+        "same command on every machine with its own node_rank.")
+    node_rank: int = Field(
+        0, ge=0, description="This machine's index, 0..nnodes-1. Machine 0 holds the run lock and its "
+        "first process (global rank 0) writes the run's files.")
+    rdzv_endpoint: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9.\-]+:\d{1,5}$",
+        description="host:port on machine 0 where the processes meet (nnodes > 1), e.g. 10.0.0.1:29500.")
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="torch.distributed backend: 'auto' is nccl on CUDA, gloo on the CPU.")
+    timeout_minutes: float | None = Field(
+        None, gt=0, description="Kill every training process after this many minutes; the training task "
+        "then fails and its retry resumes from the newest checkpoint (default: no limit).")
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    @model_validator(mode="after")
+    def _nodes(self) -> DistConfig:
+        if self.nnodes > 1 and self.rdzv_endpoint is None:
+            raise ValueError("nnodes > 1 needs rdzv_endpoint (--rdzv-endpoint HOST:PORT of machine 0)")
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} must be below nnodes {self.nnodes}")
+        return self
 
 
 class RunConfig(_Section):
@@ -195,6 +291,7 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     gallery: GalleryConfig = Field(default_factory=GalleryConfig)
+    dist: DistConfig = Field(default_factory=DistConfig)
 
     @field_validator("out")
     @classmethod
@@ -202,6 +299,16 @@ class RunConfig(_Section):
         if str(v).strip() == "":
             raise ValueError("must be a directory path")
         return v
+
+    @model_validator(mode="after")
+    def _batch_splits_over_processes(self) -> RunConfig:
+        world = self.dist.world_size
+        if self.train.batch_size % world:
+            raise ValueError(
+                f"train.batch_size {self.train.batch_size} does not split over the {world} training processes "
+                f"(dist.nproc_per_node {self.dist.nproc_per_node} x dist.nnodes {self.dist.nnodes}); "
+                f"use a multiple of {world}")
+        return self
 
     def resolved(self) -> RunConfig:
         """A copy with the run id filled in (a timestamped default when none was given)."""
@@ -225,8 +332,12 @@ class RunConfig(_Section):
 RESUMABLE_CHANGES = {
     "run_id", "out", "device", "train.steps", "train.epochs", "train.checkpoint_every",
     "train.log_every", "train.max_rollbacks", "train.rollback_lr_factor", "train.compile",
+    "train.channels_last", "train.fused_optimizer",  # speed only: same maths, other rounding
     "train.health_window", "train.stop_on_health", "train.max_minutes",
     "data.strict", "data.download", "data.resident_limit_mb",
+    # The global batch (train.batch_size) is what the run learns from; how many processes share it is not.
+    "dist.nproc_per_node", "dist.nnodes", "dist.node_rank", "dist.rdzv_endpoint", "dist.backend",
+    "dist.timeout_minutes",
 }
 
 

@@ -9,19 +9,24 @@ Presets:
   LeakyReLU. (The tutorial reshaped 784 outputs to 7x7; here the output is the image size.)
 - ``dcgan``: transposed-conv G and strided-conv D with batch norm (Radford et al. 2015). At 64 px
   with ngf=ndf=64 and nz=100 the layers are those of pytorch/examples' DCGAN, so the two can be
-  compared step for step. 28 and 32 px drop one up/down-sampling block and start from 7x7 or 4x4.
+  compared step for step. 28 and 32 px drop one up/down-sampling block and start from 7x7 or 4x4;
+  128 px adds one (G starts from ngf*16 channels at 4x4, D ends with ndf*16).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganlib.config import ModelConfig
 from ganlib.errors import ConfigError
 
-DCGAN_SIZES = (28, 32, 64)
+if TYPE_CHECKING:  # only a type here: models (and the training step) import without pydantic, for bench/
+    from ganlib.config import ModelConfig
+
+DCGAN_SIZES = (28, 32, 64, 128)
 
 
 class Norm(nn.Module):
@@ -99,7 +104,7 @@ class MLPDiscriminator(nn.Module):
 
 def _dcgan_widths(image_size: int) -> tuple[int, int]:
     """(number of stride-2 blocks after the first, side of the first feature map)."""
-    return {28: (2, 7), 32: (3, 4), 64: (4, 4)}[image_size]
+    return {28: (2, 7), 32: (3, 4), 64: (4, 4), 128: (5, 4)}[image_size]
 
 
 class DCGANGenerator(nn.Module):
@@ -235,7 +240,8 @@ def build_models(cfg: ModelConfig, channels: int, image_size: int, num_classes: 
     With ``cfg.conditional`` both take class labels: ``G(z, y)``, ``D(x, y)`` with y int64 (N,) in
     [0, num_classes); G then uses conditional batch norm and D a projection head.
     Weights are initialised from the global torch RNG: seed it (or use ``torch.random.fork_rng``)
-    before calling for reproducible models.
+    before calling for reproducible models. ``cfg`` is read by attribute only, so any object with
+    ModelConfig's fields will do (the benchmarks pass a pydantic-free stand-in).
     """
     k = num_classes if cfg.conditional else 0
     if cfg.conditional and num_classes < 2:

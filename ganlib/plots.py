@@ -127,6 +127,9 @@ def plot_evaluation(table: pd.DataFrame, path: Path, num_classes: int | None = N
     conditional runs ``class_accuracy``. The best checkpoint (``best`` column) is a red star and a
     dotted vertical line on every panel. A table of an unlabelled run (all NaN) gets a note.
     """
+    if "select_generator" in table and "generator" in table and len(table):
+        # Raw and EMA rows per checkpoint: plot the generator the best checkpoint was chosen among.
+        table = table[table["generator"] == table["select_generator"].iloc[0]].reset_index(drop=True)
     panels = list(EVAL_PANELS)
     if CONDITIONAL_PANEL[0] in table and table[CONDITIONAL_PANEL[0]].notna().any():
         panels.append(CONDITIONAL_PANEL)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 from ganlib.config import RunConfig, config_differences
+from ganlib.data.digits import SUPPORTED_IMAGE_SIZES as DIGITS_SIZES
 from ganlib.data.sources import check_source
 from ganlib.errors import CheckpointError, ConfigError
 from ganlib.lock import check_not_running, check_under_root
-from ganlib.models import DCGAN_SIZES
+from ganlib.models import DCGAN_SIZES, RESNET_SIZES
 from ganlib.run import RunPaths, resolve_device
 
 
@@ -20,6 +21,13 @@ def check_run(cfg: RunConfig) -> None:
     resolve_device(cfg.device)
     if cfg.model.name == "dcgan" and cfg.data.image_size not in DCGAN_SIZES:
         raise ConfigError(f"data.image_size: dcgan makes {DCGAN_SIZES} px images, not {cfg.data.image_size}")
+    if cfg.model.name == "resnet" and cfg.data.image_size not in RESNET_SIZES:
+        raise ConfigError(f"data.image_size: resnet makes {RESNET_SIZES} px images, not {cfg.data.image_size}; "
+                          "use --image-size 32 or 64, or --model dcgan")
+    if cfg.data.dataset == "digits" and cfg.data.image_size not in DIGITS_SIZES:
+        raise ConfigError(f"data.image_size: the embedded digits are drawn at {DIGITS_SIZES} px, not "
+                          f"{cfg.data.image_size}; use --image-size 64, or a dataset of larger images "
+                          "(--dataset folder, celeba)")
     check_source(cfg.data)  # the source exists and looks right; no images are read
     count = _known_image_count(cfg)
     if count is not None and cfg.train.batch_size > count:

@@ -14,9 +14,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -38,6 +40,7 @@ def build_summary(cfg: RunConfig, train: dict[str, Any], eval_table: pd.DataFram
     paths; ``report``: the path of ``report.html``.
     """
     best = eval_table[eval_table["best"]].iloc[-1]
+    selection, scores, floors = evaluation_summary(eval_table)
     manifest_path = RunPaths(cfg.run_dir).data / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     return {
@@ -54,15 +57,103 @@ def build_summary(cfg: RunConfig, train: dict[str, Any], eval_table: pd.DataFram
             "is_std": float(best["is_std"]),
             "classes_present": int(best["classes_present"]),
             "rarest_class_fraction": float(best["rarest_class_fraction"]),
+            **scores,
         },
+        "selection": selection,
         "reference": {
             "real_is": float(best["real_is"]),
             "classifier_holdout_accuracy": float(best["classifier_holdout_accuracy"]),
+            "floor": floors,
         },
         "gallery": gallery,
         "plots": plots or {},
         "report": report,
     }
+
+
+# Scores of the best row reported beside FD/IS (issue #5's metrics), when the table has them.
+SUMMARY_SCORES = (
+    "kid_mean", "kid_std", "precision", "recall", "density", "coverage", "class_accuracy",
+    "inception_fid", "inception_kid_mean", "inception_kid_std", "inception_is_mean", "inception_is_std",
+    "inception_precision", "inception_recall", "inception_density", "inception_coverage",
+    "memorisation_fraction", "memorisation_median_distance", "memorisation_real_median_distance",
+)
+FLOOR_SCORES = ("fd", "kid_mean", "is_mean", "precision", "recall", "density", "coverage", "inception_fid",
+                "inception_kid_mean", "inception_is_mean", "inception_precision", "inception_recall",
+                "inception_density", "inception_coverage")
+
+
+def _plain(value: Any) -> Any:
+    """A JSON value: numbers as Python numbers, NaN (not measured) as None, anything else as text."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else float(value)
+    return None if value is None else str(value)
+
+
+def evaluation_summary(eval_table: pd.DataFrame) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """From an evaluation table: how the best row was chosen, its further scores (with seed spreads,
+    the sample count, the feature spaces and the Inception status), and the real-vs-real floors.
+
+    Tables written before these columns existed give what they have (empty dicts at worst).
+    """
+    best = eval_table[eval_table["best"]].iloc[-1]
+    selection = {key: _plain(best[f"select_{key}"]) for key in ("metric", "direction", "generator", "note")
+                 if f"select_{key}" in best}
+    if "generator" in best:
+        selection["best_generator"] = str(best["generator"])
+    scores: dict[str, Any] = {}
+    for key in SUMMARY_SCORES:
+        for name in (key, f"{key}_seed_std"):
+            if name in best:
+                scores[name] = _plain(best[name])
+    for key in ("generator", "num_samples", "num_seeds", "num_real", "feature_space", "feature_spaces",
+                "inception_status", "memorisation_space", "memorisation_png"):
+        if key in best:
+            scores[key] = _plain(best[key])
+    floors = {key: _plain(best[f"{key}_floor"]) for key in FLOOR_SCORES if f"{key}_floor" in best}
+    if floors and "floor_num_samples" in best:
+        floors["num_samples"] = _plain(best["floor_num_samples"])
+    return selection, scores, floors
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _metrics_lines(summary: dict[str, Any]) -> list[str]:
+    """The further metrics of the best checkpoint and their floors, as Markdown (empty for old summaries)."""
+    best, floor = summary["best"], (summary["reference"].get("floor") or {})
+    if "precision" not in best:
+        return []
+    rows = [("domain features", "fd", "kid_mean", "is_mean", "precision", "recall", "density", "coverage"),
+            ("Inception-v3", "inception_fid", "inception_kid_mean", "inception_is_mean", "inception_precision",
+             "inception_recall", "inception_density", "inception_coverage")]
+    lines = ["| space | FD | KID | IS | precision | recall | density | coverage |", "|---|---|---|---|---|---|---|---|"]
+    for label, *keys in rows:
+        cells = [f"{_num(best.get(k), 4 if 'kid' in k else 3)} (floor {_num(floor.get(k), 4 if 'kid' in k else 3)})"
+                 for k in keys]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    selection = summary.get("selection") or {}
+    lines += [
+        "",
+        f"Floors: {floor.get('num_samples', '?')} held-out real images scored against the reference; no generator "
+        f"can expect to beat them at these sample counts. Inception: {best.get('inception_status', '–')}.",
+        "",
+        f"Memorisation ({best.get('memorisation_space', '–')}): {_num(best.get('memorisation_fraction'), 3)} of the "
+        "samples are closer to a training image than the median held-out real image is (about 0.5 is healthy; "
+        "far above means near-copies)" + (f"; closest pairs: `{best['memorisation_png']}`" if
+                                          best.get("memorisation_png") else "") + ".",
+        "",
+        f"Chosen by {selection.get('metric', 'fd')} ({selection.get('direction', 'min')}) among the "
+        f"{selection.get('generator', 'ema')} generator's rows"
+        + (f"; {selection['note']}" if selection.get("note") else "") + ".",
+        "",
+    ]
+    return lines
 
 
 def inline_png(path: Path, max_width: int) -> str:
@@ -115,7 +206,7 @@ def summary_markdown(summary: dict[str, Any], inline_images: bool = False) -> st
         f"{train['final_step']} steps of batch {cfg['train']['batch_size']}, lr {cfg['train']['lr']}, "
         f"seed {cfg['seed']}.",
         "",
-        "## Best checkpoint (lowest Fréchet distance in the domain classifier's features)",
+        "## Best checkpoint",
         "",
         "| checkpoint | step | FD | classifier IS | classes present | rarest class |",
         "|---|---|---|---|---|---|",
@@ -126,6 +217,7 @@ def summary_markdown(summary: dict[str, Any], inline_images: bool = False) -> st
         f"Reference: real images score IS {ref['real_is']:.3f}; the classifier's held-out accuracy is "
         f"{100 * ref['classifier_holdout_accuracy']:.2f}%.",
         "",
+        *_metrics_lines(summary),
         _training_line(train),
         "",
         "## Pictures",

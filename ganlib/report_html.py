@@ -139,7 +139,8 @@ def _cards(config: dict, summary: dict, train: pd.DataFrame | None, evals: pd.Da
         cards.append((f"{last_step:,}", "steps trained"))
     if evals is not None and len(evals) and "best" in evals:
         best = evals[evals["best"]].iloc[-1]
-        cards.append((f"step {int(best['step']):,}", "best checkpoint (lowest FD)"))
+        chosen_by = best.get("select_metric") if "select_metric" in best else "fd"
+        cards.append((f"step {int(best['step']):,}", f"best checkpoint (by {chosen_by})"))
         if pd.notna(best.get("fd")):
             cards.append((_fmt(float(best["fd"]), 2), "Fréchet distance (lower is better)"))
             real_is = best.get("real_is")
@@ -172,7 +173,9 @@ def _eval_table(evals: pd.DataFrame) -> str:
     weights = "generator" in evals
     head = ("<tr><th>step</th><th class='l'>checkpoint</th>" + ("<th class='l'>weights</th>" if weights else "")
             + "<th>FD ↓</th><th>classifier IS ↑</th><th>classes present</th><th>rarest class</th>"
-            + ("<th>class asked for ↑</th>" if conditional else "") + "<th>samples</th><th>seconds</th></tr>")
+            + ("<th>class asked for ↑</th>" if conditional else "")
+            + "".join(f"<th>{_e(title)}</th>" for key, title, _ in EXTRA_COLUMNS if key in evals)
+            + "<th>samples</th><th>seconds</th></tr>")
     rows = []
     nan = float("nan")
     for r in evals.to_dict("records"):
@@ -185,11 +188,45 @@ def _eval_table(evals: pd.DataFrame) -> str:
             f"<td>{_fmt(r.get('is_mean', nan))} ± {_fmt(r.get('is_std', nan))}</td>"
             f"<td>{_e(r.get('classes_present', ''))}</td><td>{_percent(r.get('rarest_class_fraction'))}</td>"
             + (f"<td>{_percent(r.get('class_accuracy'))}</td>" if conditional else "")
+            + "".join(f"<td>{_fmt(r.get(key, nan), digits)}</td>" for key, _, digits in EXTRA_COLUMNS if key in evals)
             + f"<td>{_e(r.get('num_samples', ''))}</td><td>{_fmt(r.get('seconds', nan), 1)}</td></tr>")
     note = ""
     if "note" in evals and len(evals):
         note = f"<p class='muted'>{_e(evals['note'].iloc[0])}</p>"
-    return f"<table>{head}{''.join(rows)}</table>{note}"
+    return f"<table>{head}{''.join(rows)}</table>{note}{_evaluation_notes(evals)}"
+
+
+# Issue #5's metrics, shown when the table has them: (column, heading, decimals).
+EXTRA_COLUMNS = [
+    ("kid_mean", "KID ↓", 4), ("precision", "precision ↑", 3), ("recall", "recall ↑", 3),
+    ("density", "density", 3), ("coverage", "coverage ↑", 3), ("inception_fid", "Inception FID ↓", 2),
+    ("inception_is_mean", "Inception IS ↑", 2), ("memorisation_fraction", "closer than real", 3),
+]
+
+
+def _evaluation_notes(evals: pd.DataFrame) -> str:
+    """The floors (held-out real images scored like a checkpoint), the Inception status and the selection."""
+    if not len(evals) or "best" not in evals or not evals["best"].any():
+        return ""
+    best = evals[evals["best"]].iloc[-1]
+    parts = []
+    floors = [(title, best.get(f"{key}_floor"), digits) for key, title, digits in
+              [("fd", "FD", 3), *EXTRA_COLUMNS[:5], ("inception_fid", "Inception FID", 2)]]
+    shown = [f"{title.rstrip(' ↑↓')} {_fmt(float(value), digits)}" for title, value, digits in floors
+             if value is not None and pd.notna(value)]
+    if shown:
+        parts.append(f"Floor ({_e(best.get('floor_num_samples', '?'))} held-out real images scored like a "
+                     f"checkpoint): {_e(', '.join(shown))}.")
+    if "inception_status" in best:
+        parts.append(f"Inception metrics: {_e(best['inception_status'])}.")
+    if "memorisation_fraction" in best:
+        parts.append("“closer than real”: share of samples nearer a training image than the median held-out "
+                     f"real image ({_e(best.get('memorisation_space', ''))}); about 0.5 is healthy, far above "
+                     "means near-copies.")
+    if "select_metric" in best:
+        parts.append(f"Best: {_e(best['select_metric'])} ({_e(best.get('select_direction', ''))}) among the "
+                     f"{_e(best.get('select_generator', ''))} rows. {_e(best.get('select_note', '') or '')}")
+    return "".join(f"<p class='muted'>{p}</p>" for p in parts)
 
 
 def _class_histogram(manifest: dict, evals: pd.DataFrame | None) -> str:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -31,15 +31,17 @@ from torch import nn
 
 from ganlib import checkpoint as ckpt
 from ganlib.augment import diff_augment
-from ganlib.config import RunConfig, config_differences, total_steps
 from ganlib.data.loader import BatchSource
-from ganlib.data.store import copy_real_grid, load_store
 from ganlib.errors import CheckpointError, ConfigError, HealthStop, TrainingDiverged
 from ganlib.io import atomic_path, atomic_write_json, remove_temporary_files
 from ganlib.lock import run_lock
 from ganlib.losses import OBJECTIVES, gradient_penalty, r1_penalty
 from ganlib.models import build_models
 from ganlib.run import RunPaths, resolve_device
+
+if TYPE_CHECKING:
+    from ganlib.config import RunConfig
+    from ganlib.distributed import DistContext
 
 log = logging.getLogger("ganlib")
 
@@ -72,14 +74,22 @@ class BatchOrder:
     The state is just (epoch, position), so a resumed run sees exactly the batches the
     uninterrupted run would have seen. The last incomplete batch of an epoch is dropped, keeping
     every batch (and its batch-norm statistics) the same size.
+
+    Data-parallel: with ``world_size`` W processes, ``batch_size`` is the global batch and ``next()``
+    returns rank ``rank``'s slice ``[rank*B/W, (rank+1)*B/W)`` of it; the state is the same on all ranks.
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, device: torch.device):
+    def __init__(self, num_items: int, batch_size: int, seed: int, device: torch.device,
+                 rank: int = 0, world_size: int = 1):
         if batch_size > num_items:
             raise ConfigError(
                 f"train.batch_size: {batch_size} is larger than the dataset ({num_items} images); "
                 f"use --batch-size {num_items} or less")
+        if batch_size % world_size:
+            raise ConfigError(f"train.batch_size: {batch_size} does not split over {world_size} training "
+                              f"processes; use a multiple of {world_size}")
         self.num_items, self.batch_size, self.seed, self.device = num_items, batch_size, seed, device
+        self.rank, self.local_size = rank, batch_size // world_size
         self.batches_per_epoch = num_items // batch_size
         self.epoch, self.position = 0, 0
         self._perm: torch.Tensor | None = None
@@ -93,9 +103,9 @@ class BatchOrder:
             self.epoch, self.position, self._perm = self.epoch + 1, 0, None
         if self._perm is None:
             self._perm = self._permutation()
-        start = self.position * self.batch_size
+        start = self.position * self.batch_size + self.rank * self.local_size
         self.position += 1
-        return self._perm[start: start + self.batch_size]
+        return self._perm[start: start + self.local_size]
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
@@ -211,11 +221,49 @@ def train_step(
                             torch.sigmoid(fake_logits).mean(), spread])
 
 
+def adam_implementation(setting: str, device: torch.device) -> dict[str, bool]:
+    """Adam's keyword for ``train.fused_optimizer`` ('auto', 'on', 'off') on ``device``.
+
+    ``{"fused": True}`` where torch has a fused Adam for the device type (CUDA and the CPU in torch
+    2.4+), else ``{"foreach": True}``. Both are deterministic, so a CPU resume stays bit-exact.
+    """
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+        fused_ok = device.type in _get_fused_kernels_supported_devices()
+    except ImportError:  # a torch without the (private) list: CUDA always had it
+        fused_ok = device.type == "cuda"
+    if setting == "on" and not fused_ok:
+        raise ConfigError(f"train.fused_optimizer: this torch has no fused Adam for {device.type}; "
+                          "use auto or off")
+    return {"fused": True} if fused_ok and setting != "off" else {"foreach": True}
+
+
+def use_channels_last(setting: str, model_name: str, device: torch.device) -> bool:
+    """Whether ``train.channels_last`` ('auto', 'on', 'off') puts G, D and the real batches in NHWC.
+
+    Conv models only (the mlp has no image-shaped weights); 'auto' is on for CUDA only.
+    """
+    return model_name != "mlp" and (setting == "on" or (setting == "auto" and device.type == "cuda"))
+
+
+def with_adam_kernel(saved: dict[str, Any], opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """``saved`` (an optimizer state dict) set to use ``opt``'s kernel (fused or foreach) once loaded.
+
+    ``load_state_dict`` takes every group setting from the saved state, so without this a resumed run
+    would keep the kernel of the run that saved it (and fused Adam needs its step counters moved to
+    the parameters' device, which loading does only when the groups say fused).
+    """
+    kernel = {k: opt.defaults[k] for k in ("fused", "foreach") if k in opt.defaults}
+    return {**saved, "param_groups": [{**group, **kernel} for group in saved["param_groups"]]}
+
+
 def make_optimizers(cfg: RunConfig, generator: nn.Module, discriminator: nn.Module, lr_scale: float = 1.0):
+    """Adam for G and D on the device of their parameters (fused or foreach: ``adam_implementation``)."""
     t = cfg.train
     betas = (t.beta1, t.beta2)
-    return (torch.optim.Adam(generator.parameters(), lr=(t.lr_g or t.lr) * lr_scale, betas=betas),
-            torch.optim.Adam(discriminator.parameters(), lr=(t.lr_d or t.lr) * lr_scale, betas=betas))
+    impl = adam_implementation(t.fused_optimizer, next(generator.parameters()).device)
+    return (torch.optim.Adam(generator.parameters(), lr=(t.lr_g or t.lr) * lr_scale, betas=betas, **impl),
+            torch.optim.Adam(discriminator.parameters(), lr=(t.lr_d or t.lr) * lr_scale, betas=betas, **impl))
 
 
 def _format_eta(seconds: float) -> str:
@@ -237,6 +285,7 @@ def train(
     *,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    dist: DistContext | None = None,
 ) -> TrainResult:
     """Train (or resume training) the run ``cfg.run_dir`` on the prepared store ``store_dir``.
 
@@ -248,22 +297,27 @@ def train(
     The run directory is locked for the duration (a second process training the same run id is
     refused). A fresh run seeds Python's, NumPy's and torch's global RNGs from ``cfg.seed``, as a
     training script would; a resumed run restores them from the checkpoint.
+
+    ``dist``: this process's place in a data-parallel run (``ganlib.distributed``); rank 0 alone takes
+    the lock (unless the launcher holds it for the ranks) and writes.
     """
     cfg = cfg.resolved()
-    with run_lock(cfg.run_dir):
-        # Nobody else writes here while we hold the lock: temporary files are a killed writer's.
-        remove_temporary_files(cfg.run_dir)
+    writer = dist is None or dist.is_writer
+    with run_lock(cfg.run_dir) if dist is None or (writer and dist.owns_run_lock) else nullcontext():
+        if writer:  # nobody else writes here while the lock is held: temporary files are a killed writer's
+            remove_temporary_files(cfg.run_dir)
         health: dict[str, Any] | None = None  # None: take the checkpoint's
         while True:
             try:
-                return _train(cfg, Path(store_dir), on_progress, should_stop, health)
+                return _train(cfg, Path(store_dir), on_progress, should_stop, health, dist)
             except NonFiniteLoss as err:
                 # Roll back: resume from the last checkpoint with lower learning rates.
                 health = {"rollbacks": err.health["rollbacks"] + 1,
                           "lr_scale": err.health["lr_scale"] * cfg.train.rollback_lr_factor}
-                _record_health_event(RunPaths(cfg.run_dir), err.step, "non-finite-loss", str(err),
-                                     "rollback" if health["rollbacks"] <= cfg.train.max_rollbacks else "fail",
-                                     health["lr_scale"])
+                if writer:
+                    _record_health_event(RunPaths(cfg.run_dir), err.step, "non-finite-loss", str(err),
+                                         "rollback" if health["rollbacks"] <= cfg.train.max_rollbacks else "fail",
+                                         health["lr_scale"])
                 if health["rollbacks"] > cfg.train.max_rollbacks:
                     raise TrainingDiverged(
                         f"training diverged: {err} at step {err.step}, still after {cfg.train.max_rollbacks} "
@@ -302,8 +356,8 @@ class HealthMonitor:
     every checkpoint, so a resumed run reports exactly what the uninterrupted one would.
     """
 
-    def __init__(self, paths: RunPaths, window: int, stop: bool, health: dict[str, Any]):
-        self.paths, self.window, self.stop, self.health = paths, window, stop, health
+    def __init__(self, paths: RunPaths, window: int, stop: bool, health: dict[str, Any], write: bool = True):
+        self.paths, self.window, self.stop, self.health, self.write = paths, window, stop, health, write
         health.setdefault("saturated_flushes", 0)
         health.setdefault("collapsed_flushes", 0)
         health.setdefault("best_spread", 0.0)
@@ -324,16 +378,24 @@ class HealthMonitor:
             if h[key] == self.window:
                 detail = f"{evidence} over the last {self.window} flushes"
                 action = "stop" if self.stop else "recorded"
-                _record_health_event(self.paths, step, event, detail, action, h["lr_scale"])
+                if self.write:
+                    _record_health_event(self.paths, step, event, detail, action, h["lr_scale"])
                 log.warning("health: %s at step %d (%s)", event, step, detail)
                 if self.stop:
                     raise HealthStop(f"training stopped at step {step}: {event} ({detail}); "
                                      "set train.stop_on_health false to only record it")
 
 
-def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop, health_override) -> TrainResult:
+def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop, health_override,
+           dist: DistContext | None = None) -> TrainResult:
+    # Imported here: the step, the models and BatchOrder must import without pydantic (bench/ runs them
+    # on machines that have only torch).
+    from ganlib.config import config_differences, total_steps
+    from ganlib.data.store import copy_real_grid, load_store
+
     paths = RunPaths(cfg.run_dir)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device) if dist is None else dist.device
+    writer = dist is None or dist.is_writer  # data-parallel: rank 0 alone writes
     store = load_store(store_dir)
     images = BatchSource(store.images, device, cfg.data.resident_limit_mb)  # on the device if it fits
     num_images, (channels, height, _) = len(images), store.images.shape[1:]
@@ -349,17 +411,24 @@ def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop, health_ove
     with torch.random.fork_rng(devices=[]):  # model init must not depend on (or disturb) global RNG
         torch.manual_seed(cfg.seed)
         generator, discriminator = build_models(cfg.model, channels, height, store.num_classes)
-    generator.to(device).train()
-    discriminator.to(device).train()
+    fmt = torch.channels_last if use_channels_last(cfg.train.channels_last, cfg.model.name, device) else (
+        torch.contiguous_format)
+    generator.to(device, memory_format=fmt).train()
+    discriminator.to(device, memory_format=fmt).train()
     ema = copy.deepcopy(generator).eval().requires_grad_(False) if objective.ema_decay > 0 else None
+    if dist is not None:  # batch statistics over the global batch, as in one process
+        dist.use_global_batch_norm(generator)
+        dist.use_global_batch_norm(discriminator)
     noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    order = BatchOrder(num_images, batch, cfg.seed, device)
+    order = BatchOrder(num_images, batch, cfg.seed, device,
+                       *((dist.rank, dist.world_size) if dist is not None else ()))
     labels = torch.from_numpy(store.labels).to(device) if cfg.model.conditional else None
     rows: list[dict[str, Any]] = []
     step = 0
     health: dict[str, Any] = {"rollbacks": 0, "lr_scale": 1.0}
 
-    found = ckpt.latest_checkpoint(paths.checkpoints)  # on the CPU: RNG states must stay there
+    # On the CPU: RNG states must stay there. Data-parallel: rank 0 picks it, every rank loads it.
+    found = ckpt.latest_checkpoint(paths.checkpoints) if dist is None else dist.latest_checkpoint(paths.checkpoints)
     if found is not None:
         path, state = found
         diffs = config_differences(state["config"], cfg.model_dump(mode="json"))
@@ -376,8 +445,8 @@ def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop, health_ove
         discriminator.load_state_dict(state["discriminator"])
         if ema is not None:
             ema.load_state_dict(state.get("generator_ema", state["generator"]))
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
+        opt_g.load_state_dict(with_adam_kernel(state["opt_g"], opt_g))
+        opt_d.load_state_dict(with_adam_kernel(state["opt_d"], opt_d))
         for opt, base in ((opt_g, cfg.train.lr_g or cfg.train.lr), (opt_d, cfg.train.lr_d or cfg.train.lr)):
             for group in opt.param_groups:  # a rollback lowers the rates the checkpoint was saved with
                 group["lr"] = base * health["lr_scale"]
@@ -392,17 +461,20 @@ def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop, health_ove
         ckpt.seed_global_rngs(cfg.seed)
     resumed_from = step
 
-    paths.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(paths.config, cfg.model_dump(mode="json"))
-    atomic_write_json(paths.data / "manifest.json", store.manifest)
-    copy_real_grid(store.path, paths.data)
+    if writer:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(paths.config, cfg.model_dump(mode="json"))
+        atomic_write_json(paths.data / "manifest.json", store.manifest)
+        copy_real_grid(store.path, paths.data)
     log.info("training %s (%s loss) on %s: %d images %s, %d steps of batch %d on %s",
              cfg.model.name, objective.loss, store.manifest["dataset"], num_images,
              tuple(store.images.shape[1:]), num_steps, batch, device)
 
     def save(at_step: int) -> Path:
-        _write_table(rows, paths.train_metrics)  # table first: a resume truncates it to the checkpoint
         target = paths.checkpoints / ckpt.checkpoint_name(at_step)
+        if not writer:
+            return target
+        _write_table(rows, paths.train_metrics)  # table first: a resume truncates it to the checkpoint
         ckpt.save_checkpoint(target, {
             "step": at_step,
             "config": cfg.model_dump(mode="json"),
@@ -420,9 +492,11 @@ def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop, health_ove
         return target
 
     # The step runs compiled modules when asked; checkpoints and the EMA use the originals.
-    step_g, step_d = (torch.compile(generator), torch.compile(discriminator)) if cfg.train.compile else (
+    # Data-parallel: DDP averages the gradients over the ranks (see ganlib.distributed).
+    step_g, step_d = (dist.wrap(generator), dist.wrap(discriminator)) if dist is not None else (
         generator, discriminator)
-    monitor = HealthMonitor(paths, cfg.train.health_window, cfg.train.stop_on_health, health)
+    step_g, step_d = (torch.compile(step_g), torch.compile(step_d)) if cfg.train.compile else (step_g, step_d)
+    monitor = HealthMonitor(paths, cfg.train.health_window, cfg.train.stop_on_health, health, write=writer)
     window = torch.zeros(cfg.train.log_every, len(METRIC_COLUMNS), device=device)
     filled, t_start, t_flush = 0, time.perf_counter(), time.perf_counter()
     stopped_early = False
@@ -432,16 +506,23 @@ def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop, health_ove
         for _ in range(objective.d_steps):
             batches.append(images.next_batch(order))
             indices.append(images.last_indices)
-        real = to_unit_range(batches[0] if len(batches) == 1 else torch.cat(batches))
+        real = to_unit_range((batches[0] if len(batches) == 1 else torch.cat(batches)).contiguous(memory_format=fmt))
         y = labels[torch.cat(indices)] if labels is not None else None
-        z = torch.randn(len(real), cfg.model.noise_dim, device=device, generator=noise)
-        window[filled] = train_step(step_g, step_d, opt_g, opt_d, real, z, objective, step, ema, noise, y)
+        if dist is None:
+            z = torch.randn(len(real), cfg.model.noise_dim, device=device, generator=noise)
+            step_noise = noise
+        else:  # every rank draws the global latents and keeps its rows; randomness inside the step is per rank
+            z = torch.randn(batch * objective.d_steps, cfg.model.noise_dim, device=device, generator=noise)
+            z = dist.local_rows(z, objective.d_steps)
+            step_noise = dist.step_noise(cfg.seed, step)
+        window[filled] = train_step(step_g, step_d, opt_g, opt_d, real, z, objective, step, ema, step_noise, y)
         filled += 1
         step += 1
 
         last = step == num_steps
         if filled == cfg.train.log_every or last or step % cfg.train.checkpoint_every == 0:
-            values = window[:filled].cpu().tolist()  # the loop's one host sync
+            flushed = window[:filled] if dist is None else dist.mean_over_ranks(window[:filled])
+            values = flushed.cpu().tolist()  # the loop's one host sync
             for i, v in enumerate(values):
                 if not all(math.isfinite(x) for x in v):
                     bad = [name for name, x in zip(METRIC_COLUMNS, v) if not math.isfinite(x)]
@@ -463,7 +544,10 @@ def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop, health_ove
                 on_progress(record)
             filled, t_flush = 0, time.perf_counter()
             out_of_time = cfg.train.max_minutes is not None and now - t_start > 60 * cfg.train.max_minutes
-            if (out_of_time or (should_stop is not None and should_stop())) and not last:
+            stop = out_of_time or (should_stop is not None and should_stop())
+            if dist is not None and not last:  # every rank stops at the same step, or none does
+                stop = dist.any_rank(stop)
+            if stop and not last:
                 stopped_early = True
                 save(step)
                 log.info("%s: checkpointed at step %d", "time budget spent" if out_of_time else "stop requested", step)

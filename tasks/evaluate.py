@@ -8,21 +8,26 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 
 from ganlib.config import RunConfig
-from ganlib.evaluate import best_checkpoint, evaluate_run
+from ganlib.evaluate import best_checkpoint, best_generator, evaluate_run
 from tasks.common import RETRIES, artifact_key, retry_unless_user_error
 
-TABLE_COLUMNS = ["step", "checkpoint", "fd", "is_mean", "is_std", "classes_present", "rarest_class_fraction",
-                 "num_samples", "best"]
+TABLE_COLUMNS = ["step", "checkpoint", "generator", "fd", "kid_mean", "is_mean", "is_std", "precision", "recall",
+                 "density", "coverage", "classes_present", "rarest_class_fraction", "inception_fid",
+                 "inception_kid_mean", "inception_is_mean", "memorisation_fraction", "num_samples", "best"]
 
 
 @task(name="evaluate", retries=RETRIES, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
-def evaluate_task(config: RunConfig, store_dir: str) -> dict:
-    """Score every checkpoint; returns the table's path and the best checkpoint."""
-    table = evaluate_run(config, Path(store_dir))
+def evaluate_task(config: RunConfig, store_dir: str, rescore: bool = False) -> dict:
+    """Score every checkpoint; returns the table's path, the best checkpoint and its generator."""
+    table = evaluate_run(config, Path(store_dir), rescore=rescore)
+    columns = [c for c in TABLE_COLUMNS if c in table]
     rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
-            for r in table[TABLE_COLUMNS].to_dict("records")]  # plain Python values, as artifacts need
+            for r in table[columns].to_dict("records")]  # plain Python values, as artifacts need
+    status = str(table["inception_status"].iloc[0]) if "inception_status" in table else ""
     create_table_artifact(key=artifact_key("eval", config.run_id), table=rows,
-                          description=f"Checkpoint evaluation of run {config.run_id}")
+                          description=f"Checkpoint evaluation of run {config.run_id}"
+                          + (f" (Inception metrics {status})" if status.startswith("skipped") else ""))
     return {"eval_table": str(config.run_dir / "metrics" / "eval.parquet"),
             "best_checkpoint": str(best_checkpoint(table, config.run_dir)),
-            "num_checkpoints": len(table)}
+            "best_generator": best_generator(table),
+            "num_checkpoints": int(table["step"].nunique())}

@@ -18,6 +18,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from ganlib.config import RunConfig
+from ganlib.evaluate import best_generator
 from ganlib.gallery import export_samples, make_gallery, make_interpolation, render_step_grids, save_timelapse
 from ganlib.plots import plot_run
 from ganlib.report import build_summary, summary_markdown, write_summary
@@ -33,15 +34,17 @@ def gallery_task(config: RunConfig, best_checkpoint: str, train_record: dict) ->
     seed = config.gallery.seed if config.gallery.seed is not None else config.seed
     manifest_path = paths.data / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    common = {"device": device, "batch_size": config.eval.batch_size, "use_ema": config.eval.use_ema,
-              "class_names": manifest.get("class_names")}  # use_ema: render what the evaluation scored
+    evals = pd.read_parquet(paths.eval_metrics)
+    # Render the generator the best row was chosen among (eval.use_ema, unless the run keeps no EMA).
+    common = {"device": device, "batch_size": config.eval.batch_size, "use_ema": best_generator(evals) == "ema",
+              "class_names": manifest.get("class_names")}
     gallery = make_gallery(Path(best_checkpoint), paths.gallery, config.gallery.num_samples, seed, **common)
     steps = render_step_grids(paths.checkpoints, paths.gallery / "steps", seed, **common)
     gallery["steps"] = [str(p) for _, p in steps]
     gallery["progress_gif"] = str(save_timelapse(steps, paths.gallery / "progress.gif"))
     gallery.update(make_interpolation(Path(best_checkpoint), paths.gallery, seed, **common))
     plots = plot_run(paths.root)
-    summary = build_summary(config, train_record, pd.read_parquet(paths.eval_metrics), gallery, plots,
+    summary = build_summary(config, train_record, evals, gallery, plots,
                             report=str(paths.root / "report.html"))
     write_summary(summary, config.run_dir)
     write_report(paths.root)  # last: it lists the files above

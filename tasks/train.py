@@ -1,14 +1,20 @@
-"""Stage 2: training. No cache: resume from the run's newest checkpoint is what makes retries cheap."""
+"""Stage 2: training. No cache: resume from the run's newest checkpoint is what makes retries cheap.
+
+With ``dist.nproc_per_node`` (or ``dist.nnodes``) above 1 the task launches torchrun through
+``ganlib.distributed.launch``, streams the processes' output into its log, and fails (so it is
+retried, resuming) when any of them fails; the launcher kills them all on timeout or cancellation.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from ganlib.config import RunConfig
+from ganlib.distributed import launch
 from ganlib.train import train
 from tasks.common import RETRIES, artifact_key, retry_unless_user_error
 
@@ -29,6 +35,11 @@ def train_task(config: RunConfig, store_dir: str) -> dict:
             update_progress_artifact(progress_id, 100.0 * record["step"] / record["total_steps"])
             last_update = now
 
-    result = train(config, Path(store_dir), on_progress=on_progress)
-    update_progress_artifact(progress_id, 100.0 * result.final_step / result.total_steps)
-    return result.to_dict()
+    if config.dist.world_size > 1:
+        result = launch(config, Path(store_dir), on_line=get_run_logger().info, on_progress=on_progress)
+        if not result:  # a machine other than 0: rank 0's machine reports the run
+            return {}
+    else:
+        result = train(config, Path(store_dir), on_progress=on_progress).to_dict()
+    update_progress_artifact(progress_id, 100.0 * result["final_step"] / result["total_steps"])
+    return result

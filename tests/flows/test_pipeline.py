@@ -22,7 +22,7 @@ def test_pipeline_end_to_end_then_rerun_reuses_everything(tiny, prefect_harness)
     run = cfg.run_dir
     assert summary["train"]["final_step"] == 12 and summary["best"]["classes_present"] >= 1
     assert json.loads((run / "config.json").read_text())["run_id"] == "E2E_run.1"
-    assert len(pd.read_parquet(run / "metrics" / "eval.parquet")) == 2
+    assert len(pd.read_parquet(run / "metrics" / "eval.parquet")) == 4  # 2 checkpoints x (raw, EMA)
     assert (run / "gallery" / "grid_5x5.png").is_file() and (run / "summary.md").is_file()
 
     async def artifact_keys():

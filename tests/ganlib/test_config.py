@@ -23,7 +23,7 @@ def test_defaults_follow_the_tutorial():
     ({"device": "gpu"}, "device: String should match pattern"),
     ({"data": {"dataset": "mnist"}}, "dataset 'mnist' needs data_root"),
     ({"trian": {}}, "trian: unknown field"),
-    ({"data": {"image_size": 30}}, "data.image_size: Input should be 28, 32 or 64 (got 30)"),
+    ({"data": {"image_size": 30}}, "data.image_size: Input should be 28, 32, 64 or 128 (got 30)"),
 ])
 def test_invalid_values_give_one_line_naming_the_field(data, message):
     with pytest.raises(ConfigError) as err:
@@ -35,7 +35,7 @@ def test_invalid_values_give_one_line_naming_the_field(data, message):
 
 def test_resolved_fills_in_a_run_id_once():
     cfg = RunConfig().resolved()
-    assert cfg.run_id.startswith("digits-dcgan-")
+    assert cfg.run_id.startswith("digits-mlp-")
     assert cfg.resolved().run_id == cfg.run_id
     assert cfg.run_dir.name == cfg.run_id
 
@@ -52,3 +52,9 @@ def test_config_differences_ignore_length_and_output_but_not_the_model():
     assert config_differences(a, b) == []
     c = build_config({"run_id": "x", "model": {"ngf": 64}}).model_dump(mode="json")
     assert config_differences(a, c) == ["model.ngf: 32 -> 64"]
+
+
+def test_diffaug_defaults_to_translation_and_none_turns_it_off():
+    assert build_config({}).train.diffaug == ["translation"]
+    assert build_config({"train": {"diffaug": "none"}}).train.diffaug == []
+    assert build_config({"train": {"diffaug": "translation,cutout"}}).train.diffaug == ["translation", "cutout"]

@@ -1,4 +1,4 @@
-"""Tests for ganlib.metrics: Fréchet distance, classifier Inception Score, class histograms."""
+"""Tests for ganlib.metrics: Fréchet distance, KID, Inception Scores, k-NN precision/recall/density/coverage."""
 
 from __future__ import annotations
 
@@ -9,11 +9,18 @@ import pytest
 import scipy.linalg
 import torch
 
+from ganlib import metrics
 from ganlib.metrics import (
     class_histogram,
     classifier_inception_score,
     feature_statistics,
+    fid_from_statistics,
     frechet_distance,
+    inception_score_from_logits,
+    kernel_inception_distance,
+    knn_radii,
+    nearest_neighbours,
+    precision_recall_density_coverage,
 )
 
 
@@ -255,3 +262,109 @@ def test_class_histogram_empty() -> None:
 def test_class_histogram_rejects_bad_input(preds: object, num_classes: int, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         class_histogram(preds, num_classes)  # type: ignore[arg-type]
+
+
+# --- the libraries' metrics, cross-checked --------------------------------------------------
+
+
+def test_frechet_distance_agrees_with_torch_fidelity() -> None:
+    mu1, s1 = feature_statistics(_gaussian_features(2000, 64, seed=13))
+    mu2, s2 = feature_statistics(_gaussian_features(2000, 64, seed=14, shift=0.2) * 1.2)
+    assert fid_from_statistics(mu1, s1, mu2, s2) == pytest.approx(frechet_distance(mu1, s1, mu2, s2), rel=1e-6)
+
+
+def _direct_unbiased_mmd2(x: np.ndarray, y: np.ndarray) -> float:
+    """MMD^2 with k(a, b) = (a.b / D + 1)^3: off-diagonal means within each set, all pairs across."""
+    m, d = len(x), x.shape[1]
+
+    def k(a: np.ndarray, b: np.ndarray) -> float:
+        return (a @ b / d + 1) ** 3
+
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
+    return xx + yy - 2 * xy
+
+
+def test_kid_is_the_unbiased_estimator_of_a_direct_computation() -> None:
+    fake = _gaussian_features(20, 6, seed=15, shift=0.5).double()
+    real = _gaussian_features(20, 6, seed=16).double()
+    # One subset holding every sample: the estimate over the whole sets, whatever the draw.
+    mean, std = kernel_inception_distance(fake, real, num_subsets=1, subset_size=20)
+    assert mean == pytest.approx(_direct_unbiased_mmd2(fake.numpy(), real.numpy()), rel=1e-9)
+    assert std == 0.0
+
+
+def test_kid_is_near_zero_for_one_distribution_and_reproducible_by_seed() -> None:
+    x = _gaussian_features(2000, 16, seed=17)  # one distribution, two halves
+    a, b = x[:1000], x[1000:]
+    same, same_std = kernel_inception_distance(a, b, num_subsets=10, subset_size=200, seed=3)
+    shifted, _ = kernel_inception_distance(a + 1, b, num_subsets=10, subset_size=200, seed=3)
+    assert abs(same) < 2 * same_std + 0.01 and shifted > 1
+    assert kernel_inception_distance(a, b, 10, 200, seed=3) == (same, same_std)
+    assert kernel_inception_distance(a, b, 10, 200, seed=4) != (same, same_std)
+    # Subsets are capped at the smaller set.
+    assert math.isfinite(kernel_inception_distance(a[:50], b, num_subsets=2, subset_size=1000)[0])
+
+
+def test_inception_score_from_logits_matches_the_classifier_score_with_one_split() -> None:
+    logits = torch.randn(300, 12, generator=torch.Generator().manual_seed(19), dtype=torch.float64) * 3
+    ours = classifier_inception_score(logits.softmax(dim=1), num_splits=1)
+    theirs = inception_score_from_logits(logits, num_splits=1)
+    assert theirs[0] == pytest.approx(ours[0], rel=1e-9) and theirs[1] == 0.0
+
+
+# --- k-nearest-neighbour metrics ------------------------------------------------------------
+
+
+def test_knn_radii_and_nearest_neighbours_match_brute_force() -> None:
+    x = _gaussian_features(120, 5, seed=20).double()
+    y = _gaussian_features(30, 5, seed=21).double()
+    full = torch.cdist(x, x)
+    assert torch.allclose(knn_radii(x, 3), full.sort(dim=1).values[:, 3])
+    distances, index = nearest_neighbours(y, x)
+    assert torch.equal(index, torch.cdist(y, x).argmin(dim=1))
+    assert torch.allclose(distances, torch.cdist(y, x).min(dim=1).values)
+
+
+def _direct_prdc(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:
+    """Precision, recall, density and coverage from the papers' definitions, with full distance matrices."""
+    def radii(x: np.ndarray) -> np.ndarray:
+        return np.sort(np.linalg.norm(x[:, None] - x[None], axis=2), axis=1)[:, k]
+
+    r_real, r_fake = radii(real), radii(fake)
+    d = np.linalg.norm(fake[:, None] - real[None], axis=2)  # (M, N)
+    inside = d <= r_real[None, :]
+    return {"precision": inside.any(axis=1).mean(), "recall": (d <= r_fake[:, None]).any(axis=0).mean(),
+            "density": inside.sum() / (k * len(fake)), "coverage": (d.min(axis=0) <= r_real).mean()}
+
+
+def test_precision_recall_density_coverage_match_a_direct_computation_in_any_chunking(monkeypatch) -> None:
+    real = _gaussian_features(300, 8, seed=22).double()
+    fake = (_gaussian_features(250, 8, seed=23, shift=0.3) * 1.3).double()
+    direct = _direct_prdc(real.numpy(), fake.numpy(), 3)
+    whole = precision_recall_density_coverage(real, fake, k=3)
+    assert whole == pytest.approx(direct, abs=1e-12)
+    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 1000)  # blocks of 3 or 4 rows
+    assert precision_recall_density_coverage(real, fake, k=3) == whole
+    assert 0 < whole["precision"] < 1 and 0 < whole["recall"] < 1
+
+
+def test_identical_sets_have_full_precision_recall_and_disjoint_ones_none() -> None:
+    x = _gaussian_features(500, 10, seed=24).double()
+    same = precision_recall_density_coverage(x, x.clone(), k=3)
+    assert same["precision"] == same["recall"] == same["coverage"] == 1.0
+    far = precision_recall_density_coverage(x, x + 1000.0, k=3)
+    assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+
+
+def test_precision_and_recall_agree_with_torch_fidelity() -> None:
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    real = _gaussian_features(800, 16, seed=25)
+    fake = _gaussian_features(700, 16, seed=26, shift=0.4)
+    ours = precision_recall_density_coverage(real.double(), fake.double(), k=3)
+    theirs = prc_features_to_metric(fake, real, prc_neighborhood=3, prc_batch_size=10_000, save_cpu_ram=False,
+                                    verbose=False)
+    assert ours["precision"] == pytest.approx(theirs["precision"], abs=2 / 700)  # float32 ties aside
+    assert ours["recall"] == pytest.approx(theirs["recall"], abs=2 / 800)

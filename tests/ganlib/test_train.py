@@ -8,7 +8,15 @@ from ganlib.data.store import prepare_dataset
 from ganlib.errors import CheckpointError, ConfigError
 from ganlib.losses import d_loss_nonsaturating
 from ganlib.models import build_models
-from ganlib.train import BatchOrder, load_generator, train, train_step
+from ganlib.train import (
+    METRIC_COLUMNS,
+    BatchOrder,
+    adam_implementation,
+    load_generator,
+    train,
+    train_step,
+    use_channels_last,
+)
 
 
 def test_one_step_lowers_the_discriminator_loss_on_an_easy_case():
@@ -131,3 +139,86 @@ def test_time_budget_stops_with_a_checkpoint(tiny):
     result = train(cfg, prepare_dataset(cfg.data, cfg.out))
     assert result.stopped_early and result.final_step == 4  # the first flush
     assert latest_checkpoint(cfg.run_dir / "checkpoints")[1]["step"] == 4
+
+
+# --- speed options: train.channels_last, train.fused_optimizer ------------------------------------
+
+
+def test_speed_options_resolve_per_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_channels_last("auto", "dcgan", cuda) and not use_channels_last("auto", "dcgan", cpu)
+    assert use_channels_last("on", "resnet", cpu) and not use_channels_last("on", "mlp", cuda)
+    assert adam_implementation("auto", cpu) == {"fused": True}  # torch 2.4+ has a fused Adam for the CPU
+    assert adam_implementation("off", cuda) == {"foreach": True}
+    with pytest.raises(ConfigError, match="train.fused_optimizer: this torch has no fused Adam for meta; use auto"):
+        adam_implementation("on", torch.device("meta"))
+
+
+def test_speed_options_may_change_when_a_run_resumes(tiny):
+    """They change rounding, not what is learned: a resume may switch them, both ways."""
+    speed = {"train__checkpoint_every": 6}
+    first = tiny(run_id="speed", train__steps=6, train__channels_last="off", train__fused_optimizer="off", **speed)
+    store = prepare_dataset(first.data, first.out)
+    train(first, store)
+    train(tiny(run_id="speed", train__steps=12, train__channels_last="on", train__fused_optimizer="on", **speed), store)
+    last = tiny(run_id="speed", train__steps=18, train__channels_last="off", train__fused_optimizer="off", **speed)
+    assert train(last, store).final_step == 18
+    state = load_checkpoint(last.run_dir / "checkpoints" / "step_000012.pt")
+    assert state["opt_g"]["param_groups"][0]["fused"] is True
+    g, _ = load_generator(last.run_dir / "checkpoints" / "step_000018.pt")
+    assert g(torch.randn(2, 100)).shape == (2, 1, 28, 28)
+
+
+def _bf16_against_fp32(bf16: bool, seed: int, images: torch.Tensor, steps: int) -> torch.Tensor:
+    """Per-step scalars of the 28-px default model on CUDA; bf16 runs with channels-last and fused Adam."""
+    from ganlib.train import Objective, to_unit_range
+
+    cuda = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bf16  # fp32: no TF32 either
+    torch.manual_seed(seed)
+    g, d = build_models(ModelConfig(ngf=32, ndf=32), 1, 28)
+    fmt = torch.channels_last if bf16 else torch.contiguous_format
+    g.to(cuda, memory_format=fmt)
+    d.to(cuda, memory_format=fmt)
+    impl = adam_implementation("on" if bf16 else "off", cuda)
+    opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999), **impl)
+    opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999), **impl)
+    gen = torch.Generator(device=cuda).manual_seed(seed)
+    rows = []
+    for step in range(steps):
+        idx = torch.randint(0, len(images), (64,), device=cuda, generator=gen)
+        real = to_unit_range(images[idx].contiguous(memory_format=fmt))
+        z = torch.randn(64, 100, device=cuda, generator=gen)
+        rows.append(train_step(g, d, opt_g, opt_d, real, z, Objective(bf16=bf16), step))
+    return torch.stack(rows).float().cpu()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_losses_stay_within_tolerance_of_fp32():
+    """GAN training amplifies rounding within tens of steps, so after the first step the runs are
+    compared as statistics, against how far a different seed moves them (bench/gpu_checks.py: more)."""
+    from ganlib.data.digits import generate_digits
+
+    images = torch.from_numpy(generate_digits(1024, seed=0)[0]).cuda()
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        fp32, bf16, reseeded = (_bf16_against_fp32(b, s, images, 150) for b, s in ((False, 0), (True, 0), (False, 1)))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    assert torch.isfinite(bf16).all()
+    assert (bf16[0, :2] - fp32[0, :2]).abs().max() < 0.05  # step 0: same weights and batch, rounding only
+    for i, name in enumerate(METRIC_COLUMNS):
+        ref, x, other = (float(t[-40:, i].mean()) for t in (fp32, bf16, reseeded))
+        assert abs(x - ref) <= max(3 * abs(other - ref), 0.1 + 0.1 * abs(ref)), (name, x, ref, other)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_with_bf16_and_the_speed_defaults_checkpoints_for_the_cpu(tiny):
+    cfg = tiny(run_id="cuda", device="cuda", train__precision="bf16")
+    assert train(cfg, prepare_dataset(cfg.data, cfg.out)).final_step == 12
+    path = cfg.run_dir / "checkpoints" / "step_000012.pt"
+    assert load_checkpoint(path)["opt_g"]["param_groups"][0]["fused"] is True
+    g, _ = load_generator(path, "cpu")
+    assert g(torch.randn(2, 100)).shape == (2, 1, 28, 28)

@@ -45,7 +45,7 @@ def test_unlabelled_folder_trains_and_evaluation_marks_the_newest_checkpoint(tin
     store = prepare_dataset(cfg.data, cfg.out)
     train(cfg, store)
     table = evaluate_run(cfg, store)
-    assert table["step"].tolist() == [6, 12] and table["best"].tolist() == [False, True]
+    assert table["step"].tolist() == [6, 6, 12, 12] and table["best"].tolist() == [False, False, False, True]
     assert table["fd"].isna().all() and table["is_mean"].isna().all()
     assert table["note"].iloc[0].startswith("not scored: unlabelled dataset")
     assert best_checkpoint(table, cfg.run_dir).name == "step_000012.pt"

@@ -1,0 +1,189 @@
+"""Sample quality at equal wall-time budgets: presets and options side by side.
+
+    python bench/quality.py --minutes 4                     # the whole comparison table (about 40 min)
+    python bench/quality.py --minutes 15 --only dcgan-ns-ema  # one row, the issue's 15-minute budget
+    python bench/quality.py --minutes 2 --only dcgan-ns-ema --set train.lr_d=4e-4 --label lr-d-4e-4
+
+Each row trains one configuration for ``--minutes`` of wall-clock training on the real MNIST
+test digits (10,000 images, ``../shared/data/mnist``), one run after another so each has the
+whole machine, then scores its checkpoints with the project's evaluator (the domain classifier:
+classifier Inception Score, Fréchet distance in its features, class histogram; class accuracy
+for conditional rows). It calls ganlib directly (no Prefect), so it also runs on a GPU machine.
+
+Prints a table and appends every row to ``bench/results/quality.csv`` with the date, device,
+commit and settings; runs are kept under ``bench/results/quality-runs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from common import append_csv, commit, device_name  # bench/common.py (scripts run from bench/)
+
+from ganlib.config import RunConfig, build_config
+from ganlib.data.store import prepare_dataset
+from ganlib.evaluate import evaluate_run
+from ganlib.run import resolve_device
+from ganlib.train import train
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results" / "quality.csv"
+RUNS = ROOT / "results" / "quality-runs"
+
+# name -> settings (dotted config fields) on top of the project defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    "mlp-ns-ema": {"model.name": "mlp"},
+    "dcgan-ns-ema": {},
+    "dcgan-ns-noema": {"train.ema_decay": 0.0},
+    "dcgan-hinge-ema": {"train.loss": "hinge"},
+    "dcgan-ls-ema": {"train.loss": "ls"},
+    "dcgan-wgan-gp-ema": {"train.loss": "wgan-gp", "train.d_steps": 2, "train.beta1": 0.0, "train.beta2": 0.9},
+    "resnet-hinge-sn-ema": {"model.name": "resnet", "data.image_size": 32, "model.ngf": 32, "model.ndf": 32,
+                            "model.spectral_norm": True, "train.loss": "hinge",
+                            "train.beta1": 0.0, "train.beta2": 0.9},
+    "mlp-ns-ema-cond": {"model.name": "mlp", "model.conditional": True},
+    "dcgan-ns-ema-cond": {"model.conditional": True},
+}
+
+
+def _nested(settings: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for dotted, value in settings.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+IS_TARGET = 9.0  # the issue's unconditional quality target
+
+
+def seconds_to_reach(run_dir: Path, table: pd.DataFrame, target: float = IS_TARGET) -> float:
+    """Training seconds until the first checkpoint whose classifier IS reaches ``target`` (NaN if none).
+
+    Each row of ``train.parquet`` holds its flush's images/s, so the time of step s is the sum of
+    batch / rate over the rows up to s: checkpoint writing and evaluation are not counted.
+    """
+    reached = table[table["is_mean"] >= target]
+    if reached.empty:
+        return float("nan")
+    steps = pd.read_parquet(Path(run_dir) / "metrics" / "train.parquet")
+    batch = json.loads((Path(run_dir) / "config.json").read_text())["train"]["batch_size"]
+    upto = steps[steps["step"] <= int(reached["step"].min())]
+    return float((batch / upto["images_per_sec"]).sum())
+
+
+def run_one(label: str, settings: dict[str, Any], minutes: float, data: dict[str, Any], device: str,
+            out: Path, checkpoint_every: int) -> dict[str, Any]:
+    """Train one configuration for ``minutes``, then score it (``score_run``)."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = {"out": str(out), "run_id": f"{label}-{minutes:g}m-{stamp}", "device": device, "data": dict(data),
+            "train": {"steps": 1_000_000, "max_minutes": minutes, "checkpoint_every": checkpoint_every,
+                                                           "log_every": 20}}
+    merged = _nested(settings)
+    for section, values in merged.items():
+        if isinstance(values, dict):
+            base.setdefault(section, {}).update(values)
+        else:
+            base[section] = values
+    cfg = build_config(base)
+    store_dir = prepare_dataset(cfg.data, cfg.out)
+    train(cfg, store_dir)
+    return score_run(cfg, store_dir, label, settings)
+
+
+def score_run(cfg: RunConfig, store_dir: Path, label: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate a trained run's checkpoints and summarise it as one table row."""
+    table = evaluate_run(cfg, store_dir)
+    if "generator" in table:  # the generator the run is judged by: its EMA when it keeps one
+        table = table[table["generator"] == ("ema" if cfg.train.ema_decay > 0 else "raw")]
+    table = table.reset_index(drop=True)
+    final = table.iloc[-1]  # the checkpoint at the end of the budget
+    peak = table.loc[table["is_mean"].idxmax()]
+    steps = pd.read_parquet(cfg.run_dir / "metrics" / "train.parquet")
+    train_seconds = float((cfg.train.batch_size / steps["images_per_sec"]).sum())
+    return {
+        "date": dt.datetime.now().isoformat(timespec="seconds"), "device": device_name(resolve_device(cfg.device)),
+        "commit": commit(), "label": label, "minutes": cfg.train.max_minutes,
+        "settings": json.dumps(settings, sort_keys=True), "dataset": cfg.data.dataset,
+        "steps": int(steps["step"].max()), "train_seconds": round(train_seconds, 1),
+        "images_per_sec": round(len(steps) * cfg.train.batch_size / train_seconds, 1),
+        "is_final": round(float(final["is_mean"]), 3), "fd_final": round(float(final["fd"]), 2),
+        "classes_final": int(final["classes_present"]),
+        "rarest_final": round(float(final["rarest_class_fraction"]), 4),
+        "class_accuracy_final": round(float(final.get("class_accuracy", float("nan"))), 4),
+        "is_best": round(float(peak["is_mean"]), 3), "is_best_step": int(peak["step"]),
+        f"seconds_to_is{IS_TARGET:g}": round(seconds_to_reach(cfg.run_dir, table), 1),
+        "real_is": round(float(final["real_is"]), 3), "run_dir": str(cfg.run_dir),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=4.0, help="training wall-clock budget of each row")
+    p.add_argument("--only", default="", help="comma-separated preset names (default: all)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra setting for every row, e.g. train.lr_d=4e-4 (repeatable)")
+    p.add_argument("--label", default="", help="suffix for the row labels (to tell --set variants apart)")
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--data-root", default=str(ROOT.parent.parent / "shared" / "data" / "mnist"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=str(RUNS))
+    p.add_argument("--checkpoint-every", type=int, default=5000,
+                   help="steps between checkpoints; each is evaluated (the resolution of time-to-quality)")
+    p.add_argument("--rescore", nargs="+", metavar="RUN_DIR", default=[],
+                   help="score finished runs again (e.g. after evaluation changed) instead of training")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
+    names = [n for n in args.only.split(",") if n] or list(PRESETS)
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown:
+        p.error(f"unknown preset {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
+    extra = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr_d=4e-4")
+        extra[key] = _parse_value(value)
+    data = {"dataset": args.dataset} | ({"data_root": args.data_root} if args.dataset != "digits" else {})
+
+    rows = []
+    jobs = [(PRESETS[n] | extra, n + (f"-{args.label}" if args.label else "")) for n in names]
+    if args.rescore:
+        jobs = [(None, Path(d)) for d in args.rescore]
+    header = (f"{'label':<34} {'steps':>6} {'img/s':>6} {'IS':>6} {'FD':>7} {'cls':>3} {'rarest':>6} "
+              f"{'cond acc':>8} {'best IS':>7}")
+    for settings, label in jobs:
+        if settings is None:  # --rescore: the run directory says everything
+            cfg = build_config(json.loads((label / "config.json").read_text()))
+            row = score_run(cfg, prepare_dataset(cfg.data, cfg.out), label.name, {})
+        else:
+            row = run_one(label, settings, args.minutes, data, args.device, Path(args.out), args.checkpoint_every)
+        rows.append(row)
+        append_csv(RESULTS, row)
+        print(header)
+        for r in rows:
+            print(f"{r['label']:<34} {r['steps']:>6} {r['images_per_sec']:>6.0f} {r['is_final']:>6.2f} "
+                  f"{r['fd_final']:>7.1f} {r['classes_final']:>3} {r['rarest_final']:>6.3f} "
+                  f"{r['class_accuracy_final']:>8.3f} {r['is_best']:>7.2f}", flush=True)
+    print(f"appended to {RESULTS} (real digits: IS {rows[-1]['real_is']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""Sweeps: the whole pipeline over a grid of configurations, compared in one table.
+
+Run it:
+
+    python flows/sweep.py --grid train.lr=1e-4,2e-4 train.loss=ns,hinge seed=1,2 --sweep-id lr-loss
+    python flows/sweep.py --grid train.lr=1e-4,2e-4 --steps 2000 --runner processes --workers 2
+    python flows/sweep.py --grid seed=1,2,3,4 --runner dask --dask-address tcp://10.0.0.5:8786
+    python flows/sweep.py --grid train.lr=1e-4,2e-4 --dry-run     # list the members and exit
+
+Every member is an ordinary pipeline run (prepare -> train -> evaluate -> gallery, a subflow) in
+<out>/<sweep-id>/<member-id>/, the member id derived from the sweep id and its settings. Members run
+in parallel on the task runner given by --runner: threads (default) or processes on this machine,
+or a Dask cluster (--dask-address; without it a local Dask cluster of --workers processes).
+A failed member does not stop the others: it is recorded in the table with its error. Running
+the same --sweep-id again reuses finished members (their summary.json matches) and retries the rest.
+
+The sweep writes <out>/<sweep-id>/sweep.parquet (one row per member: settings, status, error, best
+scores), sweep.png and sweep.md, and publishes the Markdown as the artifact sweep-<sweep-id>.
+Base settings come from the same flags as flows/train.py (or --config FILE.json).
+"""
+
+from __future__ import annotations  # noqa: I001 (tasks is imported before prefect on purpose)
+
+import argparse
+import contextlib
+import datetime as _dt
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import tasks  # noqa: F401  (sets the project's Prefect defaults before prefect is imported)
+from prefect import flow, get_run_logger, runtime, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.logging.handlers import APILogHandler
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+from flows.cli import OneLineParser
+from flows.train import FLAGS
+from ganlib.config import RunConfig, build_config
+from ganlib.errors import GanlibError
+from ganlib.sweep import (
+    completed_summary,
+    expand_grid,
+    member_record,
+    parse_grid,
+    plot_sweep,
+    sweep_markdown,
+    sweep_table,
+    write_markdown,
+    write_table,
+)
+from tasks.common import artifact_key
+from tasks.prepare import prepare_dataset_task
+
+RUNNERS = ("threads", "processes", "dask")
+
+
+@task(name="sweep-member", task_run_name="member-{config.run_id}")
+def sweep_member_task(config: RunConfig) -> dict[str, Any]:
+    """One member: the whole pipeline as a subflow, or its summary if it already finished."""
+    # Imported here: a task sent to another process (processes, Dask) is pickled by value, and a flow
+    # pickled along with it would lose the module its annotations (RunConfig) are resolved in.
+    from flows.train import gan_pipeline
+
+    done = completed_summary(config)
+    if done is not None:
+        get_run_logger().info("member %s already finished; reusing it", config.run_id)
+        return {**member_record(done), "status": "reused"}
+    return {**member_record(gan_pipeline(config)), "status": "completed"}
+
+
+def _flow_run_name() -> str:
+    return f"sweep-{runtime.flow_run.parameters.get('sweep_id') or 'unnamed'}"
+
+
+@flow(name="gan-sweep", flow_run_name=_flow_run_name, log_prints=True)
+def gan_sweep(
+    grid: dict[str, list[Any]],
+    sweep_id: str,
+    base: RunConfig = RunConfig(),  # noqa: B008 (pydantic default shown in the UI)
+) -> dict[str, Any]:
+    """Run the pipeline for every combination of grid values on top of base; compare them in one table.
+
+    Args:
+        grid: Dotted config fields and the values to try, e.g. {"train.lr": [1e-4, 2e-4], "seed": [1, 2]}.
+        sweep_id: Name of the sweep; members go to <base.out>/<sweep_id>/. Reusing it reuses finished members.
+        base: The settings every member starts from (its run_id is ignored).
+    """
+    members = expand_grid(base, grid, sweep_id)
+    sweep_dir = Path(base.out) / sweep_id
+    print(f"sweep {sweep_id}: {len(members)} members in {sweep_dir}")
+    # Each distinct dataset is prepared once, before the members run (they then hit the task's cache).
+    for data in {json.dumps(m.config.data.model_dump(mode="json"), sort_keys=True): m.config.data
+                 for m in members}.values():
+        prepare_dataset_task(data, str(sweep_dir))
+
+    futures = [sweep_member_task.submit(m.config) for m in members]
+    outcomes = []
+    for member, future in zip(members, futures):
+        future.wait()
+        if future.state.is_completed():
+            outcomes.append(future.result())
+            continue
+        error = future.result(raise_on_failure=False)
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"member {member.run_id} failed: {message}")
+        outcomes.append({"status": "failed", "error": message})
+
+    keys = list(grid)
+    table = sweep_table(members, outcomes)
+    table_path = write_table(table, sweep_dir / "sweep.parquet")
+    plot_path = plot_sweep(table, keys, sweep_dir / "sweep.png")
+    markdown = sweep_markdown(table, keys, sweep_id, table_path)
+    write_markdown(markdown, sweep_dir / "sweep.md")
+    create_markdown_artifact(key=artifact_key("sweep", sweep_id), markdown=markdown,
+                             description=f"Sweep {sweep_id}: every member's settings, status and best scores")
+    failed = int((table["status"] == "failed").sum())
+    return {"sweep_dir": str(sweep_dir), "table": str(table_path), "plot": str(plot_path),
+            "members": len(members), "failed": failed,
+            "rows": json.loads(table.to_json(orient="records"))}
+
+
+@contextlib.contextmanager
+def api_for_worker_processes(kind: str) -> Iterator[None]:
+    """Members running in other processes (``processes``, ``dask``) must report to the sweep's Prefect
+    API. Without ``PREFECT_API_URL`` each of them would start a temporary server of its own, so one is
+    started here instead and its address passed to them through the environment."""
+    if kind == "threads" or PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url  # inherited by process-pool and Dask worker processes
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield
+            APILogHandler().flush()  # send the last log lines while the server is still there
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
+def task_runner(kind: str, workers: int, dask_address: str | None = None):
+    """The Prefect task runner for ``--runner``: threads or processes here, or a Dask cluster."""
+    if kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if kind == "processes":
+        return ProcessPoolTaskRunner(max_workers=workers)
+    from prefect_dask import DaskTaskRunner
+
+    if dask_address:
+        return DaskTaskRunner(address=dask_address)
+    # One thread per worker: each member's training uses torch's own threads.
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                          cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, dict[str, list[str]], argparse.Namespace]:
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", nargs="+", required=True, metavar="FIELD=V1,V2",
+                        help="config fields and values to cross, e.g. train.lr=1e-4,2e-4 train.loss=ns,hinge seed=1,2")
+    parser.add_argument("--sweep-id", default=None,
+                        help="name of the sweep (default sweep-<timestamp>); reusing one reuses finished members")
+    parser.add_argument("--runner", choices=RUNNERS, default="threads",
+                        help="where members run: threads (default) or processes here, or dask")
+    parser.add_argument("--workers", type=int, default=2, help="members running at once (default 2)")
+    parser.add_argument("--dask-address", default=None,
+                        help="scheduler of an existing Dask cluster (tcp://HOST:8786); default: a local cluster")
+    parser.add_argument("--config", type=Path, help="JSON file with the base RunConfig; flags override it")
+    for flag, field, kind, help_text in FLAGS:
+        if field == "run_id":
+            continue  # the sweep names its members
+        if kind is bool:
+            parser.add_argument(flag, dest=field, action="store_const", const=True, help=help_text)
+        else:
+            parser.add_argument(flag, dest=field, type=kind, default=None, help=help_text,
+                                metavar=flag[2:].upper().replace("-", "_"))
+    parser.add_argument("--dry-run", action="store_true", help="print the members and their settings, then exit")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1 (got {args.workers})")
+    if args.dask_address and args.runner != "dask":
+        parser.error("--dask-address needs --runner dask")
+
+    data: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            data = json.loads(args.config.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise GanlibError(f"--config: cannot read {args.config}: {err}") from None
+    for _, field, _, _ in FLAGS:
+        value = getattr(args, field, None)
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = field.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    data.pop("run_id", None)
+    args.sweep_id = args.sweep_id or "sweep-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return build_config(data), parse_grid(args.grid), args
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        base, grid, args = parse_args(argv)
+        members = expand_grid(base, grid, args.sweep_id)  # every member valid before any server starts
+        if args.dry_run:
+            for m in members:
+                print(m.run_id, json.dumps(m.settings))
+            return 0
+        runner = task_runner(args.runner, args.workers, args.dask_address)
+        with api_for_worker_processes(args.runner):
+            result = gan_sweep.with_options(task_runner=runner)(grid, args.sweep_id, base)
+    except GanlibError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run again with the same --sweep-id to reuse the finished members", file=sys.stderr)
+        return 130
+    print(f"done: {result['table']}  {result['members']} members, {result['failed']} failed  "
+          f"plot {result['plot']}")
+    return 1 if result["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

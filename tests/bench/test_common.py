@@ -1,0 +1,83 @@
+"""bench/: the pydantic-free model stand-in, the FLOP count, the timed step, and the scripts' smoke runs."""
+
+import dataclasses
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ganlib.config import ModelConfig
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "bench"
+
+
+@pytest.fixture(scope="module")
+def common():
+    spec = importlib.util.spec_from_file_location("bench_common", BENCH / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_common"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_model_spec_has_model_configs_fields_and_defaults(common):
+    spec = {f.name: f.default for f in dataclasses.fields(common.ModelSpec)}
+    assert spec == ModelConfig().model_dump()
+
+
+def test_benchmarks_import_without_pydantic_or_prefect():
+    """The GPU machines have torch but neither pydantic nor prefect."""
+    code = ("import sys; sys.modules['pydantic'] = sys.modules['prefect'] = None; sys.path.insert(0, 'bench'); "
+            "import common, scaling, gpu_checks, throughput")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_flops_per_image_grows_with_the_model_not_the_batch(common):
+    torch.manual_seed(0)
+    bench = common.make_step(common.ModelSpec(name="dcgan", ngf=8, ndf=8), np.zeros((8, 1, 28, 28), np.uint8), 4,
+                             torch.device("cpu"))
+    before = {k: v.clone() for k, v in bench.generator.state_dict().items()}
+    per_image = common.train_step_flops_per_image(bench.generator, bench.discriminator, (1, 28, 28), 100, batch=2)
+    assert per_image == common.train_step_flops_per_image(bench.generator, bench.discriminator, (1, 28, 28), 100,
+                                                          batch=4)
+    assert all(torch.equal(before[k], v) for k, v in bench.generator.state_dict().items())  # counted on copies
+    wide = common.make_step(common.ModelSpec(name="dcgan", ngf=16, ndf=16), np.zeros((8, 1, 28, 28), np.uint8), 4,
+                            torch.device("cpu"))
+    assert common.train_step_flops_per_image(wide.generator, wide.discriminator, (1, 28, 28), 100) > 3 * per_image
+
+
+def test_streamed_and_resident_steps_match_on_the_cpu(common, tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (64, 1, 28, 28), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r")
+    spec, cpu = common.ModelSpec(name="dcgan", ngf=8, ndf=8), torch.device("cpu")
+    resident = common.make_step(spec, images, 16, cpu, channels_last="on")
+    streamed = common.make_step(spec, mapped, 16, cpu, channels_last="on", budget_mb=0)
+    assert resident.source.resident and not streamed.source.resident and resident.channels_last
+    for _ in range(3):
+        assert torch.equal(resident.step(), streamed.step())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", [
+    ["scaling.py", "--device", "cpu", "--quick"],
+    ["gpu_checks.py", "--device", "cpu", "--quick"],
+])
+def test_scripts_run_quick_on_the_cpu(argv, tmp_path):
+    out = ["--csv", str(tmp_path / "rows.csv")]
+    if "scaling" in argv[0]:
+        out += ["--plot", str(tmp_path / "plot.png")]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, *argv, *out], cwd=BENCH, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "rows.csv").is_file()
+    if "scaling" in argv[0]:
+        assert (tmp_path / "plot.png").stat().st_size > 10_000

@@ -1,0 +1,36 @@
+"""The training task with several processes: torchrun launched, ranks' output in the Prefect log."""
+
+import asyncio
+
+import pytest
+
+
+@pytest.mark.slow
+def test_train_task_launches_torchrun_and_streams_the_ranks_into_the_log(tiny, prefect_harness):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from ganlib.data.store import prepare_dataset
+    from tasks.train import train_task
+
+    cfg = tiny(run_id="ddp-task", dist__nproc_per_node=2)
+    store = prepare_dataset(cfg.data, cfg.out)
+
+    @flow
+    def train_only():
+        return train_task(cfg, str(store), return_state=True)
+
+    state = train_only(return_state=True)
+    record = state.result().result()
+    assert record["final_step"] == 12 and record["resumed_from_step"] == 0
+    assert (cfg.run_dir / "checkpoints" / "step_000012.pt").is_file()
+
+    async def messages():
+        async with get_client() as client:
+            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+            return [log.message for log in logs]
+
+    lines = asyncio.run(messages())
+    assert any(m.startswith("[rank 0] INFO data-parallel training: 2 processes (gloo)") for m in lines), lines
+    assert any(m.startswith("[rank 0] INFO step 12/12") for m in lines), lines
