@@ -76,7 +76,7 @@ class ModelSpec:
     name: str = "mlp"
     conditional: bool = False
     noise_dim: int = 100
-    hidden_dim: int = 256
+    hidden_dim: int = 512
     ngf: int = 32
     ndf: int = 32
     spectral_norm: bool = False

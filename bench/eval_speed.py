@@ -104,6 +104,9 @@ def main() -> None:
     p.add_argument("--inception-samples", type=int, default=None,
                    help="samples of the Inception evaluation (default: 10000 on CUDA, 500 on a CPU; 0 skips it)")
     p.add_argument("--train-steps", type=int, default=20, help="training steps before the one checkpoint")
+    p.add_argument("--dataset", choices=("auto", "mnist", "digits"), default="auto",
+                   help="mnist: the real test digits (10,000: a 5,000-image reference); digits: the embedded "
+                   "generator's 20,000 (a 10,000-image reference); auto: mnist when present")
     p.add_argument("--out", type=Path, default=None, help="output root (default: a temporary directory)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -111,8 +114,9 @@ def main() -> None:
     inception_samples = args.inception_samples
     if inception_samples is None:
         inception_samples = 10_000 if device.type == "cuda" else 500
-    data = ({"dataset": "mnist", "data_root": str(MNIST)} if (MNIST / "t10k-images-idx3-ubyte.gz").is_file()
-            else {"dataset": "digits"})
+    have_mnist = (MNIST / "t10k-images-idx3-ubyte.gz").is_file()
+    use_mnist = args.dataset == "mnist" or (args.dataset == "auto" and have_mnist)
+    data = {"dataset": "mnist", "data_root": str(MNIST)} if use_mnist else {"dataset": "digits"}
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "out"
         base = {"run_id": "eval-speed", "out": str(out), "device": args.device, "data": data,

@@ -63,7 +63,7 @@ def run_ganlib(folder: Path, out: Path, steps: int, warmup: int, tag: str) -> di
         "run_id": f"vs-reference-{tag}", "out": str(out), "device": "cpu",
         "data": {"dataset": "folder", "data_root": str(folder), "image_size": SIZE, "channels": "rgb"},
         "model": {"name": "dcgan", "ngf": WIDTH, "ndf": WIDTH, "noise_dim": 100},
-        "train": {"steps": warmup + steps, "batch_size": BATCH, "log_every": 10, "ema_decay": 0.0,
+        "train": {"steps": warmup + steps, "batch_size": BATCH, "log_every": 10, "ema_decay": 0.0, "diffaug": [],
                   "checkpoint_every": 10**9},
     })
     store = prepare_dataset(cfg.data, cfg.out)

@@ -65,6 +65,7 @@ import tempfile
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,6 +310,9 @@ def worker_main(argv: list[str] | None = None) -> int:
         _watch_launcher(os.environ[ENV_LAUNCHER])
 
     logging.basicConfig(stream=sys.stdout, format=f"[rank {rank}] %(levelname)s %(message)s", force=True)
+    # DDP warns when a gradient's strides differ from its bucket's. Here that is a 1-channel conv weight
+    # (N, 1, k, k): strides of a size-1 dimension are arbitrary and the memory layout is the same.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     log.setLevel(logging.INFO if rank == 0 else logging.WARNING)  # rank 0 tells the story; all report trouble
     try:
         try:
@@ -332,7 +336,8 @@ def worker_main(argv: list[str] | None = None) -> int:
             def progress(record: dict[str, Any]) -> None:
                 print(PROGRESS_PREFIX + json.dumps({k: record[k] for k in ("step", "total_steps")}), flush=True)
 
-            result = train(cfg, store, on_progress=progress if rank == 0 else None, dist=context)
+            launched = args.work_dir is not None  # by ganlib.distributed.launch, which reads the progress lines
+            result = train(cfg, store, on_progress=progress if rank == 0 and launched else None, dist=context)
             if rank == 0 and args.work_dir is not None:
                 atomic_write_json(args.work_dir / "result.json", result.to_dict())
         finally:

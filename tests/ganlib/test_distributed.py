@@ -86,7 +86,7 @@ def test_each_rank_keeps_its_rows_of_every_d_update_batch():
 
 def test_global_batch_norm_swaps_in_place_and_keeps_weights_and_keys():
     torch.manual_seed(0)
-    g, d = build_models(build_config({"model": {"conditional": True}}).model, 1, 28, num_classes=10)
+    g, d = build_models(build_config({"model": {"name": "dcgan", "conditional": True}}).model, 1, 28, num_classes=10)
     keys = (list(g.state_dict()), list(d.state_dict()))
     running_var = g.norms[0].bn.running_var
     global_batch_norm_(g), global_batch_norm_(d)

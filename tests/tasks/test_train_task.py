@@ -19,17 +19,17 @@ def test_train_task_launches_torchrun_and_streams_the_ranks_into_the_log(tiny, p
 
     @flow
     def train_only():
-        return train_task(cfg, str(store), return_state=True)
+        return train_task(cfg, str(store))
 
     state = train_only(return_state=True)
-    record = state.result().result()
+    record = state.result()
     assert record["final_step"] == 12 and record["resumed_from_step"] == 0
     assert (cfg.run_dir / "checkpoints" / "step_000012.pt").is_file()
 
     async def messages():
         async with get_client() as client:
-            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
-            return [log.message for log in logs]
+            run_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+            return [log.message for log in await client.read_logs(run_filter)]
 
     lines = asyncio.run(messages())
     assert any(m.startswith("[rank 0] INFO data-parallel training: 2 processes (gloo)") for m in lines), lines
