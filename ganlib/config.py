@@ -188,7 +188,8 @@ class EvalConfig(_Section):
     classifier_steps: int = Field(1500, ge=1, description="Training steps of the domain classifier.")
     batch_size: int = Field(500, ge=1, description="Generation and feature-extraction batch.")
     use_ema: bool = Field(
-        True, description="Choose the best checkpoint among (and render) the EMA generator's rows when the run keeps one.")
+        True, description="Choose the best checkpoint among (and render) the EMA generator's rows when the run "
+        "keeps one; else the raw generator's.")
     generators: Literal["both", "selected"] = Field(
         "both", description="'both': score the raw and the EMA generator (one row each); 'selected': only the "
         "one use_ema picks.")

@@ -8,6 +8,7 @@ from ganlib.config import RunConfig, config_differences
 from ganlib.data.digits import SUPPORTED_IMAGE_SIZES as DIGITS_SIZES
 from ganlib.data.sources import check_source
 from ganlib.errors import CheckpointError, ConfigError
+from ganlib.inception import check_weights_file
 from ganlib.lock import check_not_running, check_under_root
 from ganlib.models import DCGAN_SIZES, RESNET_SIZES
 from ganlib.run import RunPaths, resolve_device
@@ -29,6 +30,8 @@ def check_run(cfg: RunConfig) -> None:
                           f"{cfg.data.image_size}; use --image-size 64, or a dataset of larger images "
                           "(--dataset folder, celeba)")
     check_source(cfg.data)  # the source exists and looks right; no images are read
+    if cfg.eval.inception_weights is not None and cfg.eval.inception != "off":  # before training, not after it
+        check_weights_file(cfg.eval.inception_weights, cfg.eval.inception_weights_sha256 or "")
     count = _known_image_count(cfg)
     if count is not None and cfg.train.batch_size > count:
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is larger than the dataset ({count} images); "

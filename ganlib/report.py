@@ -134,6 +134,8 @@ def _metrics_lines(summary: dict[str, Any]) -> list[str]:
              "inception_recall", "inception_density", "inception_coverage")]
     lines = ["| space | FD | KID | IS | precision | recall | density | coverage |", "|---|---|---|---|---|---|---|---|"]
     for label, *keys in rows:
+        if all(best.get(k) is None and floor.get(k) is None for k in keys):
+            continue  # a space that was not computed (the Inception status below says why)
         cells = [f"{_num(best.get(k), 4 if 'kid' in k else 3)} (floor {_num(floor.get(k), 4 if 'kid' in k else 3)})"
                  for k in keys]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")

@@ -58,6 +58,7 @@ img { max-width: 100%; height: auto; display: block; }
 img.pixel { image-rendering: pixelated; }
 .missing { color: #8a6d00; background: #fff8db; padding: 8px 12px; border-radius: 6px; }
 table { border-collapse: collapse; font-size: 13.5px; }
+.wide { overflow-x: auto; max-width: 100%; }
 th, td { padding: 4px 10px; border-bottom: 1px solid #e3e6ea; text-align: right; }
 th { background: #f4f5f7; }
 td.l, th.l { text-align: left; }
@@ -193,7 +194,7 @@ def _eval_table(evals: pd.DataFrame) -> str:
     note = ""
     if "note" in evals and len(evals):
         note = f"<p class='muted'>{_e(evals['note'].iloc[0])}</p>"
-    return f"<table>{head}{''.join(rows)}</table>{note}{_evaluation_notes(evals)}"
+    return f"<div class='wide'><table>{head}{''.join(rows)}</table></div>{note}{_evaluation_notes(evals)}"
 
 
 # Issue #5's metrics, shown when the table has them: (column, heading, decimals).

@@ -41,7 +41,9 @@ from ganlib.models import build_models
 from ganlib.train import BatchOrder, train
 
 STEPS, CHECKPOINT_EVERY = 24, 4
-DDP = {"train__steps": STEPS, "train__checkpoint_every": CHECKPOINT_EVERY, "train__log_every": 1}
+# No DiffAugment (on by default): its random shifts are drawn per process, so with it a DDP run is another
+# sample path than one process's (see ganlib.distributed).
+DDP = {"train__steps": STEPS, "train__checkpoint_every": CHECKPOINT_EVERY, "train__log_every": 1, "train__diffaug": []}
 LOSSES = ["d_loss", "g_loss", "d_real", "d_fake"]
 
 

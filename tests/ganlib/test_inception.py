@@ -103,3 +103,15 @@ def test_images_become_uint8_rgb_as_saved_images_are():
     converted = to_inception_input(images)
     assert converted.dtype == torch.uint8 and converted.shape == (1, 3, 2, 2)
     assert converted[0, 2].flatten().tolist() == [0, 128, 255, 255]
+
+
+def test_the_pipeline_checks_the_weights_file_before_any_work(tiny, tmp_path):
+    from ganlib.preflight import check_run
+
+    path = tmp_path / "weights.pth"
+    torch.save({}, path)
+    cfg = tiny(run_id="w", eval__inception_weights=str(path), eval__inception_weights_sha256="0" * 64)
+    with pytest.raises(ConfigError, match="eval.inception_weights: .* has sha256"):
+        check_run(cfg)
+    check_run(tiny(run_id="w", eval__inception="off", eval__inception_weights=str(path),
+                   eval__inception_weights_sha256="0" * 64))  # not used, so not checked
