@@ -162,14 +162,16 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
             pts = sorted((r[x], r["images_per_sec"]) for r in ok if r["sweep"] == sweep and r["data"] == data)
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=data if sweep == "data" else None)
-        if logx:
+        xs = sorted({r[x] for r in ok if r["sweep"] == sweep})
+        if logx and xs:
             ax.set_xscale("log", base=2 if sweep != "data" else 10)
+            ax.set_xticks(xs, [f"{v:,}" for v in xs])
+            ax.minorticks_off()
         ax.set_xlabel(label)
         ax.set_ylabel("training images/s")
         ax.grid(True, alpha=0.3)
         if sweep == "data":
             ax.legend()
-    axes[1].set_xticks(SIZES, [str(s) for s in SIZES])
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
