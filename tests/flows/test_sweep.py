@@ -6,10 +6,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+# At import, not inside a test: Prefect's console log handler binds to the stderr of the moment, which
+# must not be a test's capsys stream (closed after that test).
+from flows.sweep import gan_sweep, main
+
 
 def test_dry_run_lists_members_and_mistakes_are_one_line(capsys, tmp_path):
-    from flows.sweep import main
-
     assert main(["--grid", "train.lr=1e-4,2e-4", "seed=1,2", "--sweep-id", "s", "--out", str(tmp_path),
                  "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -26,7 +28,6 @@ def test_local_dask_sweep_records_a_failed_member_and_reuses_finished_ones(tiny_
     from prefect.settings import PREFECT_API_URL
     from prefect_dask import DaskTaskRunner
 
-    from flows.sweep import gan_sweep
     from ganlib.config import build_config
     from tasks.common import artifact_key
 

@@ -65,7 +65,7 @@ def _to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("size", [28, 32, 64])
+@pytest.mark.parametrize("size", [28, 32, 64, 128])
 def test_model_output_shapes(channels: int, size: int) -> None:
     model = DomainClassifier(channels, size, num_classes=7, feature_dim=32).eval()
     x = torch.rand(5, channels, size, size) * 2 - 1
