@@ -122,14 +122,14 @@ def make_step(spec: ModelSpec, images: np.ndarray | torch.Tensor, batch_size: in
               compile: bool = False, budget_mb: int | None = None, seed: int = 0) -> StepBench:
     """The training step as ``ganlib.train._train`` runs it, on ``images`` uint8 (N, C, H, W).
 
-    ``precision`` 'bf16' autocasts (CUDA only, as in training); ``channels_last`` and
+    ``precision`` 'bf16' autocasts (CUDA and the CPU, as in training); ``channels_last`` and
     ``fused_optimizer`` take the training config's values ('auto', 'on', 'off') and go through the
     same rules (``use_channels_last``, ``adam_implementation``); ``budget_mb`` is ``BatchSource``'s
     (0 streams the batches from ``images``, e.g. a memory map). Adam lr 2e-4, betas (0.5, 0.999).
     """
-    if precision == "bf16" and device.type != "cuda":
-        raise SystemExit("--precision bf16 is CUDA-only in ganlib (the CPU trains in fp32)")
-    if precision == "bf16":  # as ganlib.train._train does
+    if precision == "bf16" and device.type not in ("cuda", "cpu"):
+        raise SystemExit(f"--precision bf16 is for CUDA and the CPU in ganlib, not {device.type}")
+    if precision == "bf16" and device.type == "cuda":  # as ganlib.train._train does
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     channels, size = int(images.shape[1]), int(images.shape[2])
     with torch.random.fork_rng(devices=[]):
@@ -175,6 +175,17 @@ def time_steps(step: Callable[[], torch.Tensor], steps: int, warmup: int, device
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - t0
+
+
+def matmul_gflops(dtype: torch.dtype, device: torch.device, n: int = 4096, repeats: int = 5) -> float:
+    """Measured dense matmul rate (n x n by n x n), GFLOP/s: the practical compute ceiling to quote
+    fractions of peak against (this 2-core AVX-512 CPU: ~400 fp32, ~2,000 bf16 with AMX)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    seconds = time_steps(lambda: a @ b, repeats, 0, device)
+    return 2 * n**3 * repeats / seconds / 1e9
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -105,7 +105,7 @@ FLAGS: list[tuple[str, str, type, str]] = [
     ("--spectral-norm", "model.spectral_norm", bool, "spectral normalisation on the discriminator"),
     ("--conditional", "model.conditional", bool, "class-conditional G and D (labelled datasets)"),
     ("--diffaug", "train.diffaug", str, "differentiable augmentation: translation,cutout,color or none"),
-    ("--precision", "train.precision", str, "fp32 (default) or bf16 (autocast on CUDA)"),
+    ("--precision", "train.precision", str, "fp32 (default) or bf16 (autocast; faster on GPUs and CPUs with AMX)"),
     ("--compile", "train.compile", bool, "torch.compile G and D"),
     ("--channels-last", "train.channels_last", str, "auto (default: on for CUDA), on or off: NHWC memory "
      "format for the conv models and batches"),

@@ -134,12 +134,14 @@ class TrainConfig(_Section):
         "sees ('translation,cutout' on the command line; 'none' = off). Default translation: on 10,000 "
         "MNIST digits it kept D from memorising the training set (bench/RESULTS.md).")
     precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="'bf16': autocast to bfloat16 with TF32 matmuls on CUDA (the CPU stays fp32).")
+        "fp32", description="'bf16': autocast G and D to bfloat16 (with TF32 matmuls on CUDA). On a CPU with "
+        "native bf16 (AMX, AVX512-BF16) it trained 1.5-2.3x faster here (bench/RESULTS.md); elsewhere it is "
+        "emulated and slower (a warning says so).")
     compile: bool = Field(False, description="torch.compile G and D for the training step.")
     channels_last: Literal["auto", "on", "off"] = Field(
         "auto", description="NHWC (channels-last) memory format for the conv models (dcgan, resnet) and the real "
-        "batches. On CUDA the convolution kernels (cuDNN, tensor cores with bf16) want it; on the CPU it was no "
-        "faster here (see bench/RESULTS.md). 'auto': on for CUDA, off elsewhere.")
+        "batches. The convolution kernels want it: cuDNN's tensor cores on CUDA, oneDNN on the CPU (12% faster "
+        "for the 64-px DCGAN here, bench/RESULTS.md). 'auto': on for the conv models.")
     fused_optimizer: Literal["auto", "on", "off"] = Field(
         "auto", description="Adam's fused kernel (one kernel for all parameters of a model per update). "
         "'auto': fused where torch has it for the device (CUDA, CPU), else the multi-tensor (foreach) one; "

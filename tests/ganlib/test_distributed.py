@@ -36,7 +36,7 @@ from ganlib.distributed import (
     worker_main,
 )
 from ganlib.errors import ConfigError
-from ganlib.lock import LOCK_NAME
+from ganlib.lock import LOCK_NAME, _pid_alive, read_lock
 from ganlib.models import build_models
 from ganlib.train import BatchOrder, train
 
@@ -194,10 +194,15 @@ def test_a_ddp_run_sigkilled_mid_way_resumes_and_matches_the_uninterrupted_one(r
     finally:
         child.kill()  # already dead, unless the test failed before
         child.wait()
-    deadline = time.monotonic() + 10
-    while _marked_processes(launch_id) and time.monotonic() < deadline:  # workers die with torchrun
+    holder = (read_lock(cfg.run_dir) or {}).get("pid")
+    assert holder is not None, "rank 0 did not take the run lock"
+    # Workers die with torchrun (PR_SET_PDEATHSIG). A dying process stops showing its environment
+    # before it is gone, so wait on the lock holder's pid too: on a loaded machine the resume below
+    # otherwise meets a lock whose holder is still tearing down ("already running").
+    deadline = time.monotonic() + 30
+    while (_marked_processes(launch_id) or _pid_alive(holder)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _marked_processes(launch_id) == [], "a worker outlived torchrun"
+    assert _marked_processes(launch_id) == [] and not _pid_alive(holder), "a worker outlived torchrun"
     on_disk = [s for s, _ in list_checkpoints(cfg.run_dir / "checkpoints")]
     assert on_disk and max(on_disk) < STEPS, on_disk
     assert (cfg.run_dir / LOCK_NAME).exists()  # rank 0 held it and died

@@ -146,7 +146,8 @@ def test_time_budget_stops_with_a_checkpoint(tiny):
 
 def test_speed_options_resolve_per_device():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert use_channels_last("auto", "dcgan", cuda) and not use_channels_last("auto", "dcgan", cpu)
+    assert use_channels_last("auto", "dcgan", cuda) and use_channels_last("auto", "dcgan", cpu)
+    assert not use_channels_last("auto", "dcgan", torch.device("mps")) and not use_channels_last("off", "dcgan", cpu)
     assert use_channels_last("on", "resnet", cpu) and not use_channels_last("on", "mlp", cuda)
     assert adam_implementation("auto", cpu) == {"fused": True}  # torch 2.4+ has a fused Adam for the CPU
     assert adam_implementation("off", cuda) == {"foreach": True}
@@ -169,48 +170,63 @@ def test_speed_options_may_change_when_a_run_resumes(tiny):
     assert g(torch.randn(2, 100)).shape == (2, 1, 28, 28)
 
 
-def _bf16_against_fp32(bf16: bool, seed: int, images: torch.Tensor, steps: int) -> torch.Tensor:
-    """Per-step scalars of the 28-px default model on CUDA; bf16 runs with channels-last and fused Adam."""
+def _bf16_against_fp32(bf16: bool, seed: int, images: torch.Tensor, steps: int, model: str) -> torch.Tensor:
+    """Per-step scalars of a 28-px model on ``images``' device; bf16 runs with channels-last and fused Adam."""
     from ganlib.train import Objective, to_unit_range
 
-    cuda = torch.device("cuda")
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bf16  # fp32: no TF32 either
+    device = images.device
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bf16  # fp32: no TF32 either
     torch.manual_seed(seed)
-    g, d = build_models(ModelConfig(ngf=32, ndf=32), 1, 28)
-    fmt = torch.channels_last if bf16 else torch.contiguous_format
-    g.to(cuda, memory_format=fmt)
-    d.to(cuda, memory_format=fmt)
-    impl = adam_implementation("on" if bf16 else "off", cuda)
+    g, d = build_models(ModelConfig(name=model, ngf=32, ndf=32), 1, 28)
+    fmt = torch.channels_last if bf16 and model != "mlp" else torch.contiguous_format
+    g.to(device, memory_format=fmt)
+    d.to(device, memory_format=fmt)
+    impl = adam_implementation("on" if bf16 else "off", device)
     opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999), **impl)
     opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999), **impl)
-    gen = torch.Generator(device=cuda).manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     rows = []
     for step in range(steps):
-        idx = torch.randint(0, len(images), (64,), device=cuda, generator=gen)
+        idx = torch.randint(0, len(images), (64,), device=device, generator=gen)
         real = to_unit_range(images[idx].contiguous(memory_format=fmt))
-        z = torch.randn(64, 100, device=cuda, generator=gen)
+        z = torch.randn(64, 100, device=device, generator=gen)
         rows.append(train_step(g, d, opt_g, opt_d, real, z, Objective(bf16=bf16), step))
     return torch.stack(rows).float().cpu()
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_bf16_losses_stay_within_tolerance_of_fp32():
+@pytest.mark.parametrize(("device", "model"), [
+    pytest.param("cuda", "dcgan", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                              reason="needs CUDA")]),
+    pytest.param("cpu", "dcgan", marks=pytest.mark.slow),
+    ("cpu", "mlp"),
+])
+def test_bf16_losses_stay_within_tolerance_of_fp32(device, model):
     """GAN training amplifies rounding within tens of steps, so after the first step the runs are
-    compared as statistics, against how far a different seed moves them (bench/gpu_checks.py: more)."""
+    compared as statistics, against how far a different seed moves them (bench/gpu_checks.py: more).
+    On the CPU bf16 autocast runs on oneDNN (AMX where the CPU has it, emulated otherwise)."""
     from ganlib.data.digits import generate_digits
 
-    images = torch.from_numpy(generate_digits(1024, seed=0)[0]).cuda()
+    images = torch.from_numpy(generate_digits(1024, seed=0)[0]).to(device)
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:
-        fp32, bf16, reseeded = (_bf16_against_fp32(b, s, images, 150) for b, s in ((False, 0), (True, 0), (False, 1)))
+        fp32, bf16, reseeded = (_bf16_against_fp32(b, s, images, 150, model)
+                                for b, s in ((False, 0), (True, 0), (False, 1)))
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     assert torch.isfinite(bf16).all()
     assert (bf16[0, :2] - fp32[0, :2]).abs().max() < 0.05  # step 0: same weights and batch, rounding only
+    assert not torch.equal(bf16, fp32)  # autocast did run in bf16
     for i, name in enumerate(METRIC_COLUMNS):
         ref, x, other = (float(t[-40:, i].mean()) for t in (fp32, bf16, reseeded))
         assert abs(x - ref) <= max(3 * abs(other - ref), 0.1 + 0.1 * abs(ref)), (name, x, ref, other)
+
+
+def test_bf16_on_the_cpu_trains_and_checkpoints_fp32_weights(tiny):
+    cfg = tiny(run_id="cpu-bf16", train__precision="bf16")
+    assert train(cfg, prepare_dataset(cfg.data, cfg.out)).final_step == 12
+    state = load_checkpoint(cfg.run_dir / "checkpoints" / "step_000012.pt")
+    assert all(v.dtype == torch.float32 for v in state["generator"].values() if v.is_floating_point())
 
 
 @pytest.mark.gpu
