@@ -39,16 +39,17 @@ RUNS = ROOT / "results" / "quality-runs"
 # name -> settings (dotted config fields) on top of the project defaults.
 PRESETS: dict[str, dict[str, Any]] = {
     "mlp-ns-ema": {"model.name": "mlp"},
-    "dcgan-ns-ema": {},
-    "dcgan-ns-noema": {"train.ema_decay": 0.0},
-    "dcgan-hinge-ema": {"train.loss": "hinge"},
-    "dcgan-ls-ema": {"train.loss": "ls"},
-    "dcgan-wgan-gp-ema": {"train.loss": "wgan-gp", "train.d_steps": 2, "train.beta1": 0.0, "train.beta2": 0.9},
+    "dcgan-ns-ema": {"model.name": "dcgan"},
+    "dcgan-ns-noema": {"model.name": "dcgan", "train.ema_decay": 0.0},
+    "dcgan-hinge-ema": {"model.name": "dcgan", "train.loss": "hinge"},
+    "dcgan-ls-ema": {"model.name": "dcgan", "train.loss": "ls"},
+    "dcgan-wgan-gp-ema": {"model.name": "dcgan", "train.loss": "wgan-gp", "train.d_steps": 2, "train.beta1": 0.0,
+                          "train.beta2": 0.9},
     "resnet-hinge-sn-ema": {"model.name": "resnet", "data.image_size": 32, "model.ngf": 32, "model.ndf": 32,
                             "model.spectral_norm": True, "train.loss": "hinge",
                             "train.beta1": 0.0, "train.beta2": 0.9},
     "mlp-ns-ema-cond": {"model.name": "mlp", "model.conditional": True},
-    "dcgan-ns-ema-cond": {"model.conditional": True},
+    "dcgan-ns-ema-cond": {"model.name": "dcgan", "model.conditional": True},
 }
 
 

@@ -17,7 +17,8 @@ Three sweeps of ganlib's real ``train_step`` (built by ``bench/common.make_step`
 Each point times ``--steps`` steps after ``--warmup`` and reports images/s, ms/step, peak memory,
 the FLOPs of a step per image (``FlopCounterMode``: convolutions and matrix products) and the
 achieved TFLOP/s, and with ``--peak-tflops`` the fraction of the device's peak (H200: about 790
-dense bf16, 67 fp32 without tensor cores; this 2-core CPU: about 0.166 fp32). A point that runs out
+dense bf16, 67 fp32 without tensor cores; this 2-core AVX-512/AMX CPU: 0.36-0.40 fp32 and about 2.0 bf16
+as measured by ``common.matmul_gflops``). A point that runs out
 of memory is recorded as ``oom``. Rows go to ``bench/results/scaling.csv`` (date, device, commit,
 settings, load average); the plot to ``bench/results/scaling.png``. Needs torch, numpy, pandas and
 matplotlib, not pydantic or prefect (``PYTHONPATH=.`` when ganlib is not installed).
@@ -194,14 +195,16 @@ def main() -> None:
     p.add_argument("--ndf", type=int, default=64)
     p.add_argument("--steps", type=int, default=None, help="timed steps per point (default 20 on CUDA, 5 on CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5, 10 with --compile)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, CUDA only")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: autocast (CUDA, or the CPU via oneDNN)")
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
-                   help="as train.channels_last (auto: on for CUDA)")
+                   help="as train.channels_last (auto: on for the conv models)")
     p.add_argument("--fused-optimizer", choices=["auto", "on", "off"], default="auto",
                    help="as train.fused_optimizer (auto: fused Adam where torch has it)")
     p.add_argument("--compile", action="store_true", help="torch.compile G and D (each shape compiles anew)")
     p.add_argument("--peak-tflops", type=float, default=None,
-                   help="the device's peak for the fraction: H200 ~790 (bf16), ~67 (fp32); 2-core CPU ~0.166")
+                   help="the device's peak for the fraction: H200 ~790 (bf16), ~67 (fp32); "
+                   "this 2-core CPU ~0.38 (fp32), ~2.0 (bf16)")
     p.add_argument("--tmp-dir", type=Path, default=None, help="where the data sweep's memory maps go")
     p.add_argument("--quick", action="store_true", help="a few tiny points: checks the script works")
     p.add_argument("--csv", type=Path, default=None, help="default bench/results/scaling.csv (-quick.csv)")

@@ -97,6 +97,9 @@ FLAGS: list[tuple[str, str, type, str]] = [
     ("--lr", "train.lr", float, "Adam learning rate (default 2e-4)"),
     ("--lr-g", "train.lr_g", float, "generator learning rate (default: --lr)"),
     ("--lr-d", "train.lr_d", float, "discriminator learning rate (default: --lr)"),
+    ("--lr-decay", "train.lr_decay", str, "none (default) or linear: rates fall to 0 over the run's end"),
+    ("--lr-decay-start", "train.lr_decay_start", float, "linear decay starts at this fraction of the steps "
+     "(default 0.5)"),
     ("--loss", "train.loss", str, "ns (non-saturating, default), hinge, wgan-gp or ls"),
     ("--d-steps", "train.d_steps", int, "discriminator updates per generator update (default 1)"),
     ("--r1", "train.r1", float, "R1 penalty weight on real images (default 0: off)"),
@@ -107,8 +110,8 @@ FLAGS: list[tuple[str, str, type, str]] = [
     ("--diffaug", "train.diffaug", str, "differentiable augmentation: translation,cutout,color or none"),
     ("--precision", "train.precision", str, "fp32 (default) or bf16 (autocast; faster on GPUs and CPUs with AMX)"),
     ("--compile", "train.compile", bool, "torch.compile G and D"),
-    ("--channels-last", "train.channels_last", str, "auto (default: on for CUDA), on or off: NHWC memory "
-     "format for the conv models and batches"),
+    ("--channels-last", "train.channels_last", str, "auto (default: on for the conv models), on or off: "
+     "NHWC memory format for the conv models and batches"),
     ("--fused-optimizer", "train.fused_optimizer", str, "auto (default: fused Adam where torch has it), on "
      "or off (foreach)"),
     ("--max-minutes", "train.max_minutes", float,

@@ -120,6 +120,11 @@ class TrainConfig(_Section):
     lr: float = Field(2e-4, gt=0, le=1.0, description="Adam learning rate of G and D.")
     lr_g: float | None = Field(None, gt=0, le=1.0, description="Generator learning rate (default: lr).")
     lr_d: float | None = Field(None, gt=0, le=1.0, description="Discriminator learning rate (default: lr).")
+    lr_decay: Literal["none", "linear"] = Field(
+        "none", description="'linear': after lr_decay_start of the run's steps, both learning rates fall "
+        "linearly to 0 at the last step (SNGAN/BigGAN-style annealing).")
+    lr_decay_start: float = Field(
+        0.5, ge=0, lt=1, description="linear decay: the fraction of train.steps after which the rates decay.")
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     loss: Literal["ns", "hinge", "wgan-gp", "ls"] = Field(

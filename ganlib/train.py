@@ -40,7 +40,7 @@ from ganlib.models import build_models
 from ganlib.run import RunPaths, resolve_device
 
 if TYPE_CHECKING:
-    from ganlib.config import RunConfig
+    from ganlib.config import RunConfig, TrainConfig
     from ganlib.distributed import DistContext
 
 log = logging.getLogger("ganlib")
@@ -264,6 +264,14 @@ def with_adam_kernel(saved: dict[str, Any], opt: torch.optim.Optimizer) -> dict[
     """
     kernel = {k: opt.defaults[k] for k in ("fused", "foreach") if k in opt.defaults}
     return {**saved, "param_groups": [{**group, **kernel} for group in saved["param_groups"]]}
+
+
+def lr_factor(t: TrainConfig, step: int, num_steps: int) -> float:
+    """The learning-rate multiplier of ``train.lr_decay`` for the update at ``step`` (0-based)."""
+    if t.lr_decay == "none":
+        return 1.0
+    start = t.lr_decay_start * num_steps
+    return 1.0 if step < start else max(0.0, (num_steps - step) / (num_steps - start))
 
 
 def make_optimizers(cfg: RunConfig, generator: nn.Module, discriminator: nn.Module, lr_scale: float = 1.0):
@@ -528,6 +536,11 @@ def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop, health_ove
             z = torch.randn(batch * objective.d_steps, cfg.model.noise_dim, device=device, generator=noise)
             z = dist.local_rows(z, objective.d_steps)
             step_noise = dist.step_noise(cfg.seed, step)
+        if cfg.train.lr_decay != "none":  # a float per group: no host sync, resumes exactly (a function of step)
+            factor = health["lr_scale"] * lr_factor(cfg.train, step, num_steps)
+            for opt, base in ((opt_g, cfg.train.lr_g or cfg.train.lr), (opt_d, cfg.train.lr_d or cfg.train.lr)):
+                for group in opt.param_groups:
+                    group["lr"] = base * factor
         window[filled] = train_step(step_g, step_d, opt_g, opt_d, real, z, objective, step, ema, step_noise, y)
         filled += 1
         step += 1

@@ -7,7 +7,7 @@ from torch import nn
 
 import ganlib.train as train_mod
 from ganlib import losses
-from ganlib.checkpoint import load_checkpoint
+from ganlib.checkpoint import list_checkpoints, load_checkpoint
 from ganlib.config import ModelConfig
 from ganlib.data.store import prepare_dataset
 from ganlib.errors import TrainingDiverged
@@ -86,6 +86,28 @@ def test_resume_stays_bit_exact_with_every_option(tiny, overrides):
     b = load_checkpoint(whole.out / "part" / "checkpoints" / "step_000012.pt")
     for key in ("generator", "generator_ema", "discriminator"):
         assert all(torch.equal(a[key][n], b[key][n]) for n in a[key]), key
+
+
+def test_linear_lr_decay_follows_its_schedule_and_resumes_bit_exact(tiny):
+    from ganlib.train import lr_factor
+
+    t = tiny(train__lr_decay="linear", train__lr_decay_start=0.5).train
+    assert [lr_factor(t, s, 12) for s in (0, 5, 6, 9, 11)] == [1.0, 1.0, 1.0, 0.5, pytest.approx(1 / 6)]
+    assert lr_factor(tiny().train, 11, 12) == 1.0  # 'none'
+    settings = {"train__lr_decay": "linear", "train__lr_decay_start": 0.25, "train__log_every": 2}
+    whole = tiny(run_id="whole", **settings)
+    store = prepare_dataset(whole.data, whole.out)
+    train(whole, store)
+    calls = iter(range(100))
+    train(tiny(run_id="part", **settings), store, should_stop=lambda: next(calls) == 2)  # stops at step 6
+    assert max(step for step, _ in list_checkpoints(whole.out / "part" / "checkpoints")) == 6
+    train(tiny(run_id="part", **settings), store)
+    a = load_checkpoint(whole.run_dir / "checkpoints" / "step_000012.pt")
+    b = load_checkpoint(whole.out / "part" / "checkpoints" / "step_000012.pt")
+    for key in ("generator", "generator_ema", "discriminator"):
+        assert all(torch.equal(a[key][n], b[key][n]) for n in a[key]), key
+    # The rates the last update used: 2e-4 x (12 - 11) / (12 - 3).
+    assert a["opt_g"]["param_groups"][0]["lr"] == pytest.approx(2e-4 / 9)
 
 
 def test_ema_generator_is_saved_and_used_by_default(tiny):
