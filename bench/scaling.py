@@ -171,7 +171,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("training images/s")
         ax.grid(True, alpha=0.3)
-        if sweep == "data":
+        if sweep == "data" and ax.get_legend_handles_labels()[0]:
             ax.legend()
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
