@@ -144,7 +144,7 @@ class Runner:
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Three panels: images/s against batch size, image size, and dataset size (resident vs streamed)."""
+    """Up to three panels: images/s against batch size, image size, and dataset size (resident vs streamed)."""
     try:
         import matplotlib
     except ImportError:
@@ -155,10 +155,13 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     ok = [r for r in rows if r.get("status") == "ok"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    panels = (("batch", "batch_size", "batch size", True), ("size", "image_size", "image size, px", True),
-              ("data", "num_images", "images in the store", True))
-    for ax, (sweep, x, label, logx) in zip(axes, panels):
+    panels = [p for p in (("batch", "batch_size", "batch size", True), ("size", "image_size", "image size, px", True),
+                          ("data", "num_images", "images in the store", True))
+              if any(r["sweep"] == p[0] for r in ok)]  # one panel per sweep that ran
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    for ax, (sweep, x, label, logx) in zip(axes[0], panels):
         for data in ("resident", "streamed"):
             pts = sorted((r[x], r["images_per_sec"]) for r in ok if r["sweep"] == sweep and r["data"] == data)
             if pts:
