@@ -340,6 +340,11 @@ def worker_main(argv: list[str] | None = None) -> int:
             result = train(cfg, store, on_progress=progress if rank == 0 and launched else None, dist=context)
             if rank == 0 and args.work_dir is not None:
                 atomic_write_json(args.work_dir / "result.json", result.to_dict())
+            # Leave together: a rank that tears its gloo group down while a peer is still in its last
+            # collective or writes can be aborted by gloo ("terminate called without an active
+            # exception", seen once in CI at exit of a finished run). Only on success: a failed rank
+            # must not wait for peers that will never arrive (torchrun stops them).
+            dist.barrier()
         finally:
             dist.destroy_process_group()
     except GanlibError as err:
