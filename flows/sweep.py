@@ -39,7 +39,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from flows.cli import OneLineParser
-from flows.train import FLAGS
+from flows.train import FLAGS, config_data
 from ganlib.config import RunConfig, build_config
 from ganlib.errors import GanlibError
 from ganlib.sweep import (
@@ -191,21 +191,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, dict[str, list
     if args.dask_address and args.runner != "dask":
         parser.error("--dask-address needs --runner dask")
 
-    data: dict[str, Any] = {}
-    if args.config is not None:
-        try:
-            data = json.loads(args.config.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise GanlibError(f"--config: cannot read {args.config}: {err}") from None
-    for _, field, _, _ in FLAGS:
-        value = getattr(args, field, None)
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = field.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+    data = config_data(args)
     data.pop("run_id", None)
     args.sweep_id = args.sweep_id or "sweep-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return build_config(data), parse_grid(args.grid), args

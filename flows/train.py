@@ -147,6 +147,11 @@ def parse_config(argv: list[str] | None = None) -> tuple[RunConfig, bool]:
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
     args = parser.parse_args(argv)
 
+    return build_config(config_data(args)).resolved(), args.dry_run
+
+
+def config_data(args: argparse.Namespace) -> dict[str, Any]:
+    """The config as plain data: ``--config FILE.json`` (if given) with the FLAGS given on top."""
     data: dict[str, Any] = {}
     if args.config is not None:
         try:
@@ -154,7 +159,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[RunConfig, bool]:
         except (OSError, json.JSONDecodeError) as err:
             raise GanlibError(f"--config: cannot read {args.config}: {err}") from None
     for _, field, _, _ in FLAGS:
-        value = getattr(args, field)
+        value = getattr(args, field, None)
         if value is None:
             continue
         node = data
@@ -162,7 +167,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[RunConfig, bool]:
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return build_config(data).resolved(), args.dry_run
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:
