@@ -10,6 +10,7 @@ user error in a rank stop every process and surface as they should.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -254,4 +255,6 @@ def test_a_user_error_in_a_rank_is_raised_as_itself(reference):
     cfg = tiny_config(reference["tmp"], run_id="nccl", dist__nproc_per_node=2, dist__backend="nccl", **DDP)
     with pytest.raises(ConfigError, match=r"^dist.backend: nccl needs CUDA devices, but training runs on cpu"):
         launch(cfg, reference["store"], on_line=lines.append)  # a ConfigError: the task does not retry it
-    assert any(line.startswith("error: [rank 0] dist.backend: nccl") for line in lines), lines
+    # Both ranks fail the same check; whichever reports first has torchrun stop the other, maybe
+    # before that one printed (rank 1 first happened once in five runs of this file).
+    assert any(re.match(r"error: \[rank [01]\] dist.backend: nccl", line) for line in lines), lines
