@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ganlib.data.loader import BatchSource
-from ganlib.models import build_models
+from ganlib.models import BATCH_INDEPENDENT_DISCRIMINATORS, build_models
 from ganlib.train import BatchOrder, Objective, adam_implementation, to_unit_range, train_step, use_channels_last
 
 
@@ -115,17 +115,21 @@ class StepBench:
     objective: Objective
     channels_last: bool
     fused: bool
+    ema: nn.Module | None = None
 
 
 def make_step(spec: ModelSpec, images: np.ndarray | torch.Tensor, batch_size: int, device: torch.device, *,
               precision: str = "fp32", channels_last: str = "auto", fused_optimizer: str = "auto",
-              compile: bool = False, budget_mb: int | None = None, seed: int = 0) -> StepBench:
+              compile: bool = False, budget_mb: int | None = None, seed: int = 0,
+              diffaug: tuple[str, ...] = (), ema_decay: float = 0.0) -> StepBench:
     """The training step as ``ganlib.train._train`` runs it, on ``images`` uint8 (N, C, H, W).
 
     ``precision`` 'bf16' autocasts (CUDA and the CPU, as in training); ``channels_last`` and
     ``fused_optimizer`` take the training config's values ('auto', 'on', 'off') and go through the
     same rules (``use_channels_last``, ``adam_implementation``); ``budget_mb`` is ``BatchSource``'s
-    (0 streams the batches from ``images``, e.g. a memory map). Adam lr 2e-4, betas (0.5, 0.999).
+    (0 streams the batches from ``images``, e.g. a memory map). ``diffaug`` and ``ema_decay`` as
+    ``train.diffaug`` / ``train.ema_decay`` (the training defaults are ('translation',) and 0.999;
+    the benches' default is neither, the bare step). Adam lr 2e-4, betas (0.5, 0.999).
     """
     if precision == "bf16" and device.type not in ("cuda", "cpu"):
         raise SystemExit(f"--precision bf16 is for CUDA and the CPU in ganlib, not {device.type}")
@@ -145,7 +149,9 @@ def make_step(spec: ModelSpec, images: np.ndarray | torch.Tensor, batch_size: in
     source = BatchSource(images.numpy() if isinstance(images, torch.Tensor) else images, device, budget_mb)
     order = BatchOrder(len(source), batch_size, seed=seed, device=device)
     noise = torch.Generator(device=device).manual_seed(seed + 1)
-    objective = Objective(bf16=precision == "bf16")
+    objective = Objective(bf16=precision == "bf16", joint_d=spec.name in BATCH_INDEPENDENT_DISCRIMINATORS,
+                          diffaug=tuple(diffaug), ema_decay=ema_decay)
+    ema = copy.deepcopy(g).eval().requires_grad_(False) if ema_decay > 0 else None
     if compile:  # compiled afresh: shapes compiled for earlier settings would make dynamo go dynamic
         torch._dynamo.reset()
     step_g, step_d = (torch.compile(g), torch.compile(d)) if compile else (g, d)
@@ -154,11 +160,11 @@ def make_step(spec: ModelSpec, images: np.ndarray | torch.Tensor, batch_size: in
     def step() -> torch.Tensor:
         real = to_unit_range(source.next_batch(order).contiguous(memory_format=fmt))
         z = torch.randn(batch_size, spec.noise_dim, device=device, generator=noise)
-        out = train_step(step_g, step_d, opt_g, opt_d, real, z, objective, count[0], noise=noise)
+        out = train_step(step_g, step_d, opt_g, opt_d, real, z, objective, count[0], ema, noise)
         count[0] += 1
         return out
 
-    return StepBench(step, g, d, source, objective, nhwc, "fused" in impl)
+    return StepBench(step, g, d, source, objective, nhwc, "fused" in impl, ema)
 
 
 def time_steps(step: Callable[[], torch.Tensor], steps: int, warmup: int, device: torch.device) -> float:

@@ -6,7 +6,8 @@
     python bench/throughput.py --device cpu --model mlp --image-size 28 --channels 1 --batch-size 128 --steps 200
 
 Times ganlib's own ``train_step`` with its models, batch source and optimizer rules
-(``bench/common.make_step``), so what is timed is what trains (without DiffAugment and EMA).
+(``bench/common.make_step``), so what is timed is what trains; ``--diffaug translation --ema-decay
+0.999`` adds the default run's augmentation and EMA (without them: the bare step).
 Prints one table row (images/s after warm-up, ms/step, peak memory) and appends it to
 ``bench/results/throughput.csv`` with the date, device, commit and settings. Needs neither prefect
 nor pydantic (``PYTHONPATH=.`` where ganlib is not installed).
@@ -29,6 +30,8 @@ from common import (  # bench/common.py (scripts run from bench/)
     time_steps,
 )
 
+from ganlib.augment import POLICIES
+
 RESULTS = Path(__file__).resolve().parent / "results" / "throughput.csv"
 
 
@@ -48,16 +51,22 @@ def main() -> None:
     p.add_argument("--num-images", type=int, default=2048, help="synthetic dataset size")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="as train.precision")
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto", help="as train.channels_last")
+    p.add_argument("--diffaug", default="none", help="as train.diffaug: e.g. translation or translation,cutout")
+    p.add_argument("--ema-decay", type=float, default=0.0, help="as train.ema_decay (0: no EMA)")
     p.add_argument("--fused-optimizer", choices=["auto", "on", "off"], default="auto",
                    help="as train.fused_optimizer: auto is fused Adam where torch has it, off is foreach")
     args = p.parse_args()
 
     device = torch.device(args.device)
+    diffaug = tuple(x for x in args.diffaug.split(",") if x and x != "none")
+    if unknown := set(diffaug) - set(POLICIES):
+        p.error(f"--diffaug: unknown {', '.join(sorted(unknown))}; use a comma list of {', '.join(POLICIES)} or none")
     spec = ModelSpec(name=args.model, ngf=args.ngf, ndf=args.ndf, noise_dim=args.noise_dim, hidden_dim=args.hidden_dim)
     size = (max(args.num_images, args.batch_size), args.channels, args.image_size, args.image_size)
     images = torch.randint(0, 256, size, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     bench = make_step(spec, images, args.batch_size, device, precision=args.precision,
-                      channels_last=args.channels_last, fused_optimizer=args.fused_optimizer)
+                      channels_last=args.channels_last, fused_optimizer=args.fused_optimizer,
+                      diffaug=diffaug, ema_decay=args.ema_decay)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = time_steps(bench.step, args.steps, args.warmup, device)
@@ -72,7 +81,8 @@ def main() -> None:
         "model": args.model, "image_size": args.image_size, "channels": args.channels,
         "batch_size": args.batch_size, "ngf": args.ngf, "ndf": args.ndf, "hidden_dim": args.hidden_dim,
         "noise_dim": args.noise_dim, "precision": args.precision, "channels_last": bench.channels_last,
-        "fused": bench.fused, "steps": args.steps,
+        "fused": bench.fused, "diffaug": ",".join(diffaug) or "none", "ema_decay": args.ema_decay,
+        "steps": args.steps,
         "images_per_sec": round(images_per_sec, 1),
         "ms_per_step": round(1000 * seconds / args.steps, 2),
         "peak_memory_mb": round(peak_mb, 1),

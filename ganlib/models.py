@@ -27,6 +27,9 @@ if TYPE_CHECKING:  # only a type here: models (and the training step) import wit
     from ganlib.config import ModelConfig
 
 DCGAN_SIZES = (28, 32, 64, 128)
+# Presets whose discriminator scores each image on its own (no batch norm): the training step may
+# then score the real and the fake batch in one forward pass, with matrices twice as tall.
+BATCH_INDEPENDENT_DISCRIMINATORS = frozenset({"mlp", "resnet"})
 
 
 class Norm(nn.Module):

@@ -36,7 +36,7 @@ from ganlib.errors import CheckpointError, ConfigError, HealthStop, TrainingDive
 from ganlib.io import atomic_path, atomic_write_json, remove_temporary_files
 from ganlib.lock import run_lock
 from ganlib.losses import OBJECTIVES, gradient_penalty, r1_penalty
-from ganlib.models import build_models
+from ganlib.models import BATCH_INDEPENDENT_DISCRIMINATORS, build_models
 from ganlib.run import RunPaths, resolve_device
 
 if TYPE_CHECKING:
@@ -131,13 +131,15 @@ class Objective:
     ema_decay: float = 0.0
     diffaug: tuple[str, ...] = ()
     bf16: bool = False  # autocast to bfloat16
+    joint_d: bool = False  # D scores real and fake in one pass (only for a D without batch statistics)
 
     @classmethod
     def from_config(cls, cfg: RunConfig, device: torch.device | None = None) -> Objective:
         t = cfg.train
         return cls(loss=t.loss, d_steps=t.d_steps, gp_weight=t.gp_weight, r1=t.r1, r1_every=t.r1_every,
                    ema_decay=t.ema_decay, diffaug=tuple(t.diffaug),
-                   bf16=t.precision == "bf16" and (device is None or device.type in ("cuda", "cpu")))
+                   bf16=t.precision == "bf16" and (device is None or device.type in ("cuda", "cpu")),
+                   joint_d=cfg.model.name in BATCH_INDEPENDENT_DISCRIMINATORS)
 
 
 def ema_beta(decay: float, step: int) -> float:
@@ -189,8 +191,13 @@ def train_step(
             real_i = real_i.detach().requires_grad_(True)
         with amp():
             fake = generator(z_i, y_i)
-            real_logits = discriminator(aug(real_i), y_i).float()
-            fake_logits = discriminator(aug(fake.detach()), y_i).float()
+            if objective.joint_d:  # one pass over both batches: the same logits, faster (taller matrices)
+                both = discriminator(torch.cat([aug(real_i), aug(fake.detach())]),
+                                     None if y_i is None else torch.cat([y_i, y_i])).float()
+                real_logits, fake_logits = both.chunk(2)
+            else:  # separate passes: D's batch norm normalises each batch with its own statistics
+                real_logits = discriminator(aug(real_i), y_i).float()
+                fake_logits = discriminator(aug(fake.detach()), y_i).float()
         d_loss = d_loss_fn(real_logits, fake_logits)
         d_total = d_loss
         if objective.loss == "wgan-gp" and objective.gp_weight > 0:
@@ -216,7 +223,11 @@ def train_step(
         update_ema(ema, generator, ema_beta(objective.ema_decay, step))
 
     with torch.no_grad():
-        spread = fake.detach().float().std(dim=0).mean()  # sample diversity: collapse drives it to 0
+        # Sample diversity (collapse drives it to 0): the per-pixel standard deviation over the batch,
+        # averaged. Written out: std(dim=0) is a strided reduction, 5x slower on the CPU.
+        flat = fake.detach().flatten(1).float()
+        flat = flat - flat.mean(dim=0)
+        spread = flat.square().sum(dim=0).div_(max(len(flat) - 1, 1)).sqrt_().mean()
         return torch.stack([d_loss.detach(), g_loss.detach(), torch.sigmoid(real_logits.detach()).mean(),
                             torch.sigmoid(fake_logits).mean(), spread])
 

@@ -81,3 +81,16 @@ def test_scripts_run_quick_on_the_cpu(argv, tmp_path):
     assert (tmp_path / "rows.csv").is_file()
     if "scaling" in argv[0]:
         assert (tmp_path / "plot.png").stat().st_size > 10_000
+
+
+def test_the_timed_step_can_include_the_default_runs_augmentation_and_ema(common):
+    images = np.random.default_rng(0).integers(0, 256, (64, 1, 28, 28), dtype=np.uint8)
+    spec, cpu = common.ModelSpec(hidden_dim=16), torch.device("cpu")
+    bare = common.make_step(spec, images, 16, cpu)
+    full = common.make_step(spec, images, 16, cpu, diffaug=("translation",), ema_decay=0.999)
+    assert bare.ema is None and bare.objective.diffaug == () and bare.objective.joint_d  # mlp: one D pass
+    assert full.objective.diffaug == ("translation",) and full.objective.ema_decay == 0.999
+    start = [p.detach().clone() for p in full.ema.parameters()]
+    assert not torch.equal(bare.step(), full.step())  # same weights and batch, but augmented
+    moved = [p for p, p0 in zip(full.ema.parameters(), start) if not torch.equal(p, p0)]
+    assert moved and all(not torch.equal(e, g) for e, g in zip(full.ema.parameters(), full.generator.parameters()))

@@ -54,6 +54,38 @@ def test_each_loss_trains_d_on_an_easy_case(loss):
         assert d_loss_fn(d(real), d(fake)).item() < before
 
 
+@pytest.mark.parametrize("name,size,conditional,r1", [("mlp", 28, False, 0.0), ("mlp", 28, True, 1.0),
+                                                       ("resnet", 32, False, 1.0)])
+def test_scoring_real_and_fake_in_one_pass_trains_like_two_passes(name, size, conditional, r1):
+    """For a D without batch statistics the joint pass is the same function: three steps (with the
+    augmentation, and R1's gradient through the joint pass) land on the same weights and scalars."""
+    cfg = ModelConfig(name=name, ngf=4, ndf=4, hidden_dim=16, conditional=conditional)
+    results = []
+    for joint in (False, True):
+        torch.manual_seed(0)
+        g, d = build_models(cfg, 1, size, 10 if conditional else 0)
+        opt_g, opt_d = torch.optim.Adam(g.parameters(), lr=1e-3), torch.optim.Adam(d.parameters(), lr=1e-3)
+        objective = Objective(r1=r1, diffaug=("translation", "cutout"), joint_d=joint)
+        noise, data = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+        for step in range(3):
+            real = torch.rand(8, 1, size, size, generator=data) * 2 - 1
+            z, y = torch.randn(8, 100, generator=data), torch.randint(0, 10, (8,), generator=data)
+            out = train_step(g, d, opt_g, opt_d, real, z, objective, step, noise=noise, y=y if conditional else None)
+        results.append((out, [p.detach().clone() for p in [*g.parameters(), *d.parameters()]]))
+    (out_a, params_a), (out_b, params_b) = results
+    torch.testing.assert_close(out_a, out_b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(params_a, params_b):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_only_discriminators_without_batch_norm_score_real_and_fake_jointly():
+    from ganlib.config import build_config
+
+    assert Objective.from_config(build_config({"model": {"name": "mlp"}})).joint_d
+    assert Objective.from_config(build_config({"model": {"name": "resnet"}, "data": {"image_size": 32}})).joint_d
+    assert not Objective.from_config(build_config({"model": {"name": "dcgan"}})).joint_d
+
+
 def test_ema_ramp_and_update():
     assert ema_beta(0.999, 0) == pytest.approx(0.1) and ema_beta(0.999, 10**6) == 0.999
     a, b = nn.Linear(2, 2), nn.Linear(2, 2)
@@ -186,6 +218,33 @@ def test_diffaug_keeps_shapes_and_range_and_is_seeded():
     assert ((shifted == -1).flatten(1).any(1) | (shifted == x).flatten(1).all(1)).all()  # filled with black
     cut = diff_augment(x, ("cutout",), torch.Generator().manual_seed(3))
     assert ((cut == 0).flatten(1).float().mean(1) > 0.05).all()  # a half-size square (clipped at edges)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_translation_is_a_black_filled_shift_and_passes_gradients_back(channels_last):
+    """Against the slicing definition, image by image: out[i, :, r, c] = x[i, :, r + dy, c + dx]
+    where that lies inside the image, else -1; the gradient is the shift's adjoint."""
+    from ganlib.augment import translation
+
+    x = torch.rand(40, 3, 16, 12) * 2 - 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    out = translation(x, torch.Generator().manual_seed(4))
+    gen = torch.Generator().manual_seed(4)  # the same draws as translation makes
+    dy = torch.randint(-2, 3, (40, 1, 1), generator=gen).flatten().tolist()  # int(16 * 0.125 + 0.5) = 2
+    dx = torch.randint(-2, 3, (40, 1, 1), generator=gen).flatten().tolist()  # int(12 * 0.125 + 0.5) = 2
+    assert len({(a, b) for a, b in zip(dy, dx)}) > 10  # the draws cover many shifts
+    expected = -torch.ones_like(x)
+    for i, (a, b) in enumerate(zip(dy, dx)):
+        rows, cols = slice(max(0, -a), 16 - max(0, a)), slice(max(0, -b), 12 - max(0, b))
+        src_rows, src_cols = slice(max(0, a), 16 - max(0, -a)), slice(max(0, b), 12 - max(0, -b))
+        expected[i, :, rows, cols] = x[i, :, src_rows, src_cols]
+    assert torch.equal(out, expected)
+    weights = torch.randn_like(out)
+    (grad,) = torch.autograd.grad((out * weights).sum(), x)
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), x)
+    assert torch.equal(grad, expected_grad)
 
 
 @pytest.mark.parametrize("name,size", [("mlp", 28), ("dcgan", 28), ("dcgan", 64), ("resnet", 32), ("resnet", 64)])
