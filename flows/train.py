@@ -87,11 +87,12 @@ FLAGS: list[tuple[str, str, type, str]] = [
     ("--download", "data.download", bool, "download a torchvision dataset into --data-root if it is missing"),
     ("--resident-limit-mb", "data.resident_limit_mb", int, "largest dataset kept on the training device, "
      "MiB; larger ones stream from disk (default: half the free device memory)"),
-    ("--model", "model.name", str, f"{', '.join(MODELS)} (default dcgan; resnet: 32 or 64 px)"),
+    ("--model", "model.name", str, f"{', '.join(MODELS)} (default mlp; resnet: 32 or 64 px)"),
+    ("--hidden-dim", "model.hidden_dim", int, "mlp width of the hidden layers (default 512)"),
     ("--ngf", "model.ngf", int, "dcgan generator width (default 32)"),
     ("--ndf", "model.ndf", int, "dcgan discriminator width (default 32)"),
     ("--noise-dim", "model.noise_dim", int, "latent size (default 100)"),
-    ("--steps", "train.steps", int, "training steps (default 3000)"),
+    ("--steps", "train.steps", int, "training steps (default 10000)"),
     ("--epochs", "train.epochs", float, "training epochs instead of --steps"),
     ("--batch-size", "train.batch_size", int, "batch size (default 128)"),
     ("--lr", "train.lr", float, "Adam learning rate (default 2e-4)"),
@@ -107,7 +108,8 @@ FLAGS: list[tuple[str, str, type, str]] = [
     ("--ema-decay", "train.ema_decay", float, "generator EMA decay (default 0.999; 0 = off)"),
     ("--spectral-norm", "model.spectral_norm", bool, "spectral normalisation on the discriminator"),
     ("--conditional", "model.conditional", bool, "class-conditional G and D (labelled datasets)"),
-    ("--diffaug", "train.diffaug", str, "differentiable augmentation: translation,cutout,color or none"),
+    ("--diffaug", "train.diffaug", str, "differentiable augmentation: translation,cutout,color or none "
+     "(default translation)"),
     ("--precision", "train.precision", str, "fp32 (default) or bf16 (autocast; faster on GPUs and CPUs with AMX)"),
     ("--compile", "train.compile", bool, "torch.compile G and D"),
     ("--channels-last", "train.channels_last", str, "auto (default: on for the conv models), on or off: "
@@ -116,7 +118,7 @@ FLAGS: list[tuple[str, str, type, str]] = [
      "or off (foreach)"),
     ("--max-minutes", "train.max_minutes", float,
      "stop training after this many minutes (checkpointed; rerun continues)"),
-    ("--checkpoint-every", "train.checkpoint_every", int, "checkpoint interval in steps (default 500)"),
+    ("--checkpoint-every", "train.checkpoint_every", int, "checkpoint interval in steps (default 2500)"),
     ("--eval-samples", "eval.num_samples", int, "generated samples per evaluated checkpoint (default 10000)"),
     ("--gallery-samples", "gallery.num_samples", int, "images saved in gallery/samples.npz (default 10000)"),
     ("--nproc-per-node", "dist.nproc_per_node", int, "training processes on this machine, one per GPU "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.train import main, parse_config
+from flows.train import FLAGS, main, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_FLAGS = ["--num-images", "400", "--ngf", "8", "--ndf", "8", "--steps", "8", "--batch-size", "32",
@@ -16,10 +16,36 @@ TINY_FLAGS = ["--num-images", "400", "--ngf", "8", "--ndf", "8", "--steps", "8",
 def test_flags_map_onto_the_config():
     cfg, dry = parse_config(["--dataset", "digits", "--model", "mlp", "--steps", "10", "--batch-size", "64",
                              "--lr", "0.001", "--seed", "3", "--run-id", "abc", "--out", "/tmp/x",
-                             "--checkpoint-every", "5", "--device", "cpu"])
-    assert not dry
+                             "--checkpoint-every", "5", "--device", "cpu", "--hidden-dim", "256"])
+    assert not dry and cfg.model.hidden_dim == 256
     assert (cfg.model.name, cfg.train.steps, cfg.train.batch_size, cfg.train.lr, cfg.seed) == ("mlp", 10, 64, 0.001, 3)
     assert (cfg.run_id, str(cfg.out), cfg.train.checkpoint_every, cfg.device) == ("abc", "/tmp/x", 5, "cpu")
+
+
+def test_every_default_named_in_the_help_is_the_configs():
+    """A flag's help that says "(default X)" must say the config's default, not an old one."""
+    import re
+
+    from ganlib.config import DEFAULT_STEPS, RunConfig
+
+    defaults = RunConfig.model_validate({}).model_dump(mode="json")
+    defaults["train"]["steps"] = DEFAULT_STEPS  # None in the config: neither steps nor epochs given
+    checked = 0
+    for flag, field, _, help_text in FLAGS:
+        said = re.search(r"\(default ([^;:),]+)", help_text)
+        if said is None:
+            continue
+        value = defaults
+        for part in field.split("."):
+            value = value[part]
+        text = said.group(1).strip()
+        value = ",".join(value) if isinstance(value, list) else value
+        try:
+            assert float(text) == float(value), (flag, text, value)
+        except (TypeError, ValueError):
+            assert text.split()[0] == str(value), (flag, text, value)
+        checked += 1
+    assert checked >= 15
 
 
 def test_config_file_then_flags(tmp_path):
