@@ -1,0 +1,44 @@
+"""bench/quality.py: its presets are valid configs of the model they are named after; time to quality."""
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ganlib.config import build_config
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(scope="module")
+def quality():
+    sys.path.insert(0, str(BENCH))  # quality.py imports bench/common.py as `common`
+    try:
+        import quality
+        yield quality
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_every_preset_is_a_valid_config_of_the_model_it_names(quality):
+    """(The dcgan presets once left the model unnamed and silently trained the default mlp.)"""
+    assert "mlp-ns-ema-bf16-b256" in quality.PRESETS
+    for name, settings in quality.PRESETS.items():
+        cfg = build_config(quality._nested(settings))
+        assert cfg.model.name == name.split("-")[0], name
+        assert cfg.model.conditional == name.endswith("-cond"), name
+        assert (cfg.train.ema_decay > 0) == ("-noema" not in name), name
+
+
+def test_seconds_to_reach_sums_the_training_time_up_to_the_first_checkpoint_at_the_target(quality, tmp_path):
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "config.json").write_text(json.dumps({"train": {"batch_size": 100}}))
+    # one row per step, each with its flush's rate: 100 images at 1,000, 500, 1,000, 250 images/s
+    steps = pd.DataFrame({"step": [1, 2, 3, 4], "images_per_sec": [1000.0, 500.0, 1000.0, 250.0]})
+    steps.to_parquet(tmp_path / "metrics" / "train.parquet")
+    table = pd.DataFrame({"step": [2, 3, 4], "is_mean": [8.9, 9.05, 9.2]})  # evaluated checkpoints
+    assert quality.seconds_to_reach(tmp_path, table) == pytest.approx(0.1 + 0.2 + 0.1)
+    assert quality.seconds_to_reach(tmp_path, table, target=9.1) == pytest.approx(0.8)
+    assert pd.isna(quality.seconds_to_reach(tmp_path, table, target=9.5))
