@@ -2,10 +2,13 @@
 
 import os
 
-# When the CPU is shared (a Prefect server, a second run, a test runner), OpenMP threads that
-# spin-wait between parallel regions slow the small kernels of a GAN step down 5-10x; sleeping
-# threads cost almost nothing when the machine is idle. Only takes effect if torch is not yet
-# imported, and never overrides a user's own setting.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# torch's CPU kernels run on OpenMP (libgomp) threads that spin between parallel regions before they
+# sleep. A GAN step is many small kernels: with no spin (OMP_WAIT_POLICY=PASSIVE, what ganlib set
+# before) the default mlp step ran at 5,539 images/s on an idle 2-core machine; with libgomp's own
+# long spin at 10,279 alone but 164 each when two runs share the cores; a short spin keeps both:
+# 10,349 alone, 2,547 each two at once (bench/RESULTS.md, "OpenMP threads"). Only takes effect if
+# torch is not yet imported, and never overrides a user's OMP_WAIT_POLICY or GOMP_SPINCOUNT.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "10000"
 
 __version__ = "0.1.0"

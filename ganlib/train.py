@@ -571,8 +571,10 @@ def _train(cfg: RunConfig, store_dir: Path, on_progress, should_stop, health_ove
                 s = step - filled + i + 1
                 rows.append({"step": s, "epoch": s * batch * objective.d_steps / num_images,
                              **dict(zip(METRIC_COLUMNS, v)), "images_per_sec": images_per_sec})
-            record = {**rows[-1], "total_steps": num_steps,
-                      "eta_s": (num_steps - step) * batch / images_per_sec}
+            eta = (num_steps - step) * batch / images_per_sec
+            if cfg.train.max_minutes is not None:  # the time budget ends this attempt first
+                eta = min(eta, max(0.0, 60 * cfg.train.max_minutes - (now - t_start)))
+            record = {**rows[-1], "total_steps": num_steps, "eta_s": eta}
             log.info("step %d/%d (%d%%) epoch %.2f | d_loss %.3f g_loss %.3f D(x) %.2f D(G(z)) %.2f | "
                      "%.0f img/s | ETA %s", step, num_steps, 100 * step // num_steps, record["epoch"],
                      record["d_loss"], record["g_loss"], record["d_real"], record["d_fake"],

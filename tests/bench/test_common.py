@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -34,7 +35,7 @@ def test_model_spec_has_model_configs_fields_and_defaults(common):
 def test_benchmarks_import_without_pydantic_or_prefect():
     """The GPU machines have torch but neither pydantic nor prefect."""
     code = ("import sys; sys.modules['pydantic'] = sys.modules['prefect'] = None; sys.path.insert(0, 'bench'); "
-            "import common, scaling, gpu_checks, throughput")
+            "import common, scaling, gpu_checks, throughput, ab_step, openmp_spin")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -64,6 +65,35 @@ def test_streamed_and_resident_steps_match_on_the_cpu(common, tmp_path):
     assert resident.source.resident and not streamed.source.resident and resident.channels_last
     for _ in range(3):
         assert torch.equal(resident.step(), streamed.step())
+
+
+@pytest.mark.slow
+def test_ab_step_compares_two_checkouts(tmp_path):
+    """The A/B script on this checkout against itself: two rows per side, and a table."""
+    argv = ["ab_step.py", "--before", str(REPO), "--steps", "3", "--warmup", "1", "--batch-size", "8,16",
+            "--hidden-dim", "16", "--rounds", "1", "--csv", str(tmp_path / "ab.csv")]
+    done = subprocess.run([sys.executable, *argv], cwd=BENCH, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = pd.read_csv(tmp_path / "ab.csv")
+    assert sorted(rows["side"]) == ["after", "after", "before", "before"] and rows["joint_d"].all()
+    assert (rows["images_per_sec"] > 0).all() and "   16 " in done.stdout
+
+
+@pytest.mark.slow
+def test_openmp_spin_runs_each_setting_alone_and_shared(tmp_path):
+    # (not "default": libgomp's long spin with two processes on a busy 2-core CI machine crawls)
+    argv = ["openmp_spin.py", "--settings", "passive,500", "--concurrent", "1,2", "--steps", "10",
+            "--hidden-dim", "16", "--batch-size", "8", "--csv", str(tmp_path / "spin.csv")]
+    done = subprocess.run([sys.executable, *argv], cwd=BENCH, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = pd.read_csv(tmp_path / "spin.csv")
+    assert rows["setting"].astype(str).tolist() == ["passive", "passive", "500", "500"]
+    assert rows["processes"].tolist() == [1, 2] * 2 and (rows["images_per_sec_all"] > 0).all()
+    bad = subprocess.run([sys.executable, "openmp_spin.py", "--settings", "fast"], cwd=BENCH, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert bad.returncode == 2 and "'fast' is not passive, default or a number" in bad.stderr
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ def quality():
 
 def test_every_preset_is_a_valid_config_of_the_model_it_names(quality):
     """(The dcgan presets once left the model unnamed and silently trained the default mlp.)"""
-    assert "mlp-ns-ema-bf16-b256" in quality.PRESETS
+    assert "mlp-ns-ema-bf16-b384" in quality.PRESETS
     for name, settings in quality.PRESETS.items():
         cfg = build_config(quality._nested(settings))
         assert cfg.model.name == name.split("-")[0], name

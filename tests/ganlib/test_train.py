@@ -136,8 +136,10 @@ def test_load_generator_gives_an_eval_mode_generator(tiny):
 
 def test_time_budget_stops_with_a_checkpoint(tiny):
     cfg = tiny(run_id="budget", train__max_minutes=1e-9)
-    result = train(cfg, prepare_dataset(cfg.data, cfg.out))
+    records = []
+    result = train(cfg, prepare_dataset(cfg.data, cfg.out), on_progress=records.append)
     assert result.stopped_early and result.final_step == 4  # the first flush
+    assert records[-1]["eta_s"] == 0.0  # the budget, not the remaining steps, ends this attempt
     assert latest_checkpoint(cfg.run_dir / "checkpoints")[1]["step"] == 4
 
 
