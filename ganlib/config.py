@@ -341,6 +341,7 @@ RESUMABLE_CHANGES = {
     "run_id", "out", "device", "train.steps", "train.epochs", "train.checkpoint_every",
     "train.log_every", "train.max_rollbacks", "train.rollback_lr_factor", "train.compile",
     "train.channels_last", "train.fused_optimizer",  # speed only: same maths, other rounding
+    "train.precision",  # autocast only: weights, gradients' updates and Adam's state stay fp32
     "train.health_window", "train.stop_on_health", "train.max_minutes",
     "data.strict", "data.download", "data.resident_limit_mb",
     # The global batch (train.batch_size) is what the run learns from; how many processes share it is not.

@@ -172,6 +172,25 @@ def test_speed_options_may_change_when_a_run_resumes(tiny):
     assert g(torch.randn(2, 100)).shape == (2, 1, 28, 28)
 
 
+def test_precision_may_change_when_a_run_resumes(tiny):
+    """bf16 autocast keeps weights and Adam's state in fp32, so a run can switch either way."""
+    speed = {"train__checkpoint_every": 6}
+    first = tiny(run_id="precision", train__steps=6, train__precision="fp32", **speed)
+    store = prepare_dataset(first.data, first.out)
+    train(first, store)
+    assert train(tiny(run_id="precision", train__steps=12, train__precision="bf16", **speed), store).final_step == 12
+    last = tiny(run_id="precision", train__steps=18, train__precision="fp32", **speed)
+    assert train(last, store).final_step == 18
+    state = load_checkpoint(last.run_dir / "checkpoints" / "step_000012.pt")
+    assert state["config"]["train"]["precision"] == "bf16"
+    for part in ("generator", "discriminator"):
+        assert all(t.dtype == torch.float32 for t in state[part].values() if t.is_floating_point())
+    assert all(v.dtype == torch.float32 for s in state["opt_d"]["state"].values() for v in s.values()
+               if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0)
+    losses = pd.read_parquet(last.run_dir / "metrics" / "train.parquet")["d_loss"]
+    assert len(losses) == 18 and losses.notna().all() and (losses.abs() < 1e3).all()
+
+
 def _bf16_against_fp32(bf16: bool, seed: int, images: torch.Tensor, steps: int, model: str) -> torch.Tensor:
     """Per-step scalars of a 28-px model on ``images``' device; bf16 runs with channels-last and fused Adam."""
     from ganlib.train import Objective, to_unit_range
