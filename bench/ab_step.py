@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import append_csv  # bench/common.py (scripts run from bench/)
+from common import append_csv, commit, parse_diffaug  # bench/common.py (scripts run from bench/)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ab_step.csv"
 
@@ -63,13 +63,6 @@ for i in range(args["warmup"] + args["steps"]):
 seconds = time.perf_counter() - start
 print(json.dumps({"images_per_sec": args["steps"] * b / seconds, "joint_d": bool(extra.get("joint_d"))}))
 """
-
-
-def _commit(checkout: Path) -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=checkout,
-                           capture_output=True, text=True).stdout.strip()
-    return (done.stdout.strip() or "unknown") + ("+dirty" if dirty else "")
 
 
 def start(checkout: Path, settings: dict, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -114,9 +107,12 @@ def main() -> None:
         batches = [int(b) for b in args.batch_size.split(",")]
     except ValueError:
         p.error(f"--batch-size {args.batch_size!r}: expected a comma list of integers, e.g. 128,256")
-    diffaug = [x for x in args.diffaug.split(",") if x and x != "none"]
+    try:
+        diffaug = list(parse_diffaug(args.diffaug))
+    except ValueError as err:
+        p.error(str(err))
     sides = {"before": args.before.resolve(), "after": args.after.resolve()}
-    commits = {name: _commit(path) for name, path in sides.items()}
+    commits = {name: commit(path) for name, path in sides.items()}
 
     print(f"{'batch':>5} {'before ' + commits['before']:>18} {'after ' + commits['after']:>18} {'change':>7}")
     for batch in batches:

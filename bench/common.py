@@ -24,9 +24,10 @@ from ganlib.models import BATCH_INDEPENDENT_DISCRIMINATORS, build_models
 from ganlib.train import BatchOrder, Objective, adam_implementation, to_unit_range, train_step, use_channels_last
 
 
-def commit() -> str:
-    """The short commit hash of the checkout (``unknown`` outside git), with ``+dirty`` for local changes."""
-    here = Path(__file__).parent
+def commit(checkout: Path | None = None) -> str:
+    """The short commit hash of ``checkout`` (default: this one; ``unknown`` outside git), with
+    ``+dirty`` for local changes."""
+    here = checkout or Path(__file__).parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=here, check=True).stdout.strip()
@@ -35,6 +36,17 @@ def commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
+
+
+def parse_diffaug(text: str) -> tuple[str, ...]:
+    """A ``--diffaug`` value as ``train.diffaug`` reads it: a comma list of policies, or none."""
+    from ganlib.augment import POLICIES
+
+    policy = tuple(x.strip() for x in text.split(",") if x.strip() and x.strip().lower() not in ("none", "off"))
+    if unknown := set(policy) - set(POLICIES):
+        raise ValueError(f"--diffaug: unknown {', '.join(sorted(unknown))}; use a comma list of "
+                         f"{', '.join(POLICIES)} or none")
+    return policy
 
 
 def device_name(device: torch.device) -> str:

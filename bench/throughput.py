@@ -26,11 +26,10 @@ from common import (  # bench/common.py (scripts run from bench/)
     commit,
     device_name,
     make_step,
+    parse_diffaug,
     peak_memory_mb,
     time_steps,
 )
-
-from ganlib.augment import POLICIES
 
 RESULTS = Path(__file__).resolve().parent / "results" / "throughput.csv"
 
@@ -58,9 +57,10 @@ def main() -> None:
     args = p.parse_args()
 
     device = torch.device(args.device)
-    diffaug = tuple(x for x in args.diffaug.split(",") if x and x != "none")
-    if unknown := set(diffaug) - set(POLICIES):
-        p.error(f"--diffaug: unknown {', '.join(sorted(unknown))}; use a comma list of {', '.join(POLICIES)} or none")
+    try:
+        diffaug = parse_diffaug(args.diffaug)
+    except ValueError as err:
+        p.error(str(err))
     spec = ModelSpec(name=args.model, ngf=args.ngf, ndf=args.ndf, noise_dim=args.noise_dim, hidden_dim=args.hidden_dim)
     size = (max(args.num_images, args.batch_size), args.channels, args.image_size, args.image_size)
     images = torch.randint(0, 256, size, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
