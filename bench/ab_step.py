@@ -3,7 +3,7 @@
     git worktree add /tmp/before 27f4f6b            # the commit to compare against
     python bench/ab_step.py --before /tmp/before --batch-size 128,256 --precision bf16
 
-Each measurement times ``--steps`` calls of ``ganlib.train.train_step`` (after ``--warmup``) in a
+Each measurement times ``--steps`` calls of ``ganlib.training.loop.train_step`` (after ``--warmup``) in a
 fresh process that imports ganlib from one checkout: the mlp preset (28-px gray) with the default run's
 DiffAugment translation and EMA 0.999 (``--diffaug none --ema-decay 0`` for the bare step), random
 batches from a synthetic uint8 store, Adam as training builds it. Rounds alternate between the two
@@ -33,7 +33,7 @@ import json, sys, time, copy
 import torch
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"]) if args["threads"] else None
-from ganlib.train import Objective, adam_implementation, to_unit_range, train_step
+from ganlib.training.loop import Objective, adam_implementation, to_unit_range, train_step
 from ganlib.models import build_models
 import ganlib.models as models
 from types import SimpleNamespace
@@ -102,7 +102,7 @@ def main() -> None:
     args = p.parse_args()
     for side in (args.before, args.after):
         if not (side / "ganlib" / "train.py").is_file():
-            p.error(f"{side} is not a ganlib checkout (no ganlib/train.py); make one with git worktree add")
+            p.error(f"{side} is not a ganlib checkout (no ganlib/training/loop.py); make one with git worktree add")
     try:
         batches = [int(b) for b in args.batch_size.split(",")]
     except ValueError:

@@ -109,13 +109,13 @@ def worker(config_json: str, store_dir: str, threads: int) -> None:
 
     torch.set_num_threads(threads)  # the same in every attempt and the reference: same float sums
 
-    import ganlib.checkpoint as ganlib_checkpoint
-    import ganlib.evaluate as ganlib_evaluate
-    import ganlib.gallery as ganlib_gallery
-    import ganlib.train as ganlib_train
+    import ganlib.runs.checkpoint as ganlib_checkpoint
+    import ganlib.evaluation.evaluate as ganlib_evaluate
+    import ganlib.rendering.gallery as ganlib_gallery
+    import ganlib.training.loop as ganlib_train
     from ganlib.config import RunConfig
-    from ganlib.lock import run_lock
-    from ganlib.run import RunPaths, resolve_device
+    from ganlib.runs.lock import run_lock
+    from ganlib.runs.paths import RunPaths, resolve_device
 
     # Module attributes are looked up at call time, so these wrappers see every call ganlib makes.
     _wrap(ganlib_train, "_write_table", "ckpt:metrics")
@@ -324,9 +324,9 @@ def verify(chaos_cfg: Any, ref_cfg: Any, steps: int) -> list[tuple[str, bool, st
     import numpy as np
     import pandas as pd
 
-    from ganlib.checkpoint import list_checkpoints, load_checkpoint
+    from ganlib.runs.checkpoint import list_checkpoints, load_checkpoint
     from ganlib.errors import CheckpointError
-    from ganlib.lock import LOCK_NAME
+    from ganlib.runs.lock import LOCK_NAME
 
     run, ref = chaos_cfg.run_dir, ref_cfg.run_dir
     checks: list[tuple[str, bool, str]] = []
@@ -485,7 +485,7 @@ def main() -> int:
           f"save {windows.save_s * 1000:.0f} ms, classifier {windows.classifier_s:.2f} s, "
           f"eval {windows.eval_s:.2f} s, gallery {windows.gallery_s * 1000:.0f} ms")
 
-    from ganlib.checkpoint import list_checkpoints
+    from ganlib.runs.checkpoint import list_checkpoints
 
     print(f"\n{'cycle':>5}  {'target':<18} {'died in':<11} {'last stage':<28} {'resumed':>7} {'reached':>7} "
           f"{'rc':>4} {'s':>5}")

@@ -21,7 +21,7 @@ from torch import nn
 
 from ganlib.data.loader import BatchSource
 from ganlib.models import BATCH_INDEPENDENT_DISCRIMINATORS, build_models
-from ganlib.train import BatchOrder, Objective, adam_implementation, to_unit_range, train_step, use_channels_last
+from ganlib.training.loop import BatchOrder, Objective, adam_implementation, to_unit_range, train_step, use_channels_last
 
 
 def commit(checkout: Path | None = None) -> str:
@@ -40,7 +40,7 @@ def commit(checkout: Path | None = None) -> str:
 
 def parse_diffaug(text: str) -> tuple[str, ...]:
     """A ``--diffaug`` value as ``train.diffaug`` reads it: a comma list of policies, or none."""
-    from ganlib.augment import POLICIES
+    from ganlib.training.augment import POLICIES
 
     policy = tuple(x.strip() for x in text.split(",") if x.strip() and x.strip().lower() not in ("none", "off"))
     if unknown := set(policy) - set(POLICIES):
@@ -134,7 +134,7 @@ def make_step(spec: ModelSpec, images: np.ndarray | torch.Tensor, batch_size: in
               precision: str = "fp32", channels_last: str = "auto", fused_optimizer: str = "auto",
               compile: bool = False, budget_mb: int | None = None, seed: int = 0,
               diffaug: tuple[str, ...] = (), ema_decay: float = 0.0) -> StepBench:
-    """The training step as ``ganlib.train._train`` runs it, on ``images`` uint8 (N, C, H, W).
+    """The training step as ``ganlib.training.loop._train`` runs it, on ``images`` uint8 (N, C, H, W).
 
     ``precision`` 'bf16' autocasts (CUDA and the CPU, as in training); ``channels_last`` and
     ``fused_optimizer`` take the training config's values ('auto', 'on', 'off') and go through the
@@ -145,7 +145,7 @@ def make_step(spec: ModelSpec, images: np.ndarray | torch.Tensor, batch_size: in
     """
     if precision == "bf16" and device.type not in ("cuda", "cpu"):
         raise SystemExit(f"--precision bf16 is for CUDA and the CPU in ganlib, not {device.type}")
-    if precision == "bf16" and device.type == "cuda":  # as ganlib.train._train does
+    if precision == "bf16" and device.type == "cuda":  # as ganlib.training.loop._train does
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     channels, size = int(images.shape[1]), int(images.shape[2])
     with torch.random.fork_rng(devices=[]):

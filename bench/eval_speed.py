@@ -35,22 +35,22 @@ from typing import Any
 import torch
 from common import append_csv, commit, device_name  # bench/common.py (scripts run from bench/)
 
-from ganlib.classifier import classify
+from ganlib.evaluation.classifier import classify
 from ganlib.config import build_config
 from ganlib.data.store import load_store, prepare_dataset
-from ganlib.evaluate import EVAL_NOISE_OFFSET, domain_reference, evaluate_run, pixel_reference, real_split
-from ganlib.gallery import fixed_noise, generate, to_uint8
-from ganlib.inception import write_random_weights
-from ganlib.memorisation import nearest_training, pixel_vectors
-from ganlib.metrics import (
+from ganlib.evaluation.evaluate import EVAL_NOISE_OFFSET, domain_reference, evaluate_run, pixel_reference, real_split
+from ganlib.rendering.gallery import fixed_noise, generate, to_uint8
+from ganlib.evaluation.inception import write_random_weights
+from ganlib.evaluation.memorisation import nearest_training, pixel_vectors
+from ganlib.evaluation.metrics import (
     classifier_inception_score,
     feature_statistics,
     frechet_distance,
     kernel_inception_distance,
     precision_recall_density_coverage,
 )
-from ganlib.run import resolve_device
-from ganlib.train import load_generator, train
+from ganlib.runs.paths import resolve_device
+from ganlib.training.loop import load_generator, train
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "eval_speed.csv"

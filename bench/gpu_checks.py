@@ -39,7 +39,7 @@ import torch
 from common import ModelSpec, append_csv, commit, device_name, make_step, time_steps  # bench/common.py
 
 from ganlib.data.digits import generate_digits
-from ganlib.train import METRIC_COLUMNS
+from ganlib.training.loop import METRIC_COLUMNS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu_checks.csv"
 

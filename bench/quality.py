@@ -29,9 +29,9 @@ from common import append_csv, commit, device_name  # bench/common.py (scripts r
 
 from ganlib.config import RunConfig, build_config
 from ganlib.data.store import prepare_dataset
-from ganlib.evaluate import evaluate_run
-from ganlib.run import resolve_device
-from ganlib.train import train
+from ganlib.evaluation.evaluate import evaluate_run
+from ganlib.runs.paths import resolve_device
+from ganlib.training.loop import train
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "quality.csv"

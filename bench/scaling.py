@@ -5,7 +5,7 @@
     PYTHONPATH=. python bench/scaling.py --device cpu --quick              # a smoke check, seconds
 
 Three sweeps of ganlib's real ``train_step`` (built by ``bench/common.make_step`` exactly as
-``ganlib.train`` builds it; unconditional dcgan, ns loss, Adam 2e-4, no EMA), synthetic images:
+``ganlib.training.loop`` builds it; unconditional dcgan, ns loss, Adam 2e-4, no EMA), synthetic images:
 
 - ``batch``: batch sizes at ``--batch-image-size`` (default 64 px RGB, ngf=ndf=64, the
   pytorch/examples DCGAN): 32..4096 on CUDA, 32..512 on the CPU;

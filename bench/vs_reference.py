@@ -7,7 +7,7 @@ this machine's CPU, in alternating rounds (reference, ganlib, reference, ganlib,
 in machine load hits both. The data is the same folder of 64-px PNGs (made once from the embedded
 digits, coloured): the reference decodes it with 2 DataLoader workers every epoch
 (``bench/reference_dcgan.py``); ganlib prepares it once into its uint8 store and runs its real
-training loop (``ganlib.train.train``: batches indexed from the resident store, per-step scalars
+training loop (``ganlib.training.loop.train``: batches indexed from the resident store, per-step scalars
 flushed every 10 steps, no checkpoints inside the timed window).
 
 ganlib runs its defaults for these settings (fp32, channels-last on the CPU, fused Adam); ``--bf16``
@@ -39,7 +39,7 @@ from ganlib.config import ModelConfig, build_config
 from ganlib.data.digits import generate_digits
 from ganlib.data.store import prepare_dataset
 from ganlib.models import build_models
-from ganlib.train import Objective, train
+from ganlib.training.loop import Objective, train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vs_reference.csv"
 BATCH, SIZE, WIDTH = 64, 64, 64

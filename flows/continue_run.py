@@ -30,10 +30,10 @@ from pydantic import Field
 
 from flows.train import gan_pipeline
 from flows.cli import OneLineParser
-from ganlib.checkpoint import list_checkpoints
+from ganlib.runs.checkpoint import list_checkpoints
 from ganlib.config import DEVICE_PATTERN, RUN_ID_PATTERN, RunConfig, build_config
 from ganlib.errors import GanlibError, RunError
-from ganlib.run import RunPaths
+from ganlib.runs.paths import RunPaths
 
 RunId = Annotated[str, Field(pattern=RUN_ID_PATTERN)]
 MoreSteps = Annotated[int, Field(ge=1, le=10_000_000)]

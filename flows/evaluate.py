@@ -30,14 +30,14 @@ import tasks  # noqa: F401  (sets the project's Prefect defaults before prefect 
 from prefect import flow, runtime
 
 from flows.cli import OneLineParser
-from ganlib import checkpoint as ckpt
+from ganlib.runs import checkpoint as ckpt
 from ganlib.config import RunConfig, build_config
 from ganlib.data.sources import check_source
 from ganlib.data.store import store_path
 from ganlib.errors import GanlibError, RunError
-from ganlib.inception import check_weights_file
-from ganlib.lock import check_not_running, run_lock
-from ganlib.run import RunPaths, resolve_device
+from ganlib.evaluation.inception import check_weights_file
+from ganlib.runs.lock import check_not_running, run_lock
+from ganlib.runs.paths import RunPaths, resolve_device
 from tasks.evaluate import evaluate_task
 from tasks.gallery import gallery_task
 from tasks.prepare import prepare_dataset_task

@@ -8,7 +8,7 @@ Run it:
     python flows/generate.py --run-id digits-long --checkpoint latest --dest /tmp/samples.npz
 
 The latent seed is recorded with the images (``seed`` in the npz, ``meta.json`` in the folder):
-``ganlib.gallery.fixed_noise(n, noise_dim, seed)`` gives the same latents on any machine, and the
+``ganlib.rendering.gallery.fixed_noise(n, noise_dim, seed)`` gives the same latents on any machine, and the
 latent of image i does not depend on N. The default seed is the run's gallery seed, so the default npz starts
 with the images of ``gallery/samples.npz`` and the 5x5 grid. Class-conditional runs (issue #4)
 get balanced labels (image i is class i mod K; ``--per-class M`` asks for M of each) and, as
@@ -31,8 +31,8 @@ from prefect import flow, runtime
 from flows.cli import OneLineParser
 from ganlib.config import RunConfig
 from ganlib.errors import ConfigError, GanlibError, RunError
-from ganlib.gallery import GALLERY_NOISE_OFFSET, resolve_checkpoint
-from ganlib.run import RunPaths
+from ganlib.rendering.gallery import GALLERY_NOISE_OFFSET, resolve_checkpoint
+from ganlib.runs.paths import RunPaths
 from tasks.gallery import generate_task
 
 DEFAULT_NUM_SAMPLES = 10_000  # as in the tutorial

@@ -28,8 +28,8 @@ from pydantic import ValidationError
 from flows.cli import OneLineParser
 from ganlib.config import MODELS, RUN_ID_PATTERN, RunConfig, build_config
 from ganlib.errors import GanlibError
-from ganlib.io import remove_temporary_files
-from ganlib.lock import run_lock
+from ganlib.runs.files import remove_temporary_files
+from ganlib.runs.lock import run_lock
 from ganlib.preflight import check_run
 from tasks.evaluate import evaluate_task
 from tasks.gallery import gallery_task

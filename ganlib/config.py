@@ -249,7 +249,7 @@ class DistConfig(_Section):
     """Data-parallel training over several processes: ``torchrun`` and ``torch.distributed``.
 
     ``train.batch_size`` stays the global batch: each of the ``nproc_per_node * nnodes`` processes
-    trains on its slice of every batch (see ``ganlib.distributed``).
+    trains on its slice of every batch (see ``ganlib.training.distributed``).
     """
 
     nproc_per_node: int = Field(

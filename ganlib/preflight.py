@@ -8,10 +8,10 @@ from ganlib.config import RunConfig, config_differences
 from ganlib.data.digits import SUPPORTED_IMAGE_SIZES as DIGITS_SIZES
 from ganlib.data.sources import check_source
 from ganlib.errors import CheckpointError, ConfigError
-from ganlib.inception import check_weights_file
-from ganlib.lock import check_not_running, check_under_root
+from ganlib.evaluation.inception import check_weights_file
+from ganlib.runs.lock import check_not_running, check_under_root
 from ganlib.models import DCGAN_SIZES, RESNET_SIZES
-from ganlib.run import RunPaths, resolve_device
+from ganlib.runs.paths import RunPaths, resolve_device
 
 
 def check_run(cfg: RunConfig) -> None:

@@ -23,8 +23,8 @@ from matplotlib.figure import Figure
 
 from ganlib.config import RUN_ID_PATTERN, RunConfig, build_config, config_differences
 from ganlib.errors import ConfigError
-from ganlib.io import atomic_path, atomic_write_text
-from ganlib.run import RunPaths
+from ganlib.runs.files import atomic_path, atomic_write_text
+from ganlib.runs.paths import RunPaths
 
 NOT_SWEPT = ("run_id", "out")  # the sweep decides these
 STATUSES = ("completed", "reused", "failed")

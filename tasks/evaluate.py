@@ -8,7 +8,7 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 
 from ganlib.config import RunConfig
-from ganlib.evaluate import best_checkpoint, best_generator, evaluate_run
+from ganlib.evaluation.evaluate import best_checkpoint, best_generator, evaluate_run
 from tasks.common import RETRIES, artifact_key, retry_unless_user_error
 
 TABLE_COLUMNS = ["step", "checkpoint", "generator", "fd", "kid_mean", "is_mean", "is_std", "precision", "recall",

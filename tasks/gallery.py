@@ -18,12 +18,12 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from ganlib.config import RunConfig
-from ganlib.evaluate import best_generator
-from ganlib.gallery import export_samples, make_gallery, make_interpolation, render_step_grids, save_timelapse
-from ganlib.plots import plot_run
-from ganlib.report import build_summary, summary_markdown, write_summary
-from ganlib.report_html import write_report
-from ganlib.run import RunPaths, resolve_device
+from ganlib.evaluation.evaluate import best_generator
+from ganlib.rendering.gallery import export_samples, make_gallery, make_interpolation, render_step_grids, save_timelapse
+from ganlib.rendering.plots import plot_run
+from ganlib.rendering.summary import build_summary, summary_markdown, write_summary
+from ganlib.rendering.report_html import write_report
+from ganlib.runs.paths import RunPaths, resolve_device
 from tasks.common import RETRIES, artifact_key, retry_unless_user_error
 
 

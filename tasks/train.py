@@ -1,7 +1,7 @@
 """Stage 2: training. No cache: resume from the run's newest checkpoint is what makes retries cheap.
 
 With ``dist.nproc_per_node`` (or ``dist.nnodes``) above 1 the task launches torchrun through
-``ganlib.distributed.launch``, streams the processes' output into its log, and fails (so it is
+``ganlib.training.distributed.launch``, streams the processes' output into its log, and fails (so it is
 retried, resuming) when any of them fails; the launcher kills them all on timeout or cancellation.
 """
 
@@ -14,8 +14,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from ganlib.config import RunConfig
-from ganlib.distributed import launch
-from ganlib.train import train
+from ganlib.training.distributed import launch
+from ganlib.training.loop import train
 from tasks.common import RETRIES, artifact_key, retry_unless_user_error
 
 PROGRESS_EVERY_S = 5.0  # the UI needs a glance, not a per-step stream

@@ -1,6 +1,6 @@
 """The grid of real images that preparation leaves next to a store (``real_grid.png``).
 
-It must look exactly like the sample grids of ``ganlib.gallery.save_grid`` (same padding, pad
+It must look exactly like the sample grids of ``ganlib.rendering.gallery.save_grid`` (same padding, pad
 grey, cell enlargement), so real and generated images can be compared side by side; a test pins
 the two pixel for pixel. It is drawn here with numpy and Pillow because preparation must not
 import torch: importing torch alone takes about 540 MB of resident memory, more than
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ganlib.io import atomic_path
+from ganlib.runs.files import atomic_path
 
 _PADDING = 2
 _PAD_VALUE = 128  # round(0.5 * 255) (to even), the grey of torchvision's make_grid(pad_value=0.5)
@@ -28,7 +28,7 @@ def evenly_spaced(count: int, num: int) -> np.ndarray:
 def save_image_grid(images: np.ndarray, path: Path, nrow: int = 10, min_cell_px: int = 112) -> Path:
     """Save uint8 images (N, C, H, W), C = 1 or 3, as a PNG grid with ``nrow`` images per row.
 
-    The same picture as ``ganlib.gallery.save_grid(images / 127.5 - 1, path, nrow, min_cell_px)``:
+    The same picture as ``ganlib.rendering.gallery.save_grid(images / 127.5 - 1, path, nrow, min_cell_px)``:
     2-pixel grey padding, cells enlarged by the integer factor that brings them to at least
     ``min_cell_px`` (nearest neighbour); grayscale images give a grayscale PNG.
     """

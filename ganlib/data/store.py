@@ -51,7 +51,7 @@ from ganlib.data.writer import (
     sha256_npy_data,
 )
 from ganlib.errors import DataError
-from ganlib.io import atomic_write_bytes, atomic_write_json
+from ganlib.runs.files import atomic_write_bytes, atomic_write_json
 
 STORE_FORMAT = 2
 TASK_ROWS = 256  # images per decoding task: large enough to amortise the hop to a worker, small in memory

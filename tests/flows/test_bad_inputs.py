@@ -83,7 +83,7 @@ def test_resume_with_another_model_names_the_difference(tmp_path, capsys):
 
 def test_run_already_running_is_refused(tmp_path, capsys):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom ganlib.lock import run_lock\n"
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom ganlib.runs.lock import run_lock\n"
          "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(60)",
          str(tmp_path / "out" / "busy")], stdout=subprocess.PIPE, text=True)
     try:
@@ -103,7 +103,7 @@ def test_malicious_checkpoint_is_refused_and_kept_aside(tmp_path):
     import os
     import pickle
 
-    from ganlib.checkpoint import latest_checkpoint
+    from ganlib.runs.checkpoint import latest_checkpoint
 
     class Evil:
         def __reduce__(self):

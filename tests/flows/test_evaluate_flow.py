@@ -13,7 +13,7 @@ from flows.evaluate import eval_settings_from, main, parse_args, plan_evaluation
 from ganlib.config import build_config
 from ganlib.data.store import prepare_dataset
 from ganlib.errors import ConfigError, RunError
-from ganlib.train import train
+from ganlib.training.loop import train
 
 
 @pytest.fixture(scope="module")

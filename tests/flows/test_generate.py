@@ -13,8 +13,8 @@ from flows.generate import DEFAULT_NUM_SAMPLES, main, plan_generation
 from ganlib.config import build_config
 from ganlib.data.store import prepare_dataset
 from ganlib.errors import CheckpointError, ConfigError, RunError
-from ganlib.gallery import GALLERY_NOISE_OFFSET, fixed_noise, generate, to_uint8
-from ganlib.train import load_generator, train
+from ganlib.rendering.gallery import GALLERY_NOISE_OFFSET, fixed_noise, generate, to_uint8
+from ganlib.training.loop import load_generator, train
 
 
 @pytest.fixture(scope="module")

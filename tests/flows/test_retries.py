@@ -8,7 +8,7 @@ pytestmark = pytest.mark.slow
 def test_transient_training_failure_is_retried_and_resumes(tiny, prefect_harness, monkeypatch):
     import flows.train as pipeline
     import tasks.train as train_module
-    from ganlib.train import train as real_train
+    from ganlib.training.loop import train as real_train
 
     calls = []
 
@@ -29,7 +29,7 @@ def test_transient_training_failure_is_retried_and_resumes(tiny, prefect_harness
 def test_rerun_after_an_evaluation_failure_does_not_retrain(tiny, prefect_harness, monkeypatch):
     import flows.train as pipeline
     import tasks.evaluate as evaluate_module
-    from ganlib.evaluate import evaluate_run as real_evaluate
+    from ganlib.evaluation.evaluate import evaluate_run as real_evaluate
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated evaluation crash")

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from ganlib.data.store import prepare_dataset
-from ganlib.evaluate import best_checkpoint, evaluate_run
-from ganlib.train import train
+from ganlib.evaluation.evaluate import best_checkpoint, evaluate_run
+from ganlib.training.loop import train
 
 REPO = Path(__file__).resolve().parents[3]
 

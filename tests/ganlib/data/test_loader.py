@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from ganlib.checkpoint import load_checkpoint
+from ganlib.runs.checkpoint import load_checkpoint
 from ganlib.data.loader import BatchSource
 from ganlib.data.store import load_store, prepare_dataset
-from ganlib.train import BatchOrder, train
+from ganlib.training.loop import BatchOrder, train
 
 
 def _store(tmp_path, n=100):

@@ -1,4 +1,4 @@
-"""The real-image grid looks exactly like the sample grids of ganlib.gallery."""
+"""The real-image grid looks exactly like the sample grids of ganlib.rendering.gallery."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from ganlib.data.preview import evenly_spaced, save_image_grid
-from ganlib.gallery import save_grid
+from ganlib.rendering.gallery import save_grid
 
 
 @pytest.mark.parametrize(("n", "c", "size"),

@@ -1,0 +1,560 @@
+"""Checkpoint evaluation: standard and domain metrics, their floors, memorisation, the best checkpoint.
+
+Every checkpoint's samples (``eval.num_samples`` images from fixed latents, per seed, for the raw
+and the EMA generator) pass once through each feature space, and that one pass feeds every metric
+of the space:
+
+- **domain-classifier** (labelled datasets): a small CNN trained once per dataset on the real
+  images (``ganlib.evaluation.classifier``); Inception features are the wrong tool for 28-pixel digits.
+  Columns ``fd`` (Fréchet distance), ``kid_mean``/``kid_std``, ``is_mean``/``is_std`` (classifier
+  Inception Score), ``precision``, ``recall``, ``density``, ``coverage`` (k-NN manifolds, k =
+  ``eval.nearest_k``), the class histogram, and ``class_accuracy`` for conditional runs.
+- **inception-v3** (torch-fidelity's network and weights, ``ganlib.evaluation.inception``): the standard
+  ``inception_fid``, ``inception_kid_mean``/``_std``, ``inception_is_mean``/``_std`` and the same
+  four k-NN metrics. ``inception_status`` says whether they were computed, or why not.
+- **memorisation** (``ganlib.evaluation.memorisation``): the share of samples nearer a training image than
+  the median held-out real image is (``memorisation_fraction``, about 0.5 for a generator that
+  does not copy), and a picture of the 16 closest pairs in ``<run>/eval/``.
+
+The real images are split once per dataset, deterministically, into a reference set (the
+statistics every checkpoint is compared with) and an equally large held-out set. The held-out
+images are scored exactly like a checkpoint's samples: those ``<metric>_floor`` columns are the
+best a perfect generator could expect at these sample counts. Reference features, statistics
+(float64), k-NN radii and floors are cached per dataset, feature space and sample count under
+``<out>/_cache/eval-reference/``, so evaluating a checkpoint does not recompute them.
+
+The GAN trains on every image of the store, held-out ones included: for memorisation the held-out
+images are only held out of the nearest-neighbour search, and a sample that copies one of them is
+not caught.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ganlib.runs import checkpoint as ckpt
+from ganlib.evaluation.classifier import DomainClassifier, classify, load_classifier, save_classifier, train_classifier
+from ganlib.config import EvalConfig, RunConfig
+from ganlib.data.store import PreparedStore, load_store
+from ganlib.errors import DataError
+from ganlib.rendering.gallery import fixed_noise, generate, to_uint8
+from ganlib.evaluation.inception import FEATURE_SPACE as INCEPTION_SPACE
+from ganlib.evaluation.inception import InceptionNet, inception_features, load_inception
+from ganlib.runs.files import atomic_path
+from ganlib.evaluation.memorisation import memorisation_scores, nearest_training, pixel_vectors, save_closest_pairs
+from ganlib.evaluation.metrics import (
+    class_histogram,
+    classifier_inception_score,
+    feature_statistics,
+    fid_from_statistics,
+    frechet_distance,
+    inception_score_from_logits,
+    kernel_inception_distance,
+    knn_radii,
+    precision_recall_density_coverage,
+)
+from ganlib.runs.paths import RunPaths, resolve_device
+from ganlib.training.loop import load_generator
+
+log = logging.getLogger("ganlib")
+
+FEATURE_SPACE = "domain-classifier"
+CLASSIFIER_VERSION = 1
+REFERENCE_VERSION = 1  # bump when what a cached reference holds, or how it is computed, changes
+EVAL_VERSION = 2  # part of the key that decides whether an old row can be reused
+# Latents of the evaluation samples are derived from the run seed, offset so they differ from
+# the training noise and the gallery's; seed i of several adds i * SEED_STRIDE.
+EVAL_NOISE_OFFSET = 1_000_003
+SEED_STRIDE = 7_919
+SPLIT_SEED = 0  # the reference / held-out split of the real images, the same for every run
+MIN_REFERENCE = 10  # fewer real images in each half than this, and there is nothing to compare with
+
+# The metrics each feature space computes, in the space's own names; columns are prefixed per space.
+SPACE_METRICS = ("fd", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall", "density", "coverage")
+# Which direction is better, for the metrics the best checkpoint can be chosen by (eval.select_metric).
+SELECT_DIRECTIONS: dict[str, str] = {
+    "fd": "min", "kid_mean": "min", "is_mean": "max", "precision": "max", "recall": "max",
+    "density": "max", "coverage": "max", "class_accuracy": "max",
+    "inception_fid": "min", "inception_kid_mean": "min", "inception_is_mean": "max",
+    "inception_precision": "max", "inception_recall": "max", "inception_density": "max",
+    "inception_coverage": "max",
+}
+_MAIN_METRICS = ("fd", "kid_mean", "is_mean", "precision", "recall", "density", "coverage")
+# Metrics whose spread over latent seeds is reported (<metric>_seed_std) when eval.num_seeds > 1.
+SEED_STD_METRICS = (*_MAIN_METRICS, "class_accuracy", "rarest_class_fraction", "memorisation_fraction",
+                    *(f"inception_{'fid' if m == 'fd' else m}" for m in _MAIN_METRICS))
+
+
+def column(space_kind: str, metric: str) -> str:
+    """The eval-table column of a space's metric: domain metrics unprefixed, ``fd`` -> ``inception_fid``."""
+    if space_kind == "domain":
+        return metric
+    return f"inception_{'fid' if metric == 'fd' else metric}"
+
+
+def _to_float(images_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
+    x = images_uint8 if isinstance(images_uint8, torch.Tensor) else torch.from_numpy(np.array(images_uint8))
+    return x.float().div_(127.5).sub_(1.0)
+
+
+# --- the real data: split, feature spaces, cached references ---------------------------------------
+
+def real_split(num_images: int, num_real: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted, disjoint indices of the reference set and the held-out set, ``min(num_real, num_images // 2)``
+    each, drawn by a fixed seed (the same for every run on the dataset)."""
+    n = min(num_real, num_images // 2)
+    order = torch.randperm(num_images, generator=torch.Generator().manual_seed(SPLIT_SEED)).numpy()
+    return np.sort(order[:n]), np.sort(order[n: 2 * n])
+
+
+@dataclass
+class Space:
+    """A feature space: ``embed`` maps images (N, C, H, W) float in [-1, 1] to (features (N, D), aux),
+    aux being class probabilities (domain) or Inception logits (inception)."""
+
+    kind: str  # "domain" or "inception"
+    name: str  # FEATURE_SPACE or INCEPTION_SPACE
+    tag: str  # what identifies its reference in the cache
+    embed: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _embed_store(space: Space, images: np.ndarray, index: np.ndarray, batch_size: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embed the stored uint8 images at ``index``, converting batch by batch (a float copy of a large set is big)."""
+    feats, aux = [], []
+    for start in range(0, len(index), batch_size):
+        f, a = space.embed(_to_float(images[index[start: start + batch_size]]))
+        feats.append(f)
+        aux.append(a)
+    return torch.cat(feats), torch.cat(aux)
+
+
+def space_scores(space_kind: str, features: torch.Tensor, aux: torch.Tensor, reference: dict[str, Any],
+                 cfg: EvalConfig, seed: int, device: torch.device | None = None) -> dict[str, float]:
+    """A space's metrics (``SPACE_METRICS`` names) of one feature set against the space's reference.
+
+    ``device``: where the pairwise work (KID kernels, k-NN distances) runs; float64 throughout.
+    """
+    device = device or torch.device("cpu")
+    mu, sigma = feature_statistics(features)
+    if space_kind == "domain":
+        fd = frechet_distance(mu, sigma, reference["mu"], reference["sigma"])
+        is_mean, is_std = classifier_inception_score(aux)
+    else:  # the standard numbers, as torch-fidelity computes them
+        fd = fid_from_statistics(mu, sigma, reference["mu"], reference["sigma"])
+        is_mean, is_std = inception_score_from_logits(aux, seed=seed)
+    real = reference["features"].to(device, torch.float64)
+    fake = features.to(device, torch.float64)
+    kid_mean, kid_std = kernel_inception_distance(fake, real, cfg.kid_subsets, cfg.kid_subset_size, seed)
+    prdc = precision_recall_density_coverage(real, fake, cfg.nearest_k, reference["radii"].to(device))
+    return {"fd": fd, "kid_mean": kid_mean, "kid_std": kid_std, "is_mean": is_mean, "is_std": is_std, **prdc}
+
+
+def _reference_path(out: Path, tag: str, num_real: int, cfg: EvalConfig) -> Path:
+    name = f"{tag}-n{num_real}-k{cfg.nearest_k}-kid{cfg.kid_subsets}x{cfg.kid_subset_size}-v{REFERENCE_VERSION}.pt"
+    return Path(out) / "_cache" / "eval-reference" / name
+
+
+def space_reference(space: Space, store: PreparedStore, out: Path, cfg: EvalConfig,
+                    device: torch.device | None = None) -> dict[str, Any]:
+    """The real data as a space sees it, computed once and cached (see ``_reference_path``).
+
+    Holds ``features`` (N, D) float32 and ``mu``, ``sigma``, ``radii`` (k-NN radii) float64 of the
+    reference set; ``holdout_nearest`` (float64, each held-out image's distance to its nearest
+    reference image: the memorisation baseline of the domain space); ``floor`` (the held-out set's
+    scores, ``SPACE_METRICS`` names); ``real_is`` (the reference set's IS); ``num_real``, ``num_holdout``.
+    """
+    device = device or torch.device("cpu")
+    ref_idx, held_idx = real_split(len(store.images), cfg.num_real or cfg.num_samples)
+    path = _reference_path(out, space.tag, len(ref_idx), cfg)
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    t0 = time.perf_counter()
+    features, aux = _embed_store(space, store.images, ref_idx, cfg.batch_size)
+    held_features, held_aux = _embed_store(space, store.images, held_idx, cfg.batch_size)
+    mu, sigma = feature_statistics(features)
+    reference = {"features": features, "mu": mu, "sigma": sigma,
+                 "radii": knn_radii(features.to(device, torch.float64), cfg.nearest_k).cpu(),
+                 "num_real": len(ref_idx), "num_holdout": len(held_idx), "space": space.name}
+    reference["real_is"] = (classifier_inception_score(aux)[0] if space.kind == "domain"
+                            else inception_score_from_logits(aux, seed=SPLIT_SEED)[0])
+    reference["holdout_nearest"] = nearest_training(held_features.to(device, torch.float64),
+                                                    features.to(device, torch.float64))[0].cpu()
+    reference["floor"] = space_scores(space.kind, held_features, held_aux, reference, cfg, SPLIT_SEED, device)
+    with atomic_path(path) as tmp:
+        torch.save(reference, tmp)
+    log.info("evaluation: %s reference of %d real images, floor (%d held-out images) FD %.4g, precision %.3f "
+             "(%.1f s)", space.name, len(ref_idx), len(held_idx), reference["floor"]["fd"],
+             reference["floor"]["precision"], time.perf_counter() - t0)
+    return reference
+
+
+def pixel_reference(store: PreparedStore, out: Path, cfg: EvalConfig) -> dict[str, Any]:
+    """The memorisation baseline in pixel space: each held-out image's distance to its nearest reference
+    image (float64), cached like the feature-space references."""
+    ref_idx, held_idx = real_split(len(store.images), cfg.num_real or cfg.num_samples)
+    path = _reference_path(out, f"{store.manifest['key']}-pixels", len(ref_idx), cfg)
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    reference = {"holdout_nearest": nearest_training(pixel_vectors(torch.from_numpy(store.images[held_idx])),
+                                                     pixel_vectors(torch.from_numpy(store.images[ref_idx])))[0],
+                 "num_real": len(ref_idx), "num_holdout": len(held_idx), "space": "pixels"}
+    with atomic_path(path) as tmp:
+        torch.save(reference, tmp)
+    return reference
+
+
+def domain_reference(
+    store: PreparedStore, out: Path, cfg: EvalConfig, seed: int, device: torch.device
+) -> tuple[DomainClassifier, dict[str, Any]]:
+    """The dataset's classifier and the real data's reference in its feature space, made and cached once.
+
+    The classifier is cached under ``<out>/_cache/classifiers/<store key>-v1-s<steps>-seed<seed>.pt``;
+    the reference (see :func:`space_reference`) under ``_cache/eval-reference/``, with
+    ``holdout_accuracy`` (the classifier's accuracy on images it did not train on) added.
+    """
+    if store.labels is None or store.num_classes < 2:
+        raise DataError(f"evaluation needs a labelled dataset with at least 2 classes; {store.path} has none")
+    base = Path(out) / "_cache" / "classifiers" / (
+        f"{store.manifest['key']}-v{CLASSIFIER_VERSION}-s{cfg.classifier_steps}-seed{seed}")
+    model_path = base.with_suffix(".pt")
+    if model_path.is_file():
+        model, meta = load_classifier(model_path, device)
+        log.info("evaluation: reusing domain classifier %s (holdout accuracy %.4f)",
+                 model_path.name, meta["holdout_accuracy"])
+    else:
+        log.info("evaluation: training the domain classifier (%d steps) on %d real images",
+                 cfg.classifier_steps, len(store.images))
+        model, meta = train_classifier(
+            torch.from_numpy(np.array(store.images)), torch.from_numpy(store.labels), store.num_classes,
+            num_steps=cfg.classifier_steps, seed=seed, device=device)
+        save_classifier(model, {**meta, "store_key": store.manifest["key"]}, model_path)
+        log.info("evaluation: classifier holdout accuracy %.4f (%.0f s)", meta["holdout_accuracy"], meta["seconds"])
+    space = domain_space(model, cfg.batch_size, model_path.stem)
+    reference = space_reference(space, store, out, cfg, device)
+    return model, {**reference, "holdout_accuracy": meta["holdout_accuracy"], "tag": model_path.stem}
+
+
+def domain_space(classifier: DomainClassifier, batch_size: int, tag: str) -> Space:
+    return Space("domain", FEATURE_SPACE, tag, lambda images: classify(classifier, images, batch_size=batch_size))
+
+
+def inception_space(net: InceptionNet, store_key: str) -> Space:
+    return Space("inception", INCEPTION_SPACE, f"{store_key}-inception-{net.weights_sha256[:12]}",
+                 lambda images: inception_features(net.model, images))
+
+
+# --- scoring ----------------------------------------------------------------------------------------
+
+def domain_extras(probs: torch.Tensor, num_classes: int, asked: torch.Tensor | None) -> dict[str, Any]:
+    """Class histogram of the samples (``classes_present``, ``rarest_class_fraction``, ``class_<k>``)
+    and, for a conditional generator (``asked``: the class each image was generated for),
+    ``class_accuracy``, the fraction the classifier assigns to that class (NaN otherwise)."""
+    predicted = probs.argmax(dim=1)
+    counts = class_histogram(predicted, num_classes)
+    fractions = (counts.double() / counts.sum()).tolist()
+    return {
+        "class_accuracy": float((predicted == asked).double().mean()) if asked is not None else float("nan"),
+        "classes_present": int((counts > 0).sum()),
+        "rarest_class_fraction": float(min(fractions)),
+        **{f"class_{c}": float(f) for c, f in enumerate(fractions)},
+    }
+
+
+def score_images(
+    images: torch.Tensor, classifier: DomainClassifier, reference: dict[str, Any], num_classes: int,
+    batch_size: int = 500, asked: torch.Tensor | None = None, cfg: EvalConfig | None = None, seed: int = 0,
+) -> dict[str, Any]:
+    """Domain-space scores of images (N, C, H, W) float in [-1, 1] against the real reference; plain floats.
+
+    ``fd``, ``kid_mean``, ``kid_std``, ``is_mean``, ``is_std``, ``precision``, ``recall``,
+    ``density``, ``coverage``, and :func:`domain_extras`. ``cfg``: the KID and k-NN settings
+    (default ``EvalConfig()``); ``seed``: KID's subset draws.
+    """
+    features, probs = classify(classifier, images, batch_size=batch_size)
+    scores = space_scores("domain", features, probs, reference, cfg or EvalConfig(), seed)
+    return {**scores, **domain_extras(probs, num_classes, asked)}
+
+
+def _aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over seeds of every number (``classes_present``: the minimum), plus ``<metric>_seed_std``
+    (sample standard deviation; NaN with one seed) of ``SEED_STD_METRICS``."""
+    out = dict(per_seed[0])
+    for key, first in per_seed[0].items():
+        if isinstance(first, bool) or not isinstance(first, (int, float)):
+            continue
+        values = [float(r[key]) for r in per_seed]
+        out[key] = int(min(values)) if key == "classes_present" else float(np.mean(values))
+    for key in SEED_STD_METRICS:
+        if key in out:
+            values = [float(r[key]) for r in per_seed]
+            out[f"{key}_seed_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+    return out
+
+
+@dataclass
+class _Context:
+    """Everything scoring a checkpoint needs that does not change between checkpoints."""
+
+    cfg: RunConfig
+    store: PreparedStore
+    spaces: list[tuple[Space, dict[str, Any]]]
+    memorisation_space: str  # "pixels", "domain", or "none (...)" when not computed
+    memorisation_training: torch.Tensor | None  # reference-set vectors in the memorisation space
+    memorisation_baseline: torch.Tensor | None  # held-out images' nearest distances
+    reference_images: torch.Tensor  # uint8 reference images, for the closest-pairs picture
+    eval_dir: Path
+
+
+def _score_generator(ctx: _Context, path: Path, step: int, use_ema: bool, device: torch.device
+                     ) -> dict[str, Any] | None:
+    """The aggregated scores of one checkpoint's generator over the seeds; None when ``use_ema`` asks for
+    an EMA the checkpoint does not keep (its raw row covers it)."""
+    ev, store = ctx.cfg.eval, ctx.store
+    generator, meta = load_generator(path, device, use_ema=use_ema)
+    if use_ema and meta["weights"] != "ema":
+        return None
+    noise_dim = meta["config"]["model"]["noise_dim"]
+    # A conditional generator is asked for every class in turn; it is scored on how often the
+    # classifier agrees with the class asked for.
+    asked = torch.arange(ev.num_samples) % store.num_classes if meta["config"]["model"].get("conditional") else None
+    base_seed = ctx.cfg.seed + EVAL_NOISE_OFFSET
+    per_seed = []
+    for i in range(ev.num_seeds):
+        seed = base_seed + i * SEED_STRIDE
+        images = generate(generator, fixed_noise(ev.num_samples, noise_dim, seed), batch_size=ev.batch_size,
+                          labels=asked)
+        scores: dict[str, Any] = {}
+        domain_features = None
+        for space, reference in ctx.spaces:
+            features, aux = space.embed(images)
+            scores.update({column(space.kind, k): v
+                           for k, v in space_scores(space.kind, features, aux, reference, ev, seed, device).items()})
+            if space.kind == "domain":
+                domain_features = features
+                scores.update(domain_extras(aux, store.num_classes, asked))
+        if ctx.memorisation_training is not None:
+            vectors = (pixel_vectors(to_uint8(images)) if ctx.memorisation_space == "pixels"
+                       else domain_features.double())
+            distances, index = nearest_training(vectors, ctx.memorisation_training)
+            scores.update(memorisation_scores(distances, ctx.memorisation_baseline))
+            if i == 0:
+                picture = ctx.eval_dir / f"memorisation-step{step:06d}-{meta['weights']}.png"
+                save_closest_pairs(images, ctx.reference_images, distances, index, picture,
+                                   f"step {step}, {meta['weights']}: 16 samples closest to a training image "
+                                   f"({ctx.memorisation_space}), each beside it")
+                scores["memorisation_png"] = str(picture)
+        per_seed.append(scores)
+    return {**_aggregate(per_seed), "generator": meta["weights"], "eval_seed": base_seed}
+
+
+def _nan_columns(has_domain: bool, num_classes: int) -> dict[str, Any]:
+    """The metric columns every row has, NaN until computed (so tables keep one schema)."""
+    nan = float("nan")
+    row: dict[str, Any] = {column(kind, m): nan for kind in ("domain", "inception") for m in SPACE_METRICS}
+    row.update({"class_accuracy": nan, "classes_present": 0, "rarest_class_fraction": nan,
+                "memorisation_fraction": nan, "memorisation_median_distance": nan,
+                "memorisation_real_median_distance": nan, "memorisation_png": ""})
+    if has_domain:
+        row.update({f"class_{c}": nan for c in range(num_classes)})
+    return row
+
+
+def _settings_key(ctx: _Context, num_real: int) -> str:
+    """Hash of every setting that changes the numbers of a row (not those that only choose the best)."""
+    ev = ctx.cfg.eval
+    settings = {
+        "version": EVAL_VERSION, "store": ctx.store.manifest.get("key"), "num_samples": ev.num_samples,
+        "num_real": num_real, "num_seeds": ev.num_seeds, "seed": ctx.cfg.seed, "batch_size": ev.batch_size,
+        "nearest_k": ev.nearest_k, "kid": [ev.kid_subsets, ev.kid_subset_size],
+        "memorisation": ctx.memorisation_space, "spaces": sorted(space.tag for space, _ in ctx.spaces),
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def evaluate_run(cfg: RunConfig, store_dir: Path, rescore: bool = False) -> pd.DataFrame:
+    """Score every checkpoint of the run; write and return ``metrics/eval.parquet``.
+
+    One row per checkpoint and generator (``raw``, and ``ema`` when the checkpoint keeps one; only
+    the selected one with ``eval.generators='selected'``), sorted by step with the selected
+    generator last within a step. Columns: see the module docstring, plus ``num_samples``,
+    ``num_seeds``, ``num_real``, ``feature_space`` (of the unprefixed metrics; ``none`` for
+    unlabelled data), ``feature_spaces``, ``inception_status``, ``memorisation_space``, the floors,
+    ``best`` and the selection (:func:`select_best`).
+
+    Rows already scored with the same settings (same checkpoint bytes, generator and
+    ``settings_key``) are reused unless ``rescore``, so a retry or a re-run is cheap.
+    """
+    cfg = cfg.resolved()
+    ev = cfg.eval
+    paths = RunPaths(cfg.run_dir)
+    checkpoints = ckpt.list_checkpoints(paths.checkpoints)
+    if not checkpoints:
+        raise DataError(f"run {cfg.run_id!r} has no checkpoints in {paths.checkpoints}; train it first")
+    device = resolve_device(cfg.device)
+    store = load_store(store_dir)
+    labelled = store.labels is not None and store.num_classes >= 2
+    ref_idx, _ = real_split(len(store.images), ev.num_real or ev.num_samples)
+
+    spaces: list[tuple[Space, dict[str, Any]]] = []
+    domain_ref: dict[str, Any] = {}
+    note = ""
+    too_few = len(ref_idx) < max(MIN_REFERENCE, ev.nearest_k + 2)
+    if too_few:
+        note = (f"not scored: {len(store.images)} real images, too few to split into a reference and a held-out "
+                f"set of at least {max(MIN_REFERENCE, ev.nearest_k + 2)} each")
+    elif labelled:
+        classifier, domain_ref = domain_reference(store, cfg.out, ev, cfg.seed, device)
+        spaces.append((domain_space(classifier, ev.batch_size, domain_ref["tag"]), domain_ref))
+    else:  # no classes to train the domain classifier on
+        why = "unlabelled dataset" if store.labels is None else f"{store.num_classes} class"
+        note = f"not scored: {why}, so there is no domain classifier (no FD, KID, IS, precision or recall in its space)"
+    inception = load_inception(ev, device) if not too_few else InceptionNet(None, "skipped: too few real images")
+    if inception.model is not None:
+        space = inception_space(inception, store.manifest["key"])
+        spaces.append((space, space_reference(space, store, cfg.out, ev, device)))
+
+    reference_images = torch.from_numpy(store.images[ref_idx])
+    mem_training, mem_baseline, mem_space = None, None, ev.memorisation
+    if too_few:
+        mem_space = "none (too few real images)"
+    elif ev.memorisation == "pixels":
+        mem_training, mem_baseline = pixel_vectors(reference_images), pixel_reference(store, cfg.out, ev)[
+            "holdout_nearest"]
+    elif ev.memorisation == "domain" and labelled:
+        mem_training, mem_baseline = domain_ref["features"].double(), domain_ref["holdout_nearest"]
+    else:
+        mem_space = "none (eval.memorisation is 'off')" if ev.memorisation == "off" else "none (no domain classifier)"
+    ctx = _Context(cfg, store, spaces, mem_space, mem_training, mem_baseline, reference_images, paths.root / "eval")
+    settings_key = _settings_key(ctx, len(ref_idx))
+
+    previous: dict[tuple, dict[str, Any]] = {}
+    if paths.eval_metrics.is_file() and not rescore:
+        for row in pd.read_parquet(paths.eval_metrics).to_dict("records"):
+            previous[(row.get("checkpoint_sha256"), row.get("generator"), row.get("settings_key"))] = row
+
+    selected = "ema" if ev.use_ema else "raw"
+    wanted = [False, True] if ev.generators == "both" else [ev.use_ema]
+    constant = {"num_samples": ev.num_samples, "num_seeds": ev.num_seeds, "num_real": len(ref_idx),
+                "feature_space": FEATURE_SPACE if labelled else "none",
+                "feature_spaces": ",".join(space.name for space, _ in spaces) or "none",
+                "inception_status": inception.status, "memorisation_space": mem_space,
+                "settings_key": settings_key}
+    rows: list[dict[str, Any]] = []
+    for step, path in checkpoints:
+        sidecar = path.with_name(path.name + ".sha256")
+        digest = sidecar.read_text().strip() if sidecar.is_file() else ""
+        for use_ema in wanted:
+            generator = "ema" if use_ema else "raw"
+            if digest and (digest, generator, settings_key) in previous:
+                rows.append({**previous[(digest, generator, settings_key)], **constant})
+                continue
+            t0 = time.perf_counter()
+            scores = _score_generator(ctx, path, step, use_ema, device)
+            if scores is None:  # no EMA in this checkpoint: its raw row stands for it
+                if ev.generators == "both":
+                    continue
+                scores = _score_generator(ctx, path, step, False, device)
+            row = {"step": step, "checkpoint": path.name, **_nan_columns(labelled, store.num_classes), **scores,
+                   **constant, "use_ema": scores["generator"] == "ema", "checkpoint_sha256": digest,
+                   "seconds": round(time.perf_counter() - t0, 3)}
+            log.info("evaluation: step %d %s  FD %.3f  KID %.4f  IS %.3f  P %.3f  R %.3f  memorised %.2f  "
+                     "classes %d/%d  (%.1f s)", step, row["generator"], row["fd"], row["kid_mean"], row["is_mean"],
+                     row["precision"], row["recall"], row["memorisation_fraction"], row["classes_present"],
+                     store.num_classes, row["seconds"])
+            rows.append(row)
+            # Saved after every row, so an evaluation killed part-way keeps what it scored.
+            _write_table(rows, spaces, domain_ref, note, ev, selected, paths)
+    table = _write_table(rows, spaces, domain_ref, note, ev, selected, paths)
+    if table["select_note"].iloc[0]:
+        log.warning("evaluation: %s", table["select_note"].iloc[0])
+    return table
+
+
+def _write_table(rows: list[dict[str, Any]], spaces: list[tuple[Space, dict[str, Any]]], domain_ref: dict[str, Any],
+                 note: str, ev: EvalConfig, selected: str, paths: RunPaths) -> pd.DataFrame:
+    table = pd.DataFrame(rows)
+    nan = float("nan")
+    table["real_is"] = float(domain_ref.get("real_is", nan))
+    table["classifier_holdout_accuracy"] = float(domain_ref.get("holdout_accuracy", nan))
+    for kind in ("domain", "inception"):
+        reference = next((r for s, r in spaces if s.kind == kind), None)
+        for metric in _MAIN_METRICS:
+            table[f"{column(kind, metric)}_floor"] = nan if reference is None else float(reference["floor"][metric])
+    table["floor_num_samples"] = int(spaces[0][1]["num_holdout"]) if spaces else 0
+    if note:
+        table["note"] = note
+    table = select_best(table, ev.select_metric, ev.select_direction, selected)
+    with atomic_path(paths.eval_metrics) as tmp:
+        table.to_parquet(tmp, index=False)
+    return table
+
+
+# --- the best checkpoint ----------------------------------------------------------------------------
+
+def select_best(table: pd.DataFrame, metric: str = "fd", direction: str = "auto",
+                generator: str = "ema") -> pd.DataFrame:
+    """Mark the best row (``best``) by ``metric`` among the rows of ``generator`` (all rows when the run
+    has none of that generator); record the choice in ``select_metric``, ``select_direction``,
+    ``select_generator`` and ``select_note``. Returns the table sorted by step, ``generator``'s row
+    last within a step (so ``table.iloc[-1]`` is the newest checkpoint's selected row).
+
+    ``direction``: 'min', 'max' or 'auto' (``SELECT_DIRECTIONS``). When the metric has no value
+    (Inception skipped, ``class_accuracy`` of an unconditional run) the choice falls back to ``fd``,
+    and when that has none either (unlabelled data) to the newest checkpoint; ``select_note`` says so.
+    """
+    table = table.copy()
+    if "generator" not in table:
+        table["generator"] = generator
+    if not (table["generator"] == generator).any():
+        generator = str(table["generator"].iloc[-1])
+    table = table.assign(_last=table["generator"] == generator).sort_values(["step", "_last"], kind="stable")
+    table = table.drop(columns="_last").reset_index(drop=True)
+    candidates = table[table["generator"] == generator]
+    if direction == "auto":
+        direction = SELECT_DIRECTIONS.get(metric, "min")
+    note = ""
+    chosen_metric = metric
+    if metric not in table or not candidates[metric].notna().any():
+        if metric != "fd" and "fd" in table and candidates["fd"].notna().any():
+            note = f"{metric} has no values in this table; chose by fd (lower is better) instead"
+            chosen_metric, direction = "fd", "min"
+        else:
+            note = f"{metric} has no values in this table; the newest checkpoint is marked best"
+            chosen_metric = ""
+    if chosen_metric:
+        values = candidates[chosen_metric]
+        best_index = values.idxmin() if direction == "min" else values.idxmax()
+    else:
+        best_index = candidates.index[-1]
+    table["best"] = table.index == best_index
+    table["select_metric"] = chosen_metric or "newest"
+    table["select_direction"] = direction if chosen_metric else "newest"
+    table["select_generator"] = generator
+    table["select_note"] = note
+    return table
+
+
+def best_checkpoint(table: pd.DataFrame, run_dir: Path) -> Path:
+    """Path of the checkpoint marked best in an evaluation table."""
+    name = table.loc[table["best"], "checkpoint"].iloc[-1]
+    return RunPaths(Path(run_dir)).checkpoints / name
+
+
+def best_generator(table: pd.DataFrame) -> str:
+    """'ema' or 'raw': the weights of the best row (what the gallery should render)."""
+    if "generator" not in table or not table["best"].any():
+        return "ema"
+    return str(table.loc[table["best"], "generator"].iloc[-1])
+

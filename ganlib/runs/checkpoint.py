@@ -1,0 +1,136 @@
+"""Checkpoint files: state dicts plus config, written atomically, verified, loaded safely.
+
+A checkpoint ``checkpoints/step_NNNNNN.pt`` is one ``torch.save`` of a dict of tensors and plain
+Python values (no pickled classes), so it loads with ``torch.load(weights_only=True)``. Next to
+it, ``step_NNNNNN.pt.sha256`` holds the checksum of its bytes, written after it: a checkpoint whose
+bytes no longer match is detected on load and moved aside, and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import random
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ganlib.errors import CheckpointError
+from ganlib.runs.files import atomic_write_bytes, atomic_write_text, sha256_bytes
+
+log = logging.getLogger("ganlib")
+
+FORMAT = 1
+_NAME = re.compile(r"^step_(\d{6,})\.pt$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:06d}.pt"
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically, then its checksum next to it."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
+    data = buffer.getbuffer()
+    try:
+        # Checksum first: a kill between the two writes then leaves a checksum without a
+        # checkpoint (ignored, and overwritten next time), never a checkpoint without its checksum.
+        atomic_write_text(path.with_name(path.name + ".sha256"), sha256_bytes(data) + "\n")
+        atomic_write_bytes(path, bytes(data))
+    except OSError as err:
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {err.strerror or err}; free disk space and run again "
+            "(the previous checkpoint is intact)") from None
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and verify a checkpoint; ``CheckpointError`` if it is missing, corrupt or unsafe."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
+    sidecar = path.with_name(path.name + ".sha256")
+    if sidecar.is_file():
+        expected = sidecar.read_text().strip()
+        if sha256_bytes(data) != expected:
+            raise CheckpointError(f"checkpoint {path} does not match its checksum (corrupt or truncated)")
+    try:
+        # weights_only: never unpickle arbitrary objects from a file someone may have replaced.
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"checkpoint {path} holds objects other than tensors and plain values; "
+                              f"refusing to load it ({str(err).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({str(err).splitlines()[0]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not a ganlib checkpoint of format {FORMAT}")
+    return state
+
+
+def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the checkpoints in ``directory``, oldest first."""
+    if not Path(directory).is_dir():
+        return []
+    found = []
+    for p in Path(directory).iterdir():
+        m = _NAME.match(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(directory: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that loads and verifies, with its state; ``None`` if there is none.
+
+    Checkpoints that fail verification are moved to ``directory/corrupt/`` (kept for inspection,
+    never deleted) with a warning, and the next older one is tried.
+    """
+    for _, path in reversed(list_checkpoints(directory)):
+        try:
+            return path, load_checkpoint(path, map_location)
+        except CheckpointError as err:
+            aside = path.parent / "corrupt"
+            aside.mkdir(exist_ok=True)
+            for p in (path, path.with_name(path.name + ".sha256")):
+                if p.exists():
+                    p.replace(aside / p.name)
+            log.warning("%s; moved it to %s and trying the previous checkpoint", err, aside)
+    return None
+
+
+# RNG states as tensors and plain lists, so they survive weights_only loading.
+
+def capture_rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def seed_global_rngs(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and CUDA) global generators, as a training script does."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

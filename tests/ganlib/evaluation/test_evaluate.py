@@ -1,0 +1,268 @@
+"""ganlib.evaluation.evaluate: the eval table (raw and EMA rows, every metric, floors), reuse, seeds, selection."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import urllib.error
+from typing import get_args
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import ganlib.evaluation.evaluate as ev
+from ganlib.config import EvalConfig, build_config
+from ganlib.data.store import load_store, prepare_dataset
+from ganlib.errors import DataError
+from ganlib.evaluation.evaluate import (
+    EVAL_NOISE_OFFSET,
+    SEED_STRIDE,
+    SELECT_DIRECTIONS,
+    best_checkpoint,
+    best_generator,
+    domain_reference,
+    evaluate_run,
+    real_split,
+    score_images,
+    select_best,
+)
+from ganlib.rendering.gallery import fixed_noise, generate
+from ganlib.evaluation.inception import InceptionNet
+from ganlib.training.loop import load_generator, train
+
+METRICS = ["fd", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall", "density", "coverage",
+           "memorisation_fraction"]
+
+
+@pytest.fixture(scope="module")
+def trained_out(tmp_path_factory, tiny_settings):
+    """An output root holding one tiny trained run ('ev', checkpoints at steps 6 and 12, with an EMA),
+    its prepared store and its domain classifier (trained by a first evaluation)."""
+    out = tmp_path_factory.mktemp("evaluate") / "out"
+    cfg = build_config({"run_id": "ev", "out": str(out), **copy.deepcopy(tiny_settings)})
+    store = prepare_dataset(cfg.data, cfg.out)
+    train(cfg, store)
+    domain_reference(load_store(store), cfg.out, cfg.eval, cfg.seed, torch.device("cpu"))
+    return out
+
+
+@pytest.fixture
+def run(trained_out, tmp_path, tiny_settings):
+    """A private copy of the trained run; returns make(**eval settings) -> (config, store dir)."""
+    out = tmp_path / "out"
+    shutil.copytree(trained_out, out)
+
+    def make(**eval_settings):
+        settings = copy.deepcopy(tiny_settings)
+        settings["eval"].update(eval_settings)
+        cfg = build_config({"run_id": "ev", "out": str(out), **settings})
+        return cfg, prepare_dataset(cfg.data, cfg.out)
+
+    return make
+
+
+def test_one_row_per_checkpoint_and_generator_with_every_metric(run):
+    cfg, store = run()
+    table = evaluate_run(cfg, store)
+    assert table["step"].tolist() == [6, 6, 12, 12]
+    assert table["generator"].tolist() == ["raw", "ema", "raw", "ema"]  # the selected generator last per step
+    assert table[METRICS].notna().all().all()
+    assert ((table["precision"] >= 0) & (table["precision"] <= 1)).all()
+    assert (table["num_samples"] == 200).all() and (table["num_real"] == 200).all()
+    assert (table["feature_space"] == "domain-classifier").all()
+    assert (table["feature_spaces"] == "domain-classifier").all()
+    # Offline defaults on a CPU: Inception is not attempted, and the table says why instead of a number.
+    assert table["inception_status"].str.startswith("skipped: eval.inception 'auto'").all()
+    assert table["inception_fid"].isna().all() and table["inception_kid_mean"].isna().all()
+    # The real-vs-real floor: held-out real images scored like a checkpoint, far better than this tiny GAN.
+    assert (table["floor_num_samples"] == 200).all()
+    assert (table["fd_floor"] < table["fd"]).all() and (table["precision_floor"] > 0.5).all()
+    # Best: the lowest FD among the EMA rows, recorded with how it was chosen.
+    ema = table[table["generator"] == "ema"]
+    assert table["best"].sum() == 1 and table.loc[table["best"], "fd"].item() == ema["fd"].min()
+    assert table.loc[table["best"], "generator"].item() == "ema" == best_generator(table)
+    assert (table["select_metric"] == "fd").all() and (table["select_direction"] == "min").all()
+    assert best_checkpoint(table, cfg.run_dir).is_file()
+    for png in table["memorisation_png"]:
+        assert Image.open(png).size[0] > 200
+    assert pd.read_parquet(cfg.run_dir / "metrics" / "eval.parquet").shape == table.shape
+    # Scoring again reuses every row (same checkpoint bytes, generator and settings).
+    again = evaluate_run(cfg, store)
+    pd.testing.assert_frame_equal(table, again)
+
+
+def test_same_checkpoint_and_seed_give_identical_numbers(run):
+    cfg, store = run()
+    first = evaluate_run(cfg, store)
+    second = evaluate_run(cfg, store, rescore=True)
+    numeric = [c for c in first.columns if c != "seconds" and first[c].dtype.kind == "f"]
+    assert len(numeric) > 20
+    np.testing.assert_array_equal(first[numeric].to_numpy(), second[numeric].to_numpy())
+
+
+def test_several_seeds_give_the_mean_and_a_standard_deviation(run):
+    cfg1, store = run(generators="selected")
+    one = evaluate_run(cfg1, store)
+    assert one["fd_seed_std"].isna().all()
+    cfg2, _ = run(generators="selected", num_seeds=2)
+    two = evaluate_run(cfg2, store)  # new settings: every row is scored again
+    assert (two["num_seeds"] == 2).all() and (two["fd_seed_std"] > 0).all()
+    # The mean over seeds: seed 0 is the single-seed evaluation, seed 1 is recomputed here.
+    classifier, reference = domain_reference(load_store(store), cfg2.out, cfg2.eval, cfg2.seed, torch.device("cpu"))
+    generator, meta = load_generator(cfg2.run_dir / "checkpoints" / "step_000012.pt", "cpu")
+    second_seed = cfg2.seed + EVAL_NOISE_OFFSET + SEED_STRIDE
+    images = generate(generator, fixed_noise(200, meta["config"]["model"]["noise_dim"], second_seed), 100)
+    fd_second = score_images(images, classifier, reference, 10, 100, cfg=cfg2.eval, seed=second_seed)["fd"]
+    fd_first = one.loc[one["step"] == 12, "fd"].item()
+    assert two.loc[two["step"] == 12, "fd"].item() == pytest.approx((fd_first + fd_second) / 2, rel=1e-9)
+    assert two.loc[two["step"] == 12, "fd_seed_std"].item() == pytest.approx(
+        np.std([fd_first, fd_second], ddof=1), rel=1e-9)
+
+
+def test_reference_statistics_are_cached_per_dataset_space_and_count(run, monkeypatch):
+    cfg, store = run()
+    evaluate_run(cfg, store)
+    cached = sorted(p.name for p in (cfg.out / "_cache" / "eval-reference").iterdir())
+    assert len(cached) == 2 and any("-pixels-n200-" in n for n in cached) and all("-n200-k3-" in n for n in cached)
+    reference = torch.load(next((cfg.out / "_cache" / "eval-reference").glob("*-seed7-*")), weights_only=True)
+    assert reference["mu"].dtype == torch.float64 and reference["sigma"].dtype == torch.float64
+    assert reference["num_real"] == 200 and set(reference["floor"]) >= {"fd", "kid_mean", "precision"}
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the real data's reference was recomputed")
+
+    monkeypatch.setattr(ev, "knn_radii", fail)  # only the reference's radii come from here
+    evaluate_run(cfg, store, rescore=True)  # scores the checkpoints again from the cached reference
+
+
+def test_real_split_is_deterministic_and_disjoint():
+    ref, held = real_split(1000, 300)
+    assert len(ref) == len(held) == 300 and not set(ref) & set(held)
+    assert np.array_equal(ref, real_split(1000, 300)[0])
+    assert [len(part) for part in real_split(400, 10_000)] == [200, 200]  # at most half each
+
+
+def test_selected_generator_only_and_selection_by_another_metric(run):
+    cfg, store = run(generators="selected", use_ema=False, select_metric="precision")
+    table = evaluate_run(cfg, store)
+    assert table["generator"].tolist() == ["raw", "raw"] and table["class_accuracy"].isna().all()
+    assert table.loc[table["best"], "precision"].item() == table["precision"].max()
+    assert (table["select_direction"] == "max").all() and (table["select_generator"] == "raw").all()
+
+
+def test_a_metric_without_values_falls_back_to_fd_and_says_so(run, caplog):
+    cfg, store = run(select_metric="inception_fid")
+    with caplog.at_level(logging.WARNING, logger="ganlib"):
+        table = evaluate_run(cfg, store)
+    assert (table["select_metric"] == "fd").all()
+    assert table["select_note"].iloc[0].startswith("inception_fid has no values in this table; chose by fd")
+    assert sum("chose by fd" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_select_best_directions_generators_and_fallbacks():
+    table = pd.DataFrame({"step": [2, 2, 1, 1], "checkpoint": ["b", "b", "a", "a"],
+                          "generator": ["ema", "raw", "ema", "raw"], "fd": [5.0, 1.0, 3.0, 9.0],
+                          "recall": [0.2, 0.9, 0.4, 0.1], "inception_fid": [np.nan] * 4})
+    chosen = select_best(table, "fd", "auto", "ema")
+    assert chosen["step"].tolist() == [1, 1, 2, 2] and chosen["generator"].tolist() == ["raw", "ema", "raw", "ema"]
+    assert chosen.loc[chosen["best"], ["step", "generator"]].values.tolist() == [[1, "ema"]]
+    by_recall = select_best(table, "recall", "auto", "raw")
+    assert by_recall.loc[by_recall["best"], "fd"].tolist() == [1.0]
+    assert select_best(table, "fd", "max", "raw").loc[lambda t: t["best"], "fd"].item() == 9.0
+    newest = select_best(table.assign(fd=np.nan), "inception_fid", "auto", "ema")
+    assert newest.loc[newest["best"], ["step", "generator"]].values.tolist() == [[2, "ema"]]
+    assert newest["select_metric"].iloc[0] == "newest" and "newest checkpoint" in newest["select_note"].iloc[0]
+    # A run without an EMA: the raw rows are the candidates even when the EMA is preferred.
+    raw_only = select_best(table[table["generator"] == "raw"], "fd", "auto", "ema")
+    assert raw_only["select_generator"].iloc[0] == "raw" and raw_only["best"].sum() == 1
+    assert set(SELECT_DIRECTIONS) == set(get_args(EvalConfig.model_fields["select_metric"].annotation))
+
+
+class _TinyExtractor(torch.nn.Module):
+    """Stands in for torch-fidelity's Inception-v3 (uint8 RGB in, (pool, logits) out) at a fraction of its cost."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 16, 5, stride=3)
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        assert x.dtype == torch.uint8 and x.shape[1] == 3
+        pool = self.conv((x.float() - 128) / 128).relu().mean(dim=(2, 3))
+        return pool, self.head(pool)
+
+
+def test_inception_metrics_fill_their_columns_when_a_network_is_there(run, monkeypatch):
+    network = InceptionNet(_TinyExtractor().eval(), "ok", "ab" * 32)
+    monkeypatch.setattr(ev, "load_inception", lambda cfg, device: network)
+    cfg, store = run(inception="on", select_metric="inception_kid_mean")
+    table = evaluate_run(cfg, store)
+    inception = ["inception_fid", "inception_kid_mean", "inception_is_mean", "inception_precision",
+                 "inception_recall", "inception_density", "inception_coverage", "inception_fid_floor"]
+    assert table[inception].notna().all().all() and (table["inception_status"] == "ok").all()
+    assert (table["feature_spaces"] == "domain-classifier,inception-v3").all()
+    assert table.loc[table["best"], "inception_kid_mean"].item() == table.loc[
+        table["generator"] == "ema", "inception_kid_mean"].min()
+    assert any("-inception-abababababab-n200-" in p.name for p in (cfg.out / "_cache" / "eval-reference").iterdir())
+
+
+def test_offline_without_weights_skips_inception_with_one_warning(run, monkeypatch, caplog):
+    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(tf_inception, "load_state_dict_from_url", offline)
+    cfg, store = run(inception="on")
+    with caplog.at_level(logging.WARNING, logger="ganlib"):
+        table = evaluate_run(cfg, store)
+    status = table["inception_status"].iloc[0]
+    assert status.startswith("skipped: no eval.inception_weights file and torch-fidelity could not download")
+    assert "URLError" in status and "\n" not in status and (table["inception_status"] == status).all()
+    assert table["inception_fid"].isna().all() and table["fd"].notna().all()
+    assert sum("Inception" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_real_images_score_better_than_noise(run):
+    cfg, store_dir = run()
+    store = load_store(store_dir)
+    classifier, ref = domain_reference(store, cfg.out, cfg.eval, cfg.seed, torch.device("cpu"))
+    real = torch.from_numpy(store.images[:200].copy()).float() / 127.5 - 1
+    noise = torch.rand_like(real) * 2 - 1
+    real_scores = score_images(real, classifier, ref, 10, cfg=cfg.eval)
+    noise_scores = score_images(noise, classifier, ref, 10, cfg=cfg.eval)
+    assert real_scores["fd"] < noise_scores["fd"] and real_scores["kid_mean"] < noise_scores["kid_mean"]
+    assert real_scores["precision"] > 0.5 > noise_scores["precision"]
+    assert real_scores["classes_present"] == 10
+
+
+def test_no_checkpoints_is_a_clear_error(tiny):
+    cfg = tiny(run_id="empty")
+    with pytest.raises(DataError, match="has no checkpoints"):
+        evaluate_run(cfg, prepare_dataset(cfg.data, cfg.out))
+
+
+@pytest.mark.slow
+def test_conditional_runs_report_class_accuracy(tiny):
+    cfg = tiny(run_id="cond-ev", model__conditional=True)
+    store = prepare_dataset(cfg.data, cfg.out)
+    train(cfg, store)
+    table = evaluate_run(cfg, store)
+    assert table["class_accuracy"].between(0, 1).all()
+    assert set(table["generator"]) == {"raw", "ema"}
+
+
+def test_a_run_without_an_ema_is_scored_by_its_raw_generator(tiny):
+    cfg = tiny(run_id="noema", train__ema_decay=0.0, eval__generators="selected")
+    store = prepare_dataset(cfg.data, cfg.out)
+    train(cfg, store)
+    table = evaluate_run(cfg, store)  # the EMA is asked for, the raw weights are what there is
+    assert table["generator"].tolist() == ["raw", "raw"] and table["best"].sum() == 1
+    assert (table["select_generator"] == "raw").all() and best_generator(table) == "raw"
+    both = evaluate_run(tiny(run_id="noema", train__ema_decay=0.0), store)
+    pd.testing.assert_frame_equal(table, both)  # the same rows, reused

@@ -1,0 +1,46 @@
+"""ganlib.evaluation.memorisation: nearest training images, the fraction closer than held-out real images, the pairs picture."""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from ganlib.evaluation.memorisation import memorisation_scores, nearest_training, pixel_vectors, save_closest_pairs
+
+
+def _images(n: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 1, 8, 8), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def test_nearest_training_finds_copies_at_distance_zero_and_measures_exactly():
+    training = _images(50, 0)
+    copies = training[[7, 3, 41]]
+    distances, index = nearest_training(pixel_vectors(copies), pixel_vectors(training))
+    assert index.tolist() == [7, 3, 41] and distances.tolist() == [0.0, 0.0, 0.0]
+    other = _images(5, 1)
+    distances, index = nearest_training(pixel_vectors(other), pixel_vectors(training))
+    exact = (other.double().flatten(1)[:, None] - training.double().flatten(1)[None]).norm(dim=2)
+    assert distances.dtype == torch.float64 and torch.equal(index, exact.argmin(dim=1))
+    assert torch.allclose(distances, exact.min(dim=1).values, rtol=0, atol=1e-9)
+
+
+def test_a_copying_generator_is_caught_and_a_new_sample_set_is_not():
+    training, held_out = _images(200, 2), _images(200, 3)
+    real_distances, _ = nearest_training(pixel_vectors(held_out), pixel_vectors(training))
+    copied = memorisation_scores(nearest_training(pixel_vectors(training[:100]), pixel_vectors(training))[0],
+                                 real_distances)
+    assert copied["memorisation_fraction"] == 1.0 and copied["memorisation_median_distance"] == 0.0
+    fresh = memorisation_scores(nearest_training(pixel_vectors(_images(200, 4)), pixel_vectors(training))[0],
+                                real_distances)
+    assert 0.3 < fresh["memorisation_fraction"] < 0.7  # new images of the same kind: about half
+    assert fresh["memorisation_real_median_distance"] == float(real_distances.median())
+
+
+def test_closest_pairs_picture_shows_sixteen_pairs(tmp_path):
+    training = _images(40, 5)
+    generated = training[:20].float() / 127.5 - 1
+    distances, index = nearest_training(pixel_vectors(training[:20]), pixel_vectors(training))
+    path = save_closest_pairs(generated, training, distances, index, tmp_path / "eval" / "pairs.png", "step 1")
+    with Image.open(path) as picture:
+        # 8 cells (4 pairs) across, 4 rows, each 8 px enlarged x7 with 2 px padding, plus the caption strip.
+        assert picture.width == 8 * (8 * 7 + 2 * 7) + 2 * 7 and picture.height > 4 * 8 * 7

@@ -1,0 +1,261 @@
+import pandas as pd
+import pytest
+import torch
+
+from ganlib.runs.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from ganlib.config import ModelConfig
+from ganlib.data.store import prepare_dataset
+from ganlib.errors import CheckpointError, ConfigError
+from ganlib.training.losses import d_loss_nonsaturating
+from ganlib.models import build_models
+from ganlib.training.loop import (
+    METRIC_COLUMNS,
+    BatchOrder,
+    adam_implementation,
+    load_generator,
+    train,
+    train_step,
+    use_channels_last,
+)
+
+
+def test_one_step_lowers_the_discriminator_loss_on_an_easy_case():
+    torch.manual_seed(0)
+    g, d = build_models(ModelConfig(name="dcgan", ngf=8, ndf=8), 1, 28)
+    opt_g = torch.optim.Adam(g.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(d.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    real = torch.ones(32, 1, 28, 28)  # constant white images: trivially told apart from G's output
+    z = torch.randn(32, 100)
+    with torch.no_grad():
+        fake = g(z)
+        before = d_loss_nonsaturating(d(real), d(fake)).item()
+    scalars = train_step(g, d, opt_g, opt_d, real, z)
+    with torch.no_grad():
+        after = d_loss_nonsaturating(d(real), d(fake)).item()
+    assert after < before
+    assert scalars.shape == (5,) and torch.isfinite(scalars).all()
+    assert abs(scalars[0].item() - before) < 1e-4  # the reported d_loss is the one before the update
+
+
+def test_g_step_does_not_leave_gradients_on_d():
+    torch.manual_seed(0)
+    g, d = build_models(ModelConfig(name="mlp", hidden_dim=16), 1, 28)
+    opt_g, opt_d = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
+    train_step(g, d, opt_g, opt_d, torch.rand(8, 1, 28, 28) * 2 - 1, torch.randn(8, 100))
+    assert all(p.requires_grad for p in d.parameters())
+    w_before = [p.clone() for p in d.parameters()]
+    opt_d.zero_grad(set_to_none=True)
+    assert all(p.grad is None for p in d.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(w_before, d.parameters()))
+
+
+def test_batch_order_is_a_permutation_per_epoch_and_resumable():
+    order = BatchOrder(10, 3, seed=1, device=torch.device("cpu"))
+    epoch0 = torch.cat([order.next() for _ in range(3)])
+    assert len(set(epoch0.tolist())) == 9  # 3 full batches, the 10th image dropped this epoch
+    state = order.state_dict()
+    nxt = [order.next() for _ in range(4)]
+    again = BatchOrder(10, 3, seed=1, device=torch.device("cpu"))
+    again.load_state_dict(state)
+    assert all(torch.equal(a, again.next()) for a in nxt)
+
+
+def test_batch_larger_than_dataset_is_a_clear_error():
+    with pytest.raises(ConfigError, match="train.batch_size: 64 is larger than the dataset"):
+        BatchOrder(10, 64, seed=0, device=torch.device("cpu"))
+
+
+def test_train_writes_checkpoints_and_one_metrics_row_per_step(tiny):
+    cfg = tiny()
+    store = prepare_dataset(cfg.data, cfg.out)
+    result = train(cfg, store)
+    assert result.final_step == 12 and result.resumed_from_step == 0
+    assert [s for s, _ in list_checkpoints(cfg.run_dir / "checkpoints")] == [6, 12]
+    table = pd.read_parquet(cfg.run_dir / "metrics" / "train.parquet")
+    assert table["step"].tolist() == list(range(1, 13))
+    assert {"d_loss", "g_loss", "d_real", "d_fake", "images_per_sec", "epoch"} <= set(table.columns)
+    assert (cfg.run_dir / "config.json").is_file() and (cfg.run_dir / "data" / "manifest.json").is_file()
+    state = load_checkpoint(cfg.run_dir / "checkpoints" / "step_000012.pt")
+    assert {"generator", "discriminator", "opt_g", "opt_d", "rng", "data", "config", "step"} <= set(state)
+
+
+def test_resume_continues_from_k_and_matches_an_uninterrupted_run(tiny):
+    whole = tiny(run_id="whole")
+    store = prepare_dataset(whole.data, whole.out)
+    train(whole, store)
+
+    part = tiny(run_id="part", train__steps=6)  # "killed" after 6 steps ...
+    train(part, store)
+    resumed = train(tiny(run_id="part"), store)  # ... and run again with the same run id
+    assert resumed.resumed_from_step == 6 and resumed.final_step == 12
+
+    a = load_checkpoint(whole.run_dir / "checkpoints" / "step_000012.pt")
+    b = load_checkpoint(part.run_dir / "checkpoints" / "step_000012.pt")
+    for key in ("generator", "discriminator"):
+        assert all(torch.equal(a[key][n], b[key][n]) for n in a[key]), key
+    ta = pd.read_parquet(whole.run_dir / "metrics" / "train.parquet").drop(columns="images_per_sec")
+    tb = pd.read_parquet(part.run_dir / "metrics" / "train.parquet").drop(columns="images_per_sec")
+    pd.testing.assert_frame_equal(ta, tb)
+
+
+def test_resume_after_a_crash_between_checkpoints_redoes_steps_exactly_once(tiny):
+    cfg = tiny(run_id="crash")
+    store = prepare_dataset(cfg.data, cfg.out)
+    train(cfg, store)
+    # Simulate a crash after the step-12 metrics were written but before its checkpoint landed.
+    (cfg.run_dir / "checkpoints" / "step_000012.pt").unlink()
+    (cfg.run_dir / "checkpoints" / "step_000012.pt.sha256").unlink()
+    result = train(cfg, store)
+    assert result.resumed_from_step == 6
+    assert pd.read_parquet(cfg.run_dir / "metrics" / "train.parquet")["step"].tolist() == list(range(1, 13))
+
+
+def test_resume_with_a_different_model_is_refused_naming_the_field(tiny):
+    cfg = tiny(run_id="r")
+    store = prepare_dataset(cfg.data, cfg.out)
+    train(cfg, store)
+    with pytest.raises(CheckpointError, match=r"model.ngf: 8 -> 16"):
+        train(tiny(run_id="r", model__ngf=16), store)
+
+
+def test_stop_request_checkpoints_and_returns(tiny):
+    cfg = tiny(run_id="stop")
+    store = prepare_dataset(cfg.data, cfg.out)
+    result = train(cfg, store, should_stop=lambda: True)
+    assert result.stopped_early and result.final_step == 4
+    assert latest_checkpoint(cfg.run_dir / "checkpoints")[1]["step"] == 4
+
+
+def test_load_generator_gives_an_eval_mode_generator(tiny):
+    cfg = tiny(run_id="gen")
+    train(cfg, prepare_dataset(cfg.data, cfg.out))
+    g, meta = load_generator(cfg.run_dir / "checkpoints" / "step_000012.pt")
+    assert not g.training and meta["step"] == 12 and meta["image_shape"] == [1, 28, 28]
+    assert g(torch.randn(3, 100)).shape == (3, 1, 28, 28)
+
+
+def test_time_budget_stops_with_a_checkpoint(tiny):
+    cfg = tiny(run_id="budget", train__max_minutes=1e-9)
+    records = []
+    result = train(cfg, prepare_dataset(cfg.data, cfg.out), on_progress=records.append)
+    assert result.stopped_early and result.final_step == 4  # the first flush
+    assert records[-1]["eta_s"] == 0.0  # the budget, not the remaining steps, ends this attempt
+    assert latest_checkpoint(cfg.run_dir / "checkpoints")[1]["step"] == 4
+
+
+# --- speed options: train.channels_last, train.fused_optimizer ------------------------------------
+
+
+def test_speed_options_resolve_per_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_channels_last("auto", "dcgan", cuda) and use_channels_last("auto", "dcgan", cpu)
+    assert not use_channels_last("auto", "dcgan", torch.device("mps")) and not use_channels_last("off", "dcgan", cpu)
+    assert use_channels_last("on", "resnet", cpu) and not use_channels_last("on", "mlp", cuda)
+    assert adam_implementation("auto", cpu) == {"fused": True}  # torch 2.4+ has a fused Adam for the CPU
+    assert adam_implementation("off", cuda) == {"foreach": True}
+    with pytest.raises(ConfigError, match="train.fused_optimizer: this torch has no fused Adam for meta; use auto"):
+        adam_implementation("on", torch.device("meta"))
+
+
+def test_speed_options_may_change_when_a_run_resumes(tiny):
+    """They change rounding, not what is learned: a resume may switch them, both ways."""
+    speed = {"train__checkpoint_every": 6}
+    first = tiny(run_id="speed", train__steps=6, train__channels_last="off", train__fused_optimizer="off", **speed)
+    store = prepare_dataset(first.data, first.out)
+    train(first, store)
+    train(tiny(run_id="speed", train__steps=12, train__channels_last="on", train__fused_optimizer="on", **speed), store)
+    last = tiny(run_id="speed", train__steps=18, train__channels_last="off", train__fused_optimizer="off", **speed)
+    assert train(last, store).final_step == 18
+    state = load_checkpoint(last.run_dir / "checkpoints" / "step_000012.pt")
+    assert state["opt_g"]["param_groups"][0]["fused"] is True
+    g, _ = load_generator(last.run_dir / "checkpoints" / "step_000018.pt")
+    assert g(torch.randn(2, 100)).shape == (2, 1, 28, 28)
+
+
+def test_precision_may_change_when_a_run_resumes(tiny):
+    """bf16 autocast keeps weights and Adam's state in fp32, so a run can switch either way."""
+    speed = {"train__checkpoint_every": 6}
+    first = tiny(run_id="precision", train__steps=6, train__precision="fp32", **speed)
+    store = prepare_dataset(first.data, first.out)
+    train(first, store)
+    assert train(tiny(run_id="precision", train__steps=12, train__precision="bf16", **speed), store).final_step == 12
+    last = tiny(run_id="precision", train__steps=18, train__precision="fp32", **speed)
+    assert train(last, store).final_step == 18
+    state = load_checkpoint(last.run_dir / "checkpoints" / "step_000012.pt")
+    assert state["config"]["train"]["precision"] == "bf16"
+    for part in ("generator", "discriminator"):
+        assert all(t.dtype == torch.float32 for t in state[part].values() if t.is_floating_point())
+    assert all(v.dtype == torch.float32 for s in state["opt_d"]["state"].values() for v in s.values()
+               if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0)
+    losses = pd.read_parquet(last.run_dir / "metrics" / "train.parquet")["d_loss"]
+    assert len(losses) == 18 and losses.notna().all() and (losses.abs() < 1e3).all()
+
+
+def _bf16_against_fp32(bf16: bool, seed: int, images: torch.Tensor, steps: int, model: str) -> torch.Tensor:
+    """Per-step scalars of a 28-px model on ``images``' device; bf16 runs with channels-last and fused Adam."""
+    from ganlib.training.loop import Objective, to_unit_range
+
+    device = images.device
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bf16  # fp32: no TF32 either
+    torch.manual_seed(seed)
+    g, d = build_models(ModelConfig(name=model, ngf=32, ndf=32), 1, 28)
+    fmt = torch.channels_last if bf16 and model != "mlp" else torch.contiguous_format
+    g.to(device, memory_format=fmt)
+    d.to(device, memory_format=fmt)
+    impl = adam_implementation("on" if bf16 else "off", device)
+    opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999), **impl)
+    opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999), **impl)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    rows = []
+    for step in range(steps):
+        idx = torch.randint(0, len(images), (64,), device=device, generator=gen)
+        real = to_unit_range(images[idx].contiguous(memory_format=fmt))
+        z = torch.randn(64, 100, device=device, generator=gen)
+        rows.append(train_step(g, d, opt_g, opt_d, real, z, Objective(bf16=bf16), step))
+    return torch.stack(rows).float().cpu()
+
+
+@pytest.mark.parametrize(("device", "model"), [
+    pytest.param("cuda", "dcgan", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                              reason="needs CUDA")]),
+    pytest.param("cpu", "dcgan", marks=pytest.mark.slow),
+    ("cpu", "mlp"),
+])
+def test_bf16_losses_stay_within_tolerance_of_fp32(device, model):
+    """GAN training amplifies rounding within tens of steps, so after the first step the runs are
+    compared as statistics, against how far a different seed moves them (bench/gpu_checks.py: more).
+    On the CPU bf16 autocast runs on oneDNN (AMX where the CPU has it, emulated otherwise)."""
+    from ganlib.data.digits import generate_digits
+
+    images = torch.from_numpy(generate_digits(1024, seed=0)[0]).to(device)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        fp32, bf16, reseeded = (_bf16_against_fp32(b, s, images, 150, model)
+                                for b, s in ((False, 0), (True, 0), (False, 1)))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    assert torch.isfinite(bf16).all()
+    assert (bf16[0, :2] - fp32[0, :2]).abs().max() < 0.05  # step 0: same weights and batch, rounding only
+    assert not torch.equal(bf16, fp32)  # autocast did run in bf16
+    for i, name in enumerate(METRIC_COLUMNS):
+        ref, x, other = (float(t[-40:, i].mean()) for t in (fp32, bf16, reseeded))
+        assert abs(x - ref) <= max(3 * abs(other - ref), 0.1 + 0.1 * abs(ref)), (name, x, ref, other)
+
+
+def test_bf16_on_the_cpu_trains_and_checkpoints_fp32_weights(tiny):
+    cfg = tiny(run_id="cpu-bf16", train__precision="bf16")
+    assert train(cfg, prepare_dataset(cfg.data, cfg.out)).final_step == 12
+    state = load_checkpoint(cfg.run_dir / "checkpoints" / "step_000012.pt")
+    assert all(v.dtype == torch.float32 for v in state["generator"].values() if v.is_floating_point())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_with_bf16_and_the_speed_defaults_checkpoints_for_the_cpu(tiny):
+    cfg = tiny(run_id="cuda", device="cuda", train__precision="bf16")
+    assert train(cfg, prepare_dataset(cfg.data, cfg.out)).final_step == 12
+    path = cfg.run_dir / "checkpoints" / "step_000012.pt"
+    assert load_checkpoint(path)["opt_g"]["param_groups"][0]["fused"] is True
+    g, _ = load_generator(path, "cpu")
+    assert g(torch.randn(2, 100)).shape == (2, 1, 28, 28)
