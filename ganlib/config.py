@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ganlib.errors import ConfigError
+from ganlib.errors import CheckpointError, ConfigError
 
 DatasetName = Literal[
     "digits", "mnist", "fashion-mnist", "kmnist", "cifar10", "celeba", "folder", "npz", "idx"]
@@ -116,7 +116,9 @@ class TrainConfig(_Section):
         None, ge=1, description="Total optimisation steps (one D and one G update each). "
         "Exclusive with epochs; if neither is given, 10000 steps.")
     epochs: float | None = Field(None, gt=0, description="Total passes over the dataset (may be fractional).")
-    batch_size: int = Field(128, ge=2, le=65_536)
+    batch_size: int = Field(
+        128, ge=2, le=65_536, description="Images per optimisation step, over all training processes (the global "
+        "batch).")
     lr: float = Field(2e-4, gt=0, le=1.0, description="Adam learning rate of G and D.")
     lr_g: float | None = Field(None, gt=0, le=1.0, description="Generator learning rate (default: lr).")
     lr_d: float | None = Field(None, gt=0, le=1.0, description="Discriminator learning rate (default: lr).")
@@ -125,8 +127,8 @@ class TrainConfig(_Section):
         "linearly to 0 at the last step (SNGAN/BigGAN-style annealing).")
     lr_decay_start: float = Field(
         0.5, ge=0, lt=1, description="linear decay: the fraction of train.steps after which the rates decay.")
-    beta1: float = Field(0.5, ge=0, lt=1)
-    beta2: float = Field(0.999, ge=0, lt=1)
+    beta1: float = Field(0.5, ge=0, lt=1, description="Adam beta1 of G and D (0.5, as in DCGAN).")
+    beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2 of G and D.")
     loss: Literal["ns", "hinge", "wgan-gp", "ls"] = Field(
         "ns", description="'ns': non-saturating (BCE on logits); 'hinge'; 'wgan-gp': Wasserstein with "
         "gradient penalty; 'ls': least squares.")
@@ -293,7 +295,9 @@ class RunConfig(_Section):
     out: Path = Field(Path("artifacts"), description="Output root; the run goes to out/run_id.")
     device: str = Field("auto", pattern=DEVICE_PATTERN,
                         description="'auto' (CUDA when present), 'cpu', 'cuda[:N]', 'mps'.")
-    seed: int = Field(7, ge=0, le=2**63 - 1)
+    seed: int = Field(
+        7, ge=0, le=2**63 - 1, description="Seed of the run: initial weights, batch order, training noise, "
+        "evaluation latents and the gallery (unless gallery.seed).")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -324,6 +328,11 @@ class RunConfig(_Section):
             return self
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         return self.model_copy(update={"run_id": f"{self.data.dataset}-{self.model.name}-{stamp}"})
+
+    @property
+    def gallery_seed(self) -> int:
+        """The seed of the gallery's latents: ``gallery.seed``, else the run's seed."""
+        return self.gallery.seed if self.gallery.seed is not None else self.seed
 
     @property
     def run_dir(self) -> Path:
@@ -369,6 +378,15 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     return diffs
 
 
+def check_resumable(saved: dict[str, Any], current: RunConfig) -> None:
+    """``CheckpointError`` (one line, naming each difference) when ``current`` would change what the run
+    saved with config ``saved`` is learning; see ``config_differences``."""
+    diffs = config_differences(saved, current.model_dump(mode="json"))
+    if diffs:
+        raise CheckpointError(f"run {current.run_id!r} exists with a different config ({'; '.join(diffs)}); "
+                              "use a new --run-id, or the original settings to resume it")
+
+
 def format_validation_error(err: ValidationError) -> str:
     """One line per problem: ``train.lr: Input should be greater than 0 (got -1.0)``."""
     parts = []
@@ -381,6 +399,19 @@ def format_validation_error(err: ValidationError) -> str:
         suffix = "" if isinstance(got, dict) or e["type"] in ("missing",) else f" (got {got!r})"
         parts.append(f"{loc}: {msg}{suffix}")
     return "invalid config: " + "; ".join(parts)
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """Set ``data["train"]["lr"] = value`` for ``dotted="train.lr"``, creating missing sections; returns ``data``.
+
+    How flags, sweep grids and overrides (dotted field names) become the nested dict ``build_config`` takes.
+    """
+    *sections, leaf = dotted.split(".")
+    node = data
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[leaf] = value
+    return data
 
 
 def build_config(data: dict[str, Any]) -> RunConfig:

@@ -33,3 +33,9 @@ class TrainingDiverged(GanlibError):
 
 class HealthStop(GanlibError):
     """Training was stopped because a health monitor fired and ``train.stop_on_health`` is set."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when the message is empty."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -250,15 +250,14 @@ def build_models(cfg: ModelConfig, channels: int, image_size: int, num_classes: 
     if cfg.conditional and num_classes < 2:
         raise ConfigError("model.conditional: needs a labelled dataset with at least 2 classes; "
                           "drop --conditional or use a labelled dataset")
+    check_image_size(cfg.name, image_size)
     if cfg.name == "mlp":
         g: nn.Module = MLPGenerator(cfg.noise_dim, cfg.hidden_dim, channels, image_size, k)
         d: nn.Module = MLPDiscriminator(cfg.hidden_dim, channels, image_size, k)
     elif cfg.name == "dcgan":
-        _check_size("dcgan", DCGAN_SIZES, image_size, "set data.image_size to one of them or use --model mlp")
         g = DCGANGenerator(cfg.noise_dim, cfg.ngf, channels, image_size, k)
         d = DCGANDiscriminator(cfg.ndf, channels, image_size, k)
     elif cfg.name == "resnet":
-        _check_size("resnet", RESNET_SIZES, image_size, "set data.image_size (--image-size 32) or use --model dcgan")
         g = ResNetGenerator(cfg.noise_dim, cfg.ngf, channels, image_size, k)
         d = ResNetDiscriminator(cfg.ndf, channels, image_size, k)
     else:  # pydantic's Literal makes this unreachable from validated configs
@@ -270,10 +269,12 @@ def build_models(cfg: ModelConfig, channels: int, image_size: int, num_classes: 
     return g, d
 
 
-def _check_size(name: str, sizes: tuple[int, ...], image_size: int, fix: str) -> None:
-    if image_size not in sizes:
-        raise ConfigError(f"model.name: {name!r} makes images of {', '.join(map(str, sizes))} px, "
-                          f"not {image_size}; {fix}")
+def check_image_size(model_name: str, image_size: int) -> None:
+    """``ConfigError`` (one line) when the preset ``model_name`` cannot make ``image_size``-px images."""
+    sizes, fix = {"dcgan": (DCGAN_SIZES, "use --image-size 28, 32, 64 or 128, or --model mlp"),
+                  "resnet": (RESNET_SIZES, "use --image-size 32 or 64, or --model dcgan")}.get(model_name, (None, ""))
+    if sizes is not None and image_size not in sizes:
+        raise ConfigError(f"data.image_size: {model_name} makes {sizes} px images, not {image_size}; {fix}")
 
 
 def _spectral_norm_(module: nn.Module) -> None:

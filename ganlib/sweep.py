@@ -21,10 +21,10 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ganlib.config import RUN_ID_PATTERN, RunConfig, build_config, config_differences
+from ganlib.config import RUN_ID_PATTERN, RunConfig, build_config, config_differences, set_dotted
 from ganlib.errors import ConfigError
 from ganlib.runs.files import atomic_path, atomic_write_text
-from ganlib.runs.paths import RunPaths
+from ganlib.runs.paths import RunDir
 
 NOT_SWEPT = ("run_id", "out")  # the sweep decides these
 STATUSES = ("completed", "reused", "failed")
@@ -61,13 +61,6 @@ def _get(data: dict[str, Any], dotted: str) -> Any:
     return data
 
 
-def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        data = data.setdefault(part, {})
-    data[leaf] = value
-
-
 def _slug(value: Any) -> str:
     text = f"{value:g}" if isinstance(value, float) else str(value)
     return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-.") or "x"
@@ -99,7 +92,7 @@ def expand_grid(base: RunConfig, grid: dict[str, list[Any]], sweep_id: str) -> l
     for combination in itertools.product(*grid.values()):
         data = json.loads(json.dumps(base_data))
         for key, value in zip(grid, combination):
-            _set(data, key, value)
+            set_dotted(data, key, value)
         data["out"], data["run_id"] = str(Path(base.out) / sweep_id), sweep_id  # a placeholder id to validate
         try:
             config = build_config(data)
@@ -117,7 +110,7 @@ def expand_grid(base: RunConfig, grid: dict[str, list[Any]], sweep_id: str) -> l
 
 def completed_summary(config: RunConfig) -> dict[str, Any] | None:
     """The run's ``summary.json`` if the run finished with this config (nothing left to do), else None."""
-    path = RunPaths(config.run_dir).summary
+    path = RunDir(config.run_dir).summary
     try:
         summary = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -9,6 +9,7 @@ from prefect.artifacts import create_table_artifact
 
 from ganlib.config import RunConfig
 from ganlib.evaluation.evaluate import best_checkpoint, best_generator, evaluate_run
+from ganlib.runs.paths import RunDir
 from tasks.common import RETRIES, artifact_key, retry_unless_user_error
 
 TABLE_COLUMNS = ["step", "checkpoint", "generator", "fd", "kid_mean", "is_mean", "is_std", "precision", "recall",
@@ -27,7 +28,7 @@ def evaluate_task(config: RunConfig, store_dir: str, rescore: bool = False) -> d
     create_table_artifact(key=artifact_key("eval", config.run_id), table=rows,
                           description=f"Checkpoint evaluation of run {config.run_id}"
                           + (f" (Inception metrics {status})" if status.startswith("skipped") else ""))
-    return {"eval_table": str(config.run_dir / "metrics" / "eval.parquet"),
+    return {"eval_table": str(RunDir(config.run_dir).eval_metrics),
             "best_checkpoint": str(best_checkpoint(table, config.run_dir)),
             "best_generator": best_generator(table),
             "num_checkpoints": int(table["step"].nunique())}

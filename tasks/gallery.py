@@ -10,10 +10,8 @@ latest summary replaces the previous version). A few seconds on the CPU for the 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
@@ -21,20 +19,20 @@ from ganlib.config import RunConfig
 from ganlib.evaluation.evaluate import best_generator
 from ganlib.rendering.gallery import export_samples, make_gallery, make_interpolation, render_step_grids, save_timelapse
 from ganlib.rendering.plots import plot_run
-from ganlib.rendering.summary import build_summary, summary_markdown, write_summary
 from ganlib.rendering.report_html import write_report
-from ganlib.runs.paths import RunPaths, resolve_device
+from ganlib.rendering.summary import build_summary, summary_markdown, write_summary
+from ganlib.runs.device import resolve_device
+from ganlib.runs.paths import RunDir
 from tasks.common import RETRIES, artifact_key, retry_unless_user_error
 
 
 @task(name="gallery", retries=RETRIES, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
 def gallery_task(config: RunConfig, best_checkpoint: str, train_record: dict) -> dict:
     """Render the pictures, plots and report; write summary.json/summary.md and publish the summary."""
-    paths, device = RunPaths(config.run_dir), resolve_device(config.device)
-    seed = config.gallery.seed if config.gallery.seed is not None else config.seed
-    manifest_path = paths.data / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    evals = pd.read_parquet(paths.eval_metrics)
+    paths, device = RunDir(config.run_dir), resolve_device(config.device)
+    seed = config.gallery_seed
+    manifest = paths.read_manifest()
+    evals = paths.read_table(paths.eval_metrics)
     # Render the generator the best row was chosen among (eval.use_ema, unless the run keeps no EMA).
     common = {"device": device, "batch_size": config.eval.batch_size, "use_ema": best_generator(evals) == "ema",
               "class_names": manifest.get("class_names")}
@@ -45,7 +43,7 @@ def gallery_task(config: RunConfig, best_checkpoint: str, train_record: dict) ->
     gallery.update(make_interpolation(Path(best_checkpoint), paths.gallery, seed, **common))
     plots = plot_run(paths.root)
     summary = build_summary(config, train_record, evals, gallery, plots,
-                            report=str(paths.root / "report.html"))
+                            report=str(paths.report))
     write_summary(summary, config.run_dir)
     write_report(paths.root)  # last: it lists the files above
     create_markdown_artifact(key=artifact_key("summary", config.run_id),

@@ -1,7 +1,7 @@
 """Stage 2: training. No cache: resume from the run's newest checkpoint is what makes retries cheap.
 
 With ``dist.nproc_per_node`` (or ``dist.nnodes``) above 1 the task launches torchrun through
-``ganlib.training.distributed.launch``, streams the processes' output into its log, and fails (so it is
+``ganlib.training.launch.launch``, streams the processes' output into its log, and fails (so it is
 retried, resuming) when any of them fails; the launcher kills them all on timeout or cancellation.
 """
 
@@ -14,8 +14,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from ganlib.config import RunConfig
-from ganlib.training.distributed import launch
-from ganlib.training.loop import train
+from ganlib.runs.device import configure_backends, resolve_device
+from ganlib.training import train
+from ganlib.training.launch import launch
 from tasks.common import RETRIES, artifact_key, retry_unless_user_error
 
 PROGRESS_EVERY_S = 5.0  # the UI needs a glance, not a per-step stream
@@ -40,6 +41,7 @@ def train_task(config: RunConfig, store_dir: str) -> dict:
         if not result:  # a machine other than 0: rank 0's machine reports the run
             return {}
     else:
+        configure_backends(config.train.precision, resolve_device(config.device))
         result = train(config, Path(store_dir), on_progress=on_progress).to_dict()
     update_progress_artifact(progress_id, 100.0 * result["final_step"] / result["total_steps"])
     return result

@@ -37,15 +37,11 @@ def tiny_settings() -> dict:
 
 def tiny_config(tmp_path: Path, **overrides):
     """A RunConfig that trains, evaluates and renders in seconds on CPU."""
-    from ganlib.config import build_config
+    from ganlib.config import build_config, set_dotted
 
     data = {"run_id": "tiny", "out": str(tmp_path / "out"), **copy.deepcopy(TINY_SETTINGS)}
-    for dotted, value in overrides.items():
-        node = data
-        *parents, leaf = dotted.split("__")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+    for key, value in overrides.items():
+        set_dotted(data, key.replace("__", "."), value)
     return build_config(data)
 
 

@@ -36,9 +36,16 @@ import numpy as np
 
 from ganlib.errors import DataError
 
-__all__ = ["SUPPORTED_IMAGE_SIZES", "generate_digits"]
+__all__ = ["SUPPORTED_IMAGE_SIZES", "check_digits_size", "generate_digits"]
 
 SUPPORTED_IMAGE_SIZES: tuple[int, ...] = (28, 32, 64)
+
+
+def check_digits_size(image_size: int) -> None:
+    """``DataError`` (one line) unless the digits can be drawn at ``image_size`` px."""
+    if image_size not in SUPPORTED_IMAGE_SIZES:
+        raise DataError(f"data.image_size: the embedded digits are drawn at {SUPPORTED_IMAGE_SIZES} px, not "
+                        f"{image_size}; use --image-size 64, or a dataset of larger images (--dataset folder, celeba)")
 
 # MNIST fits each digit into a 20x20 box inside the 28x28 frame; keep that ratio at other sizes.
 _BOX_FRACTION = 20.0 / 28.0
@@ -405,9 +412,9 @@ def generate_digits(num_images: int, seed: int, image_size: int = 28) -> tuple[n
     """
     if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or num_images < 1:
         raise DataError(f"generate_digits: num_images must be an integer >= 1, got {num_images!r}")
-    if isinstance(image_size, bool) or image_size not in SUPPORTED_IMAGE_SIZES:
-        allowed = ", ".join(str(s) for s in SUPPORTED_IMAGE_SIZES)
-        raise DataError(f"generate_digits: image_size must be one of {allowed}, got {image_size!r}")
+    if isinstance(image_size, bool):
+        raise DataError(f"generate_digits: image_size must be an integer, got {image_size!r}")
+    check_digits_size(image_size)
     # default_rng(None) would silently draw fresh entropy and break reproducibility.
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise DataError(f"generate_digits: seed must be an integer >= 0, got {seed!r}")

@@ -21,9 +21,62 @@ from typing import Any
 import numpy as np
 import torch
 
+from ganlib.errors import ConfigError
+
 log = logging.getLogger("ganlib")
 
 MIB = 1 << 20
+
+
+def check_batch_size(batch_size: int, num_images: int) -> None:
+    """``ConfigError`` (one line) when a batch of ``batch_size`` cannot be drawn from ``num_images`` images."""
+    if batch_size > num_images:
+        raise ConfigError(f"train.batch_size: {batch_size} is larger than the dataset ({num_images} images); "
+                          f"use --batch-size {num_images} or less")
+
+
+class BatchOrder:
+    """Which images make each batch: a fresh permutation per epoch, derived from (seed, epoch).
+
+    The state is just (epoch, position), so a resumed run sees exactly the batches the
+    uninterrupted run would have seen. The last incomplete batch of an epoch is dropped, keeping
+    every batch (and its batch-norm statistics) the same size.
+
+    Data-parallel: with ``world_size`` W processes, ``batch_size`` is the global batch and ``next()``
+    returns rank ``rank``'s slice ``[rank*B/W, (rank+1)*B/W)`` of it; the state is the same on all ranks.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, device: torch.device,
+                 rank: int = 0, world_size: int = 1):
+        check_batch_size(batch_size, num_items)
+        if batch_size % world_size:
+            raise ConfigError(f"train.batch_size: {batch_size} does not split over {world_size} training "
+                              f"processes; use a multiple of {world_size}")
+        self.num_items, self.batch_size, self.seed, self.device = num_items, batch_size, seed, device
+        self.rank, self.local_size = rank, batch_size // world_size
+        self.batches_per_epoch = num_items // batch_size
+        self.epoch, self.position = 0, 0
+        self._perm: torch.Tensor | None = None
+
+    def _permutation(self) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.num_items, generator=gen).to(self.device)
+
+    def next(self) -> torch.Tensor:
+        if self.position == self.batches_per_epoch:
+            self.epoch, self.position, self._perm = self.epoch + 1, 0, None
+        if self._perm is None:
+            self._perm = self._permutation()
+        start = self.position * self.batch_size + self.rank * self.local_size
+        self.position += 1
+        return self._perm[start: start + self.local_size]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position, self._perm = int(state["epoch"]), int(state["position"]), None
+
 
 
 def default_budget_bytes(device: torch.device) -> int:
@@ -43,8 +96,8 @@ class BatchSource:
     """Batches of a uint8 store (N, C, H, W) on ``device``, in the order a ``BatchOrder`` gives.
 
     ``budget_mb``: largest store kept resident on the device (None: ``default_budget_bytes``);
-    0 always streams. ``next_batch(order)`` returns uint8 (batch, C, H, W) on the device;
-    ``last_indices`` then holds that batch's indices (on the device), e.g. to gather its labels.
+    0 always streams. ``next_batch(order)`` returns the batch, uint8 (batch, C, H, W) on the device,
+    and its indices into the store (on the order's device), e.g. to gather its labels.
     """
 
     def __init__(self, images: np.ndarray, device: torch.device, budget_mb: int | None = None):
@@ -52,7 +105,6 @@ class BatchSource:
         budget = default_budget_bytes(self.device) if budget_mb is None else budget_mb * MIB
         self.resident = images.nbytes <= budget
         self._data: torch.Tensor | None = None
-        self.last_indices: torch.Tensor | None = None
         if self.resident:
             self._data = torch.from_numpy(np.array(images)).to(self.device)  # read and copied once
         else:
@@ -69,11 +121,11 @@ class BatchSource:
     def __len__(self) -> int:
         return len(self.images)
 
-    def next_batch(self, order: Any) -> torch.Tensor:
-        """Advance ``order`` by one batch and return that batch, uint8 (batch, C, H, W) on the device."""
+    def next_batch(self, order: BatchOrder) -> tuple[torch.Tensor, torch.Tensor]:
+        """Advance ``order`` by one batch; return that batch, uint8 (batch, C, H, W) on the device, and its indices."""
         if self._data is not None:
-            self.last_indices = order.next()
-            return self._data[self.last_indices]
+            indices = order.next()
+            return self._data[indices], indices
         state = order.state_dict()
         if self._pending is None or self._pending_state != state:  # first batch, or the order was reset
             self._ahead = copy.copy(order)
@@ -81,14 +133,14 @@ class BatchSource:
             self._ahead.load_state_dict(state)
             self._pending_indices = self._ahead.next()
             self._pending = self._pool.submit(self._load, self._pending_indices)
-        self.last_indices = order.next()
+        indices = order.next()
         batch = self._pending.result()
         self._pending_state = self._ahead.state_dict()  # == order's state now
         self._pending_indices = self._ahead.next()
         self._pending = self._pool.submit(self._load, self._pending_indices)
         if self._stream is not None:  # the batch was made on the side stream; the step uses it on this one
             batch.record_stream(torch.cuda.current_stream(self.device))
-        return batch
+        return batch, indices
 
     def _load(self, indices: torch.Tensor) -> torch.Tensor:
         """Gather rows from the memory map (in file order, for locality) onto the device; runs in "

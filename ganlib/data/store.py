@@ -52,11 +52,13 @@ from ganlib.data.writer import (
 )
 from ganlib.errors import DataError
 from ganlib.runs.files import atomic_write_bytes, atomic_write_json
+from ganlib.runs.paths import CacheDir
 
 STORE_FORMAT = 2
 TASK_ROWS = 256  # images per decoding task: large enough to amortise the hop to a worker, small in memory
 POOL_MIN_IMAGES = 2048  # below this, starting worker processes costs more than it saves
 GRID_FILE = "real_grid.png"
+MANIFEST = "manifest.json"  # written last: its presence marks a complete store
 # Fields that change how preparation reacts or how training reads, not what the store holds.
 _NOT_IN_KEY = ("strict", "download", "resident_limit_mb")
 
@@ -91,7 +93,14 @@ def store_key(cfg: DataConfig) -> str:
 
 
 def store_path(cfg: DataConfig, out: Path) -> Path:
-    return Path(out) / "_cache" / "datasets" / f"{cfg.dataset}-{store_key(cfg)}"
+    """Where the store of ``cfg`` is (or would be): ``<out>/_cache/datasets/<dataset>-<key>/``."""
+    return CacheDir.under(out).dataset(f"{cfg.dataset}-{store_key(cfg)}")
+
+
+def read_store_manifest(store_dir: Path) -> dict[str, Any] | None:
+    """A prepared store's ``manifest.json``, or None when the store is not (completely) there."""
+    path = Path(store_dir) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _remove_stale_temporaries(final: Path) -> None:
@@ -128,9 +137,9 @@ def prepare_dataset(cfg: DataConfig, out: Path, log: Callable[[str], None] | Non
         sources.download_dataset(cfg, say)
     located = sources.locate(cfg)
     key = _key(cfg, located.fingerprint())
-    final = Path(out) / "_cache" / "datasets" / f"{cfg.dataset}-{key}"
-    if (final / "manifest.json").is_file():
-        manifest = json.loads((final / "manifest.json").read_text())
+    final = CacheDir.under(out).dataset(f"{cfg.dataset}-{key}")
+    manifest = read_store_manifest(final)
+    if manifest is not None:
         _check_strict(cfg, manifest.get("skipped", []), manifest["count"] + len(manifest.get("skipped", [])))
         say(f"dataset: reusing prepared store {final}")
         return final
@@ -144,7 +153,7 @@ def prepare_dataset(cfg: DataConfig, out: Path, log: Callable[[str], None] | Non
         try:
             os.rename(tmp, final)
         except OSError:
-            if not (final / "manifest.json").is_file():  # not a concurrent preparation that won
+            if not (final / MANIFEST).is_file():  # not a concurrent preparation that won
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -274,7 +283,7 @@ def _build(cfg: DataConfig, source: sources.Source, key: str, tmp: Path, workers
         "workers": workers,
     }
     _validate(tmp, manifest)
-    atomic_write_json(tmp / "manifest.json", manifest)  # last: its presence marks completeness
+    atomic_write_json(tmp / MANIFEST, manifest)  # last: its presence marks completeness
     return manifest
 
 
@@ -320,7 +329,7 @@ def load_store(path: Path, verify: bool = True) -> PreparedStore:
     """
     path = Path(path)
     try:
-        manifest = json.loads((path / "manifest.json").read_text())
+        manifest = json.loads((path / MANIFEST).read_text())
         images = np.load(path / "images.npy", mmap_mode="r")
         labels_file = path / "labels.npy"
         labels = np.load(labels_file) if labels_file.is_file() else None

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganlib.errors import CheckpointError
+from ganlib.errors import CheckpointError, first_line
 from ganlib.runs.files import atomic_path
+from ganlib.sampling import to_unit_range
 
 __all__ = [
     "DomainClassifier",
@@ -184,10 +185,6 @@ def _random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generato
     return shifted.permute(0, 3, 1, 2)
 
 
-def _to_model_input(images_uint8: torch.Tensor) -> torch.Tensor:
-    return images_uint8.float() / 127.5 - 1
-
-
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -317,7 +314,7 @@ def train_classifier(
                 cursor = 0
             idx = perm[cursor : cursor + bs]
             cursor += bs
-            xb = _to_model_input(x_train[idx])
+            xb = to_unit_range(x_train[idx])
             if augment:
                 xb = _random_translate(xb, 2, batch_gen)
             loss = F.cross_entropy(model(xb), y_train[idx])
@@ -344,7 +341,7 @@ def train_classifier(
         correct = 0
         # Convert in chunks: a float copy of a large holdout set can be hundreds of MB.
         for start in range(0, num_holdout, 1000):
-            _, probs = classify(model, _to_model_input(x_hold[start : start + 1000]))
+            _, probs = classify(model, to_unit_range(x_hold[start : start + 1000]))
             correct += int((probs.argmax(dim=1) == y_hold[start : start + 1000].cpu()).sum())
         accuracy = correct / num_holdout
 
@@ -477,7 +474,7 @@ def load_classifier(
         meta = payload["meta"]
     except Exception as exc:
         # Errors from the unpickler or load_state_dict can span many lines; keep the first.
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        reason = first_line(exc)[:200]
         raise CheckpointError(
             f"domain classifier file {path} is corrupt or unreadable ({reason}); "
             "delete it so the classifier is retrained"

@@ -43,15 +43,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ganlib.runs import checkpoint as ckpt
-from ganlib.evaluation.classifier import DomainClassifier, classify, load_classifier, save_classifier, train_classifier
 from ganlib.config import EvalConfig, RunConfig
 from ganlib.data.store import PreparedStore, load_store
 from ganlib.errors import DataError
-from ganlib.rendering.gallery import fixed_noise, generate, to_uint8
+from ganlib.evaluation.classifier import DomainClassifier, classify, load_classifier, save_classifier, train_classifier
 from ganlib.evaluation.inception import FEATURE_SPACE as INCEPTION_SPACE
 from ganlib.evaluation.inception import InceptionNet, inception_features, load_inception
-from ganlib.runs.files import atomic_path
 from ganlib.evaluation.memorisation import memorisation_scores, nearest_training, pixel_vectors, save_closest_pairs
 from ganlib.evaluation.metrics import (
     class_histogram,
@@ -64,8 +61,11 @@ from ganlib.evaluation.metrics import (
     knn_radii,
     precision_recall_density_coverage,
 )
-from ganlib.runs.paths import RunPaths, resolve_device
-from ganlib.training.loop import load_generator
+from ganlib.runs import checkpoint as ckpt
+from ganlib.runs.device import resolve_device
+from ganlib.runs.files import atomic_path
+from ganlib.runs.paths import CacheDir, RunDir
+from ganlib.sampling import fixed_noise, generate, load_generator, to_uint8, to_unit_range
 
 log = logging.getLogger("ganlib")
 
@@ -103,11 +103,6 @@ def column(space_kind: str, metric: str) -> str:
     return f"inception_{'fid' if metric == 'fd' else metric}"
 
 
-def _to_float(images_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
-    x = images_uint8 if isinstance(images_uint8, torch.Tensor) else torch.from_numpy(np.array(images_uint8))
-    return x.float().div_(127.5).sub_(1.0)
-
-
 # --- the real data: split, feature spaces, cached references ---------------------------------------
 
 def real_split(num_images: int, num_real: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +129,7 @@ def _embed_store(space: Space, images: np.ndarray, index: np.ndarray, batch_size
     """Embed the stored uint8 images at ``index``, converting batch by batch (a float copy of a large set is big)."""
     feats, aux = [], []
     for start in range(0, len(index), batch_size):
-        f, a = space.embed(_to_float(images[index[start: start + batch_size]]))
+        f, a = space.embed(to_unit_range(images[index[start: start + batch_size]]))
         feats.append(f)
         aux.append(a)
     return torch.cat(feats), torch.cat(aux)
@@ -163,7 +158,7 @@ def space_scores(space_kind: str, features: torch.Tensor, aux: torch.Tensor, ref
 
 def _reference_path(out: Path, tag: str, num_real: int, cfg: EvalConfig) -> Path:
     name = f"{tag}-n{num_real}-k{cfg.nearest_k}-kid{cfg.kid_subsets}x{cfg.kid_subset_size}-v{REFERENCE_VERSION}.pt"
-    return Path(out) / "_cache" / "eval-reference" / name
+    return CacheDir.under(out).eval_reference(name)
 
 
 def space_reference(space: Space, store: PreparedStore, out: Path, cfg: EvalConfig,
@@ -226,8 +221,8 @@ def domain_reference(
     """
     if store.labels is None or store.num_classes < 2:
         raise DataError(f"evaluation needs a labelled dataset with at least 2 classes; {store.path} has none")
-    base = Path(out) / "_cache" / "classifiers" / (
-        f"{store.manifest['key']}-v{CLASSIFIER_VERSION}-s{cfg.classifier_steps}-seed{seed}")
+    name = f"{store.manifest['key']}-v{CLASSIFIER_VERSION}-s{cfg.classifier_steps}-seed{seed}"
+    base = CacheDir.under(out).classifier(name)
     model_path = base.with_suffix(".pt")
     if model_path.is_file():
         model, meta = load_classifier(model_path, device)
@@ -398,7 +393,7 @@ def evaluate_run(cfg: RunConfig, store_dir: Path, rescore: bool = False) -> pd.D
     """
     cfg = cfg.resolved()
     ev = cfg.eval
-    paths = RunPaths(cfg.run_dir)
+    paths = RunDir(cfg.run_dir)
     checkpoints = ckpt.list_checkpoints(paths.checkpoints)
     if not checkpoints:
         raise DataError(f"run {cfg.run_id!r} has no checkpoints in {paths.checkpoints}; train it first")
@@ -436,7 +431,7 @@ def evaluate_run(cfg: RunConfig, store_dir: Path, rescore: bool = False) -> pd.D
         mem_training, mem_baseline = domain_ref["features"].double(), domain_ref["holdout_nearest"]
     else:
         mem_space = "none (eval.memorisation is 'off')" if ev.memorisation == "off" else "none (no domain classifier)"
-    ctx = _Context(cfg, store, spaces, mem_space, mem_training, mem_baseline, reference_images, paths.root / "eval")
+    ctx = _Context(cfg, store, spaces, mem_space, mem_training, mem_baseline, reference_images, paths.eval)
     settings_key = _settings_key(ctx, len(ref_idx))
 
     previous: dict[tuple, dict[str, Any]] = {}
@@ -483,7 +478,7 @@ def evaluate_run(cfg: RunConfig, store_dir: Path, rescore: bool = False) -> pd.D
 
 
 def _write_table(rows: list[dict[str, Any]], spaces: list[tuple[Space, dict[str, Any]]], domain_ref: dict[str, Any],
-                 note: str, ev: EvalConfig, selected: str, paths: RunPaths) -> pd.DataFrame:
+                 note: str, ev: EvalConfig, selected: str, paths: RunDir) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     nan = float("nan")
     table["real_is"] = float(domain_ref.get("real_is", nan))
@@ -549,7 +544,7 @@ def select_best(table: pd.DataFrame, metric: str = "fd", direction: str = "auto"
 def best_checkpoint(table: pd.DataFrame, run_dir: Path) -> Path:
     """Path of the checkpoint marked best in an evaluation table."""
     name = table.loc[table["best"], "checkpoint"].iloc[-1]
-    return RunPaths(Path(run_dir)).checkpoints / name
+    return RunDir(Path(run_dir)).checkpoints / name
 
 
 def best_generator(table: pd.DataFrame) -> str:

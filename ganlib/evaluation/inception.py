@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from ganlib.config import EvalConfig
-from ganlib.errors import CheckpointError, ConfigError
+from ganlib.errors import CheckpointError, ConfigError, first_line
 from ganlib.runs.files import atomic_path, sha256_file
+from ganlib.sampling import to_uint8
 
 log = logging.getLogger("ganlib")
 
@@ -72,7 +73,7 @@ def check_weights_file(path: Path, sha256: str) -> None:
         if not isinstance(state, dict) or "Mixed_7c.branch_pool.conv.weight" not in state:
             raise ValueError("no Inception-v3 state dict in it (Mixed_7c.branch_pool.conv.weight is missing)")
     except Exception as exc:  # the unpickler's errors span many lines; keep the first
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        reason = first_line(exc)[:200]
         raise CheckpointError(f"eval.inception_weights: {path} is not torch-fidelity's Inception weights "
                               f"({reason})") from None
 
@@ -103,7 +104,7 @@ def load_inception(cfg: EvalConfig, device: torch.device) -> InceptionNet:
     try:
         model = extractor("inception-v3-compat", list(FEATURES))
     except (OSError, RuntimeError, ValueError) as err:  # URLError is an OSError; a truncated file a RuntimeError
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        reason = first_line(err)[:160]
         status = (f"skipped: no eval.inception_weights file and torch-fidelity could not download the weights "
                   f"({type(err).__name__}: {reason}); give eval.inception_weights and its sha256 to compute "
                   "Inception FID/KID/IS offline")
@@ -118,7 +119,7 @@ def load_inception(cfg: EvalConfig, device: torch.device) -> InceptionNet:
 
 def to_inception_input(images: torch.Tensor) -> torch.Tensor:
     """Images (N, C, H, W) float in [-1, 1], C in {1, 3} -> uint8 RGB (N, 3, H, W), as saved images are."""
-    images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    images = to_uint8(images)
     return images.repeat(1, 3, 1, 1) if images.shape[1] == 1 else images
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from ganlib.rendering.gallery import add_caption, grid_picture, save_png
 from ganlib.evaluation.metrics import nearest_neighbours
+from ganlib.rendering.pictures import add_caption, grid_picture, save_png
+from ganlib.sampling import to_unit_range
 
 NUM_PAIRS = 16
 
@@ -64,7 +65,7 @@ def save_closest_pairs(generated: torch.Tensor, training: torch.Tensor, distance
     order = torch.argsort(distances)[:num_pairs]
     nearest = training[index[order]]
     if nearest.dtype == torch.uint8:
-        nearest = nearest.float() / 127.5 - 1
+        nearest = to_unit_range(nearest)
     pairs = torch.stack([generated[order], nearest], dim=1).flatten(0, 1)  # g0, t0, g1, t1, ...
     picture = grid_picture(pairs, nrow=8, min_cell_px=56)
     return save_png(add_caption(picture, caption, px=14), Path(path))

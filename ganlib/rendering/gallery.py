@@ -1,4 +1,4 @@
-"""Sampling from a generator and rendering what it makes: grids, a timelapse, latent interpolation.
+"""What a run's ``gallery/`` holds: grids, samples, a timelapse, latent interpolation, exported samples.
 
 What a run's ``gallery/`` holds, and which function makes it:
 
@@ -9,18 +9,15 @@ What a run's ``gallery/`` holds, and which function makes it:
 - ``interpolation.png``, ``interpolation.gif``: spherical interpolation between fixed latents at
   the best checkpoint (``make_interpolation``).
 
-Rendering is pure: images in, file out, with an explicit ``value_range=(-1, 1)`` so a saturated
-generator looks saturated (per-batch min-max normalisation would hide it). Anything compared
-across checkpoints uses fixed latents from ``fixed_noise``, each use with its own seed offset so
-the gallery, the evaluation and training never share noise. Every file goes through
-``ganlib.runs.files.atomic_path``. Functions that load a checkpoint take ``use_ema``: render the
-generator's exponential moving average when the checkpoint keeps one (as the evaluation scores it),
-else the raw weights; the returned records say which (``weights``).
+Pictures are drawn by ``ganlib.rendering.pictures`` (pure: images in, file out). Anything compared
+across checkpoints uses fixed latents from ``ganlib.sampling.fixed_noise``, each use with its own seed
+offset so the gallery, the evaluation and training never share noise. Functions that load a
+checkpoint take ``use_ema``: render the generator's exponential moving average when the checkpoint
+keeps one (as the evaluation scores it), else the raw weights; the returned records say which
+(``weights``).
 
-Class-conditional generators (issue #4) do not exist yet. The hooks are here: ``generate`` takes
-optional labels and calls ``generator(z, labels)``, ``is_conditional`` is the one place that
-decides from a checkpoint's metadata, grids take one label per row (``row_labels``), and for a
-conditional checkpoint the grids become one row per class with the latent fixed down each column.
+For a class-conditional checkpoint (``ganlib.sampling.is_conditional``) the grids become one row per
+class, labelled, with the latent fixed down each column.
 """
 
 from __future__ import annotations
@@ -37,13 +34,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from torch import nn
-from torchvision.utils import make_grid
 
-from ganlib.runs import checkpoint as ckpt
 from ganlib.errors import CheckpointError
-from ganlib.runs.files import atomic_path, atomic_write_json
+from ganlib.rendering.pictures import add_caption, grid_picture, save_gif, save_grid, save_samples
+from ganlib.runs import checkpoint as ckpt
+from ganlib.runs.files import atomic_write_json
+from ganlib.runs.paths import RunDir
+from ganlib.sampling import class_names_for, class_rows, fixed_noise, generate, is_conditional, load_generator, to_uint8
 
 log = logging.getLogger("ganlib")
 
@@ -54,167 +53,6 @@ STEPS_NOISE_OFFSET = 3_000_017  # the per-checkpoint grids and the timelapse
 INTERPOLATION_NOISE_OFFSET = 4_000_037  # the interpolation anchors
 
 STEP_GRID_SIDE = 8  # 8x8 fixed-noise grid per checkpoint (DCGAN's classic view)
-PADDING = 2  # pixels between cells, before enlargement (as torchvision's make_grid)
-
-
-# --- sampling -------------------------------------------------------------------------------------
-
-def fixed_noise(num: int, noise_dim: int, seed: int) -> torch.Tensor:
-    """Latents (num, noise_dim) float32 on the CPU, the same for the same seed on any machine."""
-    return torch.randn(num, noise_dim, generator=torch.Generator().manual_seed(seed))
-
-
-def is_conditional(meta: dict[str, Any]) -> bool:
-    """Whether a checkpoint's generator is class-conditional, i.e. is called as ``generator(z, labels)``.
-
-    ``meta`` is ``load_generator``'s metadata. No conditional model exists yet (issue #4): this
-    reads ``config.model.conditional``, the flag that issue is expected to add; if it names the
-    flag differently, this is the one function to change.
-    """
-    model = (meta.get("config") or {}).get("model") or {}
-    return bool(model.get("conditional", False)) and int(meta.get("num_classes") or 0) > 1
-
-
-def class_names_for(num_classes: int, names: Sequence[str] | None = None) -> list[str]:
-    """Display names of classes 0..num_classes-1: ``names`` when it fits, else the indices."""
-    if names is not None and len(names) == num_classes:
-        return [str(n) for n in names]
-    return [str(k) for k in range(num_classes)]
-
-
-@torch.no_grad()
-def generate(generator: nn.Module, z: torch.Tensor, batch_size: int = 500,
-             labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Images (N, C, H, W) float in [-1, 1] on the CPU from latents z (N, noise_dim), in batches.
-
-    ``labels`` (N,) int64 class indices, for a class-conditional generator only (called as
-    ``generator(z, labels)``). The generator must be in eval mode (batch norm then uses its running
-    statistics, so an image does not depend on which other images share its batch).
-    """
-    device = next(generator.parameters()).device
-    out = []
-    for i in range(0, len(z), batch_size):
-        zb = z[i: i + batch_size].to(device)
-        images = generator(zb) if labels is None else generator(zb, labels[i: i + batch_size].to(device))
-        out.append(images.float().cpu())
-    return torch.cat(out)
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """float [-1, 1] -> uint8 [0, 255], rounding to nearest."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def class_rows(num_per_row: int, noise_dim: int, seed: int,
-               num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents and labels for a conditional grid: one row per class, the same latent down each column.
-
-    Returns z (num_classes * num_per_row, noise_dim) float32 and labels (same N,) int64, row-major,
-    so column j shows what latent j becomes in every class: style held fixed, class varied.
-    """
-    z = fixed_noise(num_per_row, noise_dim, seed).repeat(num_classes, 1)
-    labels = torch.arange(num_classes).repeat_interleave(num_per_row)
-    return z, labels
-
-
-# --- pictures -------------------------------------------------------------------------------------
-
-def _font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    # Pillow's built-in font: no font file on disk, the same text on every machine.
-    return ImageFont.load_default(size=max(10, px))
-
-
-def _white(mode: str) -> int | tuple[int, int, int]:
-    return 255 if mode == "L" else (255, 255, 255)
-
-
-def _black(mode: str) -> int | tuple[int, int, int]:
-    return 0 if mode == "L" else (0, 0, 0)
-
-
-def add_row_labels(picture: Image.Image, labels: Sequence[str], cell_px: int, padding_px: int) -> Image.Image:
-    """A copy of a grid picture with ``labels[r]`` written left of row r, in a white margin.
-
-    ``cell_px``/``padding_px``: the enlarged cell side and padding of the grid, to find row centres.
-    """
-    font = _font(cell_px // 4)
-    widths = [ImageDraw.Draw(picture).textlength(str(t), font=font) for t in labels]
-    gap = max(4, cell_px // 8)
-    margin = int(math.ceil(max(widths, default=0))) + 2 * gap
-    out = Image.new(picture.mode, (picture.width + margin, picture.height), _white(picture.mode))
-    out.paste(picture, (margin, 0))
-    draw = ImageDraw.Draw(out)
-    for r, text in enumerate(labels):
-        centre_y = padding_px + r * (cell_px + padding_px) + cell_px / 2
-        draw.text((margin - gap, centre_y), str(text), fill=_black(out.mode), font=font, anchor="rm")
-    return out
-
-
-def add_caption(picture: Image.Image, text: str, px: int = 16) -> Image.Image:
-    """A copy of ``picture`` with ``text`` in a white strip above it (the timelapse's step numbers)."""
-    font = _font(px)
-    strip = px + px // 2 + 4
-    out = Image.new(picture.mode, (picture.width, picture.height + strip), _white(picture.mode))
-    out.paste(picture, (0, strip))
-    ImageDraw.Draw(out).text((4, strip // 2), text, fill=_black(out.mode), font=font, anchor="lm")
-    return out
-
-
-def grid_picture(images: torch.Tensor, nrow: int, min_cell_px: int = 112,
-                 row_labels: Sequence[str] | None = None) -> Image.Image:
-    """Images (N, C, H, W) float in [-1, 1] as a grid picture with ``nrow`` images per row.
-
-    Cells are enlarged (nearest neighbour, an integer factor) to at least ``min_cell_px`` so
-    28-pixel digits are visible at a glance. ``row_labels``: one label per grid row (conditional
-    runs: the class of each row), written in a left margin. C = 1 gives a grayscale ("L") picture,
-    C = 3 an RGB one.
-    """
-    grid = make_grid(images, nrow=nrow, padding=PADDING, normalize=True, value_range=(-1, 1), pad_value=0.5)
-    array = grid.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    picture = Image.fromarray(array[:, :, 0] if images.shape[1] == 1 else array)
-    scale = max(1, min_cell_px // images.shape[-1])
-    if scale > 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    if row_labels is not None:
-        rows = math.ceil(len(images) / nrow)
-        if len(row_labels) != rows:
-            raise ValueError(f"row_labels: {len(row_labels)} labels for a grid of {rows} rows")
-        padding = PADDING if len(images) > 1 else 0  # make_grid returns a single image unpadded
-        picture = add_row_labels(picture, row_labels, images.shape[-2] * scale, padding * scale)
-    return picture
-
-
-def save_png(picture: Image.Image, path: Path) -> Path:
-    """Write a picture as PNG to ``path`` atomically."""
-    with atomic_path(Path(path)) as tmp:
-        picture.save(tmp, format="PNG")
-    return Path(path)
-
-
-def save_grid(images: torch.Tensor, path: Path, nrow: int, min_cell_px: int = 112,
-              row_labels: Sequence[str] | None = None) -> Path:
-    """Save images (N, C, H, W) float in [-1, 1] as a PNG grid; see ``grid_picture``."""
-    return save_png(grid_picture(images, nrow, min_cell_px, row_labels), path)
-
-
-def save_gif(frames: Sequence[Image.Image], path: Path, frame_ms: int | Sequence[int] = 100) -> Path:
-    """Save pictures of one size as a looping GIF; ``frame_ms``: one duration or one per frame."""
-    if not frames:
-        raise ValueError("save_gif: no frames")
-    durations = list(frame_ms) if isinstance(frame_ms, Sequence) else [int(frame_ms)] * len(frames)
-    with atomic_path(Path(path)) as tmp:
-        # disposal=1: each frame is drawn over the last (all are opaque and full size anyway).
-        frames[0].save(tmp, format="GIF", save_all=True, append_images=list(frames[1:]), duration=durations,
-                       loop=0, disposal=1)
-    return Path(path)
-
-
-def save_samples(images_uint8: torch.Tensor, path: Path, **meta: Any) -> Path:
-    """Save uint8 images (N, C, H, W) and metadata (seed, step, ...) as a compressed npz."""
-    with atomic_path(Path(path)) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, images=images_uint8.numpy(), **{k: np.asarray(v) for k, v in meta.items()})
-    return Path(path)
 
 
 # --- the best checkpoint's gallery ----------------------------------------------------------------
@@ -230,8 +68,6 @@ def make_gallery(checkpoint_path: Path, gallery_dir: Path, num_samples: int, see
     gets one row per class in ``grid_10x10.png`` and balanced ``labels`` (N,) in the npz.
     ``use_ema``: render the generator's moving average when the checkpoint keeps one.
     """
-    from ganlib.training.loop import load_generator  # local: train imports this module's neighbours
-
     generator, meta = load_generator(checkpoint_path, device, use_ema=use_ema)
     noise_dim = meta["config"]["model"]["noise_dim"]
     gallery_seed = seed + GALLERY_NOISE_OFFSET
@@ -293,8 +129,6 @@ def render_step_grids(checkpoints_dir: Path, steps_dir: Path, seed: int, device:
     ``checkpoints/``. A checkpoint that does not load is skipped with a warning: a picture is not
     worth failing a run for.
     """
-    from ganlib.training.loop import load_generator  # local: train imports this module's neighbours
-
     steps_dir = Path(steps_dir)
     index_path = steps_dir / STEPS_INDEX
     try:
@@ -411,8 +245,6 @@ def make_interpolation(checkpoint_path: Path, gallery_dir: Path, seed: int,
     latents, ``frames_per_segment`` frames per leg. Conditional checkpoints hold each row's / cell's
     class fixed (row r: class r mod K). Latents: seed ``seed`` + offset.
     """
-    from ganlib.training.loop import load_generator  # local: train imports this module's neighbours
-
     generator, meta = load_generator(checkpoint_path, device, use_ema=use_ema)
     noise_dim = meta["config"]["model"]["noise_dim"]
     gen = torch.Generator().manual_seed(seed + INTERPOLATION_NOISE_OFFSET)
@@ -453,24 +285,21 @@ def resolve_checkpoint(run_dir: Path, which: str = "best") -> Path:
     ``which``: ``best`` (marked in ``metrics/eval.parquet``), ``latest``, a step (``1000``), a file
     name in ``checkpoints/`` (``step_001000.pt``), or a path to a checkpoint file.
     """
-    import pandas as pd  # local: only this function needs it
-
-    run_dir = Path(run_dir)
-    checkpoints_dir = run_dir / "checkpoints"
+    run = RunDir(run_dir)
+    checkpoints_dir = run.checkpoints
     found = ckpt.list_checkpoints(checkpoints_dir)
     if which == "best":
-        table_path = run_dir / "metrics" / "eval.parquet"
-        if not table_path.is_file():
-            raise CheckpointError(f"run {run_dir} has no evaluation ({table_path} is missing), so no best "
+        table = run.read_table(run.eval_metrics)
+        if table is None:
+            raise CheckpointError(f"run {run.root} has no evaluation ({run.eval_metrics} is missing), so no best "
                                   "checkpoint; evaluate it first or name one (--checkpoint latest or a step)")
-        table = pd.read_parquet(table_path)
         path = checkpoints_dir / str(table.loc[table["best"], "checkpoint"].iloc[-1])
     elif which == "latest":
         if not found:
-            raise CheckpointError(f"run {run_dir} has no checkpoints in {checkpoints_dir}; train it first")
+            raise CheckpointError(f"run {run.root} has no checkpoints in {checkpoints_dir}; train it first")
         path = found[-1][1]
     elif which.isdigit():
-        path = checkpoints_dir / ckpt.checkpoint_name(int(which))
+        path = run.checkpoint(int(which))
     elif Path(which).is_file():
         path = Path(which)
     else:
@@ -505,8 +334,6 @@ def export_samples(checkpoint_path: Path, dest: Path, num_samples: int, seed: in
 
     Generates and writes in batches, so memory stays at one batch whatever ``num_samples`` is.
     """
-    from ganlib.training.loop import load_generator  # local: train imports this module's neighbours
-
     if fmt not in ("npz", "png"):
         raise ValueError(f"fmt: 'npz' or 'png', not {fmt!r}")
     checkpoint_path, dest = Path(checkpoint_path), Path(dest)

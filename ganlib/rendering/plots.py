@@ -11,7 +11,6 @@ Sans, so plots look the same offline on every machine.
 
 from __future__ import annotations
 
-import json
 import re
 import textwrap
 from pathlib import Path
@@ -21,6 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ganlib.runs.files import atomic_path
+from ganlib.runs.paths import RunDir
 
 DPI = 100
 REAL_COLOUR, FAKE_COLOUR, BEST_COLOUR = "tab:blue", "tab:orange", "tab:red"
@@ -209,25 +209,17 @@ def plot_run(run_dir: Path, plots_dir: Path | None = None) -> dict[str, str]:
 
     Returns {"training": path, "evaluation": path, "throughput": path} for the plots made.
     """
-    run_dir = Path(run_dir)
-    plots_dir = Path(plots_dir) if plots_dir is not None else run_dir / "plots"
+    run = RunDir(run_dir)
+    plots_dir = Path(plots_dir) if plots_dir is not None else run.plots
     made: dict[str, str] = {}
-    train_path, eval_path = run_dir / "metrics" / "train.parquet", run_dir / "metrics" / "eval.parquet"
-    if train_path.is_file():
-        train = pd.read_parquet(train_path)
-        health_path = run_dir / "metrics" / "health.parquet"
-        events = pd.read_parquet(health_path) if health_path.is_file() else None
-        try:
-            loss = json.loads((run_dir / "config.json").read_text())["train"].get("loss", "ns")
-        except (OSError, ValueError, KeyError):
-            loss = None
+    train = run.read_table(run.train_metrics)
+    if train is not None:
+        loss = (run.read_saved_config().get("train") or {}).get("loss")
+        events = run.read_table(run.health_metrics)
         made["training"] = str(plot_training(train, plots_dir / "training.png", events, loss))
         made["throughput"] = str(plot_throughput(train, plots_dir / "throughput.png"))
-    if eval_path.is_file():
-        try:
-            num_classes = json.loads((run_dir / "data" / "manifest.json").read_text()).get("num_classes") or None
-        except (OSError, ValueError):
-            num_classes = None
-        made["evaluation"] = str(plot_evaluation(pd.read_parquet(eval_path), plots_dir / "evaluation.png",
-                                                 num_classes))
+    evals = run.read_table(run.eval_metrics)
+    if evals is not None:
+        num_classes = run.read_manifest().get("num_classes") or None
+        made["evaluation"] = str(plot_evaluation(evals, plots_dir / "evaluation.png", num_classes))
     return made

@@ -26,8 +26,8 @@ import pandas as pd
 from PIL import Image
 
 from ganlib.runs.files import atomic_write_text
+from ganlib.runs.paths import RunDir
 
-REPORT_FILE = "report.html"
 DATA_FIELDS = ("dataset", "count", "shape", "num_classes", "key")  # shown in the data section
 MAX_TABLE_ROWS = 200  # health events: the newest ones beyond this are summarised by a count
 
@@ -104,17 +104,10 @@ def _figure(path: Path, alt: str, caption: str = "", display_width: int | None =
             f'width="{width}" height="{height}" style="width:100%"{cls}>{cap}</figure>')
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_table(run: RunDir, path: Path) -> pd.DataFrame | None:
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _read_table(path: Path) -> pd.DataFrame | None:
-    try:
-        return pd.read_parquet(path) if Path(path).is_file() else None
-    except (OSError, ValueError):
+        return run.read_table(path)
+    except (OSError, ValueError):  # a report shows what it can
         return None
 
 
@@ -277,7 +270,7 @@ def _files(run_dir: Path) -> str:
     rows = []
     for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(run_dir)
-        if rel.name == REPORT_FILE or rel.name.startswith(".") or ".tmp-" in rel.name:
+        if rel.name == RunDir(run_dir).report.name or rel.name.startswith(".") or ".tmp-" in rel.name:
             continue
         link = "/".join(_e(part) for part in rel.parts)
         rows.append(f"<tr><td class='l'><a href='{link}'>{_e(rel.as_posix())}</a></td>"
@@ -287,14 +280,12 @@ def _files(run_dir: Path) -> str:
 
 def build_report(run_dir: Path) -> str:
     """The HTML of a run's report, from the files in ``run_dir``; missing parts say so."""
-    run_dir = Path(run_dir)
-    config = _read_json(run_dir / "config.json")
-    summary = _read_json(run_dir / "summary.json")
-    manifest = _read_json(run_dir / "data" / "manifest.json")
-    train = _read_table(run_dir / "metrics" / "train.parquet")
-    evals = _read_table(run_dir / "metrics" / "eval.parquet")
-    health = _read_table(run_dir / "metrics" / "health.parquet")
-    gallery, plots = run_dir / "gallery", run_dir / "plots"
+    run = RunDir(run_dir)
+    run_dir = run.root
+    config, summary, manifest = run.read_saved_config(), run.read_summary(), run.read_manifest()
+    train, evals = _read_table(run, run.train_metrics), _read_table(run, run.eval_metrics)
+    health = _read_table(run, run.health_metrics)
+    gallery, plots = run.gallery, run.plots
     run_id = config.get("run_id") or run_dir.name
     model, data, train_cfg = config.get("model") or {}, config.get("data") or {}, config.get("train") or {}
     shape = manifest.get("shape")
@@ -353,6 +344,6 @@ def build_report(run_dir: Path) -> str:
 
 def write_report(run_dir: Path) -> Path:
     """Build ``<run_dir>/report.html`` (atomically) and return its path."""
-    path = Path(run_dir) / REPORT_FILE
+    path = RunDir(run_dir).report
     atomic_write_text(path, build_report(run_dir))
     return path

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from PIL import Image
 
 from ganlib.config import RunConfig
 from ganlib.runs.files import atomic_write_json, atomic_write_text
-from ganlib.runs.paths import RunPaths
+from ganlib.runs.paths import RunDir
 
 # Widths of the pictures inlined in the Prefect artifact: a glance, not a download (~100 KB in all).
 INLINE_GRID_PX = 300
@@ -36,13 +35,12 @@ def build_summary(cfg: RunConfig, train: dict[str, Any], eval_table: pd.DataFram
                   report: str | None = None) -> dict[str, Any]:
     """Plain-value summary of a finished run: config, training, best checkpoint and scores, files.
 
-    ``gallery``: what ``ganlib.rendering.gallery`` made (paths and seeds); ``plots``: ``ganlib.rendering.plots.plot_run``'s
-    paths; ``report``: the path of ``report.html``.
+    ``gallery``: what ``ganlib.rendering.gallery`` made (paths and seeds); ``plots``:
+    ``ganlib.rendering.plots.plot_run``'s paths; ``report``: the path of ``report.html``.
     """
     best = eval_table[eval_table["best"]].iloc[-1]
     selection, scores, floors = evaluation_summary(eval_table)
-    manifest_path = RunPaths(cfg.run_dir).data / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest = RunDir(cfg.run_dir).read_manifest()
     return {
         "run_id": cfg.run_id,
         "run_dir": str(cfg.run_dir),
@@ -263,8 +261,7 @@ def summary_markdown(summary: dict[str, Any], inline_images: bool = False) -> st
 
 def write_summary(summary: dict[str, Any], run_dir: Path) -> tuple[Path, Path]:
     """Write ``summary.json`` and ``summary.md`` (pictures by relative path) into ``run_dir``."""
-    paths = RunPaths(Path(run_dir))
+    paths = RunDir(Path(run_dir))
     atomic_write_json(paths.summary, summary)
-    md = paths.root / "summary.md"
-    atomic_write_text(md, summary_markdown(summary))
-    return paths.summary, md
+    atomic_write_text(paths.summary_markdown, summary_markdown(summary))
+    return paths.summary, paths.summary_markdown

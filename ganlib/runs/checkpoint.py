@@ -20,17 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ganlib.errors import CheckpointError
+from ganlib.errors import CheckpointError, first_line
 from ganlib.runs.files import atomic_write_bytes, atomic_write_text, sha256_bytes
+from ganlib.runs.paths import checkpoint_name  # noqa: F401 (part of this module's API)
 
 log = logging.getLogger("ganlib")
 
 FORMAT = 1
 _NAME = re.compile(r"^step_(\d{6,})\.pt$")
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step_{step:06d}.pt"
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -66,9 +63,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"checkpoint {path} holds objects other than tensors and plain values; "
-                              f"refusing to load it ({str(err).splitlines()[0]})") from None
+                              f"refusing to load it ({first_line(err)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        raise CheckpointError(f"checkpoint {path} is unreadable ({str(err).splitlines()[0]})") from None
+        raise CheckpointError(f"checkpoint {path} is unreadable ({first_line(err)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a ganlib checkpoint of format {FORMAT}")
     return state

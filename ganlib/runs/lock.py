@@ -69,7 +69,7 @@ _HELD: dict[Path, _Held] = {}
 _GUARD = threading.RLock()
 
 
-def _proc_start(pid: int) -> str | None:
+def proc_start(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (Linux), or None where unknown."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -88,7 +88,7 @@ def _is_zombie(pid: int) -> bool:
     return stat[stat.rfind(")") + 2:][:1] == "Z"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if os.name != "posix":  # os.kill(pid, 0) would send CTRL_C_EVENT on Windows; assume alive
         return True
     try:
@@ -133,9 +133,9 @@ def _holder_is_alive(info: dict[str, Any]) -> bool:
         # restarted, so the entry point got the same low PID), or by an attempt of this process
         # interrupted between creating the file and registering it.
         return False
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         return False
-    recorded, current = info.get("proc_start"), _proc_start(pid)
+    recorded, current = info.get("proc_start"), proc_start(pid)
     # Same PID, different start time: the holder died and the PID was reused.
     return not (recorded is not None and current is not None and recorded != current)
 
@@ -209,7 +209,7 @@ def _acquire(lock_path: Path) -> _Held:
                 "hostname": socket.gethostname(),
                 "started": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
                 "token": token,
-                "proc_start": _proc_start(os.getpid()),
+                "proc_start": proc_start(os.getpid()),
             }
             try:
                 os.write(fd, (json.dumps(info, sort_keys=True) + "\n").encode())

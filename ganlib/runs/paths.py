@@ -1,28 +1,59 @@
-"""Where a run's files live, and which device it runs on."""
+"""Where a run's files live, and how they are read: ``RunDir`` for ``<out>/<run-id>/``, ``CacheDir`` for
+``<out>/_cache/``. Every reader and writer of a run's files goes through these two, so a name or a
+layout changes in one place.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
+from ganlib.errors import RunError, first_line
+from ganlib.runs.files import atomic_path, atomic_write_json
 
-from ganlib.errors import ConfigError
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ganlib.config import RunConfig
+
+CHECKPOINT_PREFIX = "step_"
+
+
+def checkpoint_name(step: int) -> str:
+    """``step_NNNNNN.pt``: the file name of the checkpoint at ``step``."""
+    return f"{CHECKPOINT_PREFIX}{step:06d}.pt"
 
 
 @dataclass(frozen=True)
-class RunPaths:
-    """The layout of ``<out>/<run-id>/``."""
+class RunDir:
+    """The layout of ``<out>/<run-id>/`` (see the README's table), with readers for what it holds."""
 
     root: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    # --- paths -------------------------------------------------------------------------------------
     @property
     def config(self) -> Path:
         return self.root / "config.json"
 
     @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def manifest(self) -> Path:
+        return self.data / "manifest.json"
+
+    @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / checkpoint_name(step)
 
     @property
     def metrics(self) -> Path:
@@ -37,29 +68,130 @@ class RunPaths:
         return self.metrics / "eval.parquet"
 
     @property
+    def health_metrics(self) -> Path:
+        return self.metrics / "health.parquet"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
     def gallery(self) -> Path:
         return self.root / "gallery"
 
     @property
-    def data(self) -> Path:
-        return self.root / "data"
+    def plots(self) -> Path:
+        return self.root / "plots"
 
     @property
     def summary(self) -> Path:
         return self.root / "summary.json"
 
+    @property
+    def summary_markdown(self) -> Path:
+        return self.root / "summary.md"
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; explicit names are checked, not silently replaced."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device: {name!r} requested but CUDA is not available here; use --device cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"device: {name!r} does not exist ({torch.cuda.device_count()} CUDA devices); use cuda:0..")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device: {name!r} requested but MPS is not available here; use --device cpu or auto")
-    return device
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    # --- readers -----------------------------------------------------------------------------------
+    def read_config(self) -> dict[str, Any]:
+        """``config.json`` as a dict; ``RunError`` (one line) when there is no run here or it is unreadable."""
+        if not self.config.is_file():
+            raise RunError(f"no run at {self.root} ({self.config} is missing); check --run-id and --out")
+        try:
+            data = json.loads(self.config.read_text())
+        except (OSError, ValueError) as err:
+            raise RunError(f"cannot read {self.config}: {first_line(err)}") from None
+        if not isinstance(data, dict):
+            raise RunError(f"cannot read {self.config}: not a JSON object")
+        return data
+
+    def load_config(self, **overrides: Any) -> RunConfig:
+        """The run's validated config, placed where the run is now (``out`` and ``run_id`` from this
+        directory, so a moved run still works), with top-level ``overrides`` applied."""
+        from ganlib.config import build_config  # here: runs/ is below the config in the layering
+
+        data = {**self.read_config(), "out": str(self.root.parent), "run_id": self.root.name, **overrides}
+        return build_config(data)
+
+    def read_saved_config(self) -> dict[str, Any]:
+        """``config.json`` as a dict, or ``{}`` when missing or unreadable (for reports; ``read_config`` raises)."""
+        return _read_json(self.config)
+
+    def read_manifest(self) -> dict[str, Any]:
+        """``data/manifest.json`` (the prepared dataset's description), or ``{}`` before training wrote it."""
+        return _read_json(self.manifest)
+
+    def read_summary(self) -> dict[str, Any]:
+        """``summary.json``, or ``{}`` before the gallery stage wrote it."""
+        return _read_json(self.summary)
+
+    def read_table(self, path: Path) -> pd.DataFrame | None:
+        """One of the run's parquet tables, or None when it does not exist (yet)."""
+        import pandas as pd
+
+        return pd.read_parquet(path) if Path(path).is_file() else None
+
+    def read_train_rows(self, up_to_step: int) -> list[dict[str, Any]]:
+        """The rows of ``metrics/train.parquet`` up to ``up_to_step`` (a resume redoes the ones after it)."""
+        table = self.read_table(self.train_metrics)
+        return [] if table is None else [r for r in table.to_dict("records") if r["step"] <= up_to_step]
+
+    def read_health_rows(self) -> list[dict[str, Any]]:
+        table = self.read_table(self.health_metrics)
+        return [] if table is None else table.to_dict("records")
+
+    # --- writers -----------------------------------------------------------------------------------
+    def write_run_files(self, cfg: RunConfig, manifest: dict[str, Any]) -> None:
+        """``config.json`` and ``data/manifest.json``: what the run is and what it trains on."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.config, cfg.model_dump(mode="json"))
+        atomic_write_json(self.manifest, manifest)
+
+    def write_train_rows(self, rows: list[dict[str, Any]]) -> None:
+        write_table(rows, self.train_metrics)
+
+    def write_health_rows(self, rows: list[dict[str, Any]]) -> None:
+        write_table(rows, self.health_metrics)
+
+
+@dataclass(frozen=True)
+class CacheDir:
+    """``<out>/_cache/``: what runs share, each entry named by a key of what made it."""
+
+    root: Path
+
+    @classmethod
+    def under(cls, out: Path | str) -> CacheDir:
+        return cls(Path(out) / "_cache")
+
+    def dataset(self, name: str) -> Path:
+        """A prepared store: ``datasets/<dataset>-<key>/`` (``images.npy``, ``labels.npy``, ``manifest.json``)."""
+        return self.root / "datasets" / name
+
+    def classifier(self, name: str) -> Path:
+        """A trained domain classifier: ``classifiers/<name>``."""
+        return self.root / "classifiers" / name
+
+    def eval_reference(self, name: str) -> Path:
+        """Cached real-image statistics of one feature space: ``eval-reference/<name>``."""
+        return self.root / "eval-reference" / name
+
+
+def write_table(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write ``rows`` as a parquet table at ``path``, atomically."""
+    import pandas as pd
+
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_parquet(tmp, index=False)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file, or ``{}`` when it is missing or unreadable (what a report can live with)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

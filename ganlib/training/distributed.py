@@ -1,72 +1,47 @@
-"""Data-parallel training: torchrun starts the processes, torch.distributed connects them.
+"""The process context the training loop always has: one process, or one rank of a data-parallel run.
 
-Two halves, both plain Python (no Prefect):
+``ProcessContext`` is a single process: every collective is the identity, so the loop is written
+once, with no "am I distributed?" branch. ``DistContext`` is one rank of a ``torch.distributed``
+process group started by torchrun (``ganlib.training.launch``). With W processes the global batch
+``train.batch_size`` B is split, not multiplied: every rank follows the same ``BatchOrder`` and takes
+rows ``[r*B/W, (r+1)*B/W)`` of each global batch, and draws the full global latent batch from the
+identically seeded (or restored) noise generator and keeps the same rows. So the ranks together
+see exactly the images and latents a single process with batch B sees, and the state a checkpoint
+saves (data position, noise generator, global RNGs) is identical on every rank: rank 0's
+checkpoint resumes all of them, with any number of processes.
 
-- **In each training process** (``python -m ganlib.training.distributed``, started by torchrun): a
-  ``DistContext`` that ``ganlib.training.loop.train`` receives. With W processes the global batch
-  ``train.batch_size`` B is split, not multiplied: every rank follows the same ``BatchOrder`` and
-  takes rows ``[r*B/W, (r+1)*B/W)`` of each global batch, and draws the full global latent batch from
-  the identically seeded (or restored) noise generator and keeps the same rows. So the ranks
-  together see exactly the images and latents a single process with batch B sees, and the state a
-  checkpoint saves (data position, noise generator, global RNGs) is identical on every rank: rank
-  0's checkpoint resumes all of them, with any number of processes.
-
-  - Gradients: G and D are wrapped in ``DistributedDataParallel``, which averages their gradients
-    over the ranks during each backward pass. ``train_step`` calls D three times per step (real,
-    fake, and in the G update with D's parameters frozen) and G once per D update; DDP supports
-    this: a forward pass whose parameters do not take part in the next backward (D in the G
-    update, the discarded fakes of extra D updates) simply fires no gradient hooks. Buffers are not
-    broadcast (``broadcast_buffers=False``): they are identical on all ranks already (below), and
-    an in-place broadcast between D's forward passes would only cost time.
-  - Batch norm: every ``nn.BatchNorm*`` of G and D is replaced by ``GlobalBatchNorm``, whose
-    training-mode statistics (mean and variance per channel) are all-reduced over the ranks, with
-    an all-reduce whose backward is again an all-reduce, so gradients (and R1's and WGAN-GP's second
-    derivatives) flow through the statistics as in one process. Each forward pass keeps its own
-    statistics (D normalises the real and the fake batch separately, as in one process). The
-    running statistics are updated from the global batch, so they are identical on every rank.
-    ``torch.nn.SyncBatchNorm`` does the same but accepts CUDA inputs only (checked in torch 2.15: its
-    forward raises on the CPU), and the CPU with gloo is where the tests run.
-  - EMA: the generator's moving average is updated on every rank from parameters that are
-    identical after each synchronised update, so it stays identical too; only rank 0 saves it.
-  - Per-step scalars are averaged over the ranks at each metrics flush (one all-reduce per
-    ``log_every`` steps); a stop (time budget) is agreed at the flush too.
-  - Rank 0 alone writes (checkpoints, tables, config, manifest, health events). It picks the newest
-    valid checkpoint and broadcasts its path; every rank loads that one.
-  - Randomness inside a step (DiffAugment, WGAN-GP interpolation) comes from a per-rank generator
-    seeded from (seed, step, rank): independent across ranks, reproducible on resume, and the shared
-    noise generator stays identical on every rank. (One process draws these for the whole batch, so
-    with DiffAugment or WGAN-GP a DDP run is not the same sample path as a single-process one.)
-
-- **In the launching process** (the Prefect training task, or ``launch`` from a notebook):
-  ``launch`` builds the ``torchrun`` command (``--standalone`` on one machine; ``--nnodes``,
-  ``--node-rank`` and a static rendezvous at ``--rdzv-endpoint`` for several), holds the run lock on
-  behalf of the ranks, streams their output line by line, returns rank 0's result, raises when any
-  rank fails, and kills every process it started on timeout, error or cancellation. torchrun puts each
-  worker in a session of its own, so killing torchrun's process group is not enough: the launcher
-  first lets torchrun stop its workers (SIGTERM), then SIGKILLs torchrun's group and, on Linux, every
-  process still carrying this launch's id in its environment. Workers also die with torchrun
-  (``PR_SET_PDEATHSIG``, Linux) and exit when the launcher itself disappears (a watchdog thread).
+- Gradients: G and D are wrapped in ``DistributedDataParallel``, which averages their gradients
+  over the ranks during each backward pass. ``train_step`` calls D three times per step (real,
+  fake, and in the G update with D's parameters frozen) and G once per D update; DDP supports
+  this: a forward pass whose parameters do not take part in the next backward (D in the G
+  update, the discarded fakes of extra D updates) simply fires no gradient hooks. Buffers are not
+  broadcast: they are identical on all ranks already (below), and an in-place broadcast between
+  D's forward passes would only cost time.
+- Batch norm: every ``nn.BatchNorm*`` of G and D is replaced by ``GlobalBatchNorm``, whose
+  training-mode statistics (mean and variance per channel) are all-reduced over the ranks, with
+  an all-reduce whose backward is again an all-reduce, so gradients (and R1's and WGAN-GP's second
+  derivatives) flow through the statistics as in one process. Each forward pass keeps its own
+  statistics (D normalises the real and the fake batch separately, as in one process). The
+  running statistics are updated from the global batch, so they are identical on every rank.
+  ``torch.nn.SyncBatchNorm`` does the same but accepts CUDA inputs only (checked in torch 2.15: its
+  forward raises on the CPU), and the CPU with gloo is where the tests run.
+- EMA: the generator's moving average is updated on every rank from parameters that are
+  identical after each synchronised update, so it stays identical too; only rank 0 saves it.
+- Per-step scalars are averaged over the ranks at each metrics flush (one all-reduce per
+  ``log_every`` steps); a stop (time budget, stop request) is agreed at the flush too.
+- Rank 0 alone writes (checkpoints, tables, config, manifest, health events). It picks the newest
+  valid checkpoint and broadcasts its path; every rank loads that one.
+- Randomness inside a step (DiffAugment, WGAN-GP interpolation) comes from a per-rank generator
+  seeded from (seed, step, rank): independent across ranks, reproducible on resume, and the shared
+  noise generator stays identical on every rank. (One process draws these for the whole batch, so
+  with DiffAugment or WGAN-GP a DDP run is not the same sample path as a single-process one.)
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import ctypes
 import inspect
-import json
-import logging
-import os
-import queue
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
-import time
-import uuid
-import warnings
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,29 +53,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ganlib.runs import checkpoint as ckpt
-from ganlib import errors
-from ganlib.config import RunConfig, build_config
-from ganlib.data.store import prepare_dataset, store_path
-from ganlib.errors import ConfigError, GanlibError
-from ganlib.runs.files import atomic_write_json
-from ganlib.runs.lock import _pid_alive, _proc_start, read_lock, run_lock
-from ganlib.runs.paths import resolve_device
-from ganlib.training.loop import train
-
-log = logging.getLogger("ganlib")
-
-PROGRESS_PREFIX = "@ganlib-progress "  # rank 0's progress records on stdout, read by the launcher
-ENV_LOCK_TOKEN = "GANLIB_RUN_LOCK_TOKEN"  # the launcher holds the run lock with this token
-ENV_LAUNCHER = "GANLIB_LAUNCHER_PID"  # "pid:start-time" of the launcher; workers exit when it is gone
-ENV_LAUNCH_ID = "GANLIB_LAUNCH_ID"  # marks every process of one launch (torchrun and its workers)
-WATCHDOG_S = 1.0
-
-
-class DistributedError(GanlibError):
-    """A training process failed, or the launch timed out. Retried: the retry resumes."""
-
-
-# --- inside a training process ------------------------------------------------------------------
+from ganlib.runs.lock import run_lock
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -176,37 +129,78 @@ def global_batch_norm_(module: nn.Module) -> nn.Module:
     return module
 
 
-@dataclass
-class DistContext:
-    """This process's place in an initialised process group, and the collectives training needs.
 
-    ``owns_run_lock``: whether rank 0 takes the run lock itself (False when the launcher holds it).
+@dataclass
+class ProcessContext:
+    """A training process on its own: rank 0 of 1, every collective the identity.
+
+    The loop talks to this interface only; ``DistContext`` is the same interface over a process group.
+    ``owns_run_lock``: whether this process takes the run lock itself (False when a launcher holds it).
     """
 
-    rank: int
-    world_size: int
-    local_rank: int
     device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
     owns_run_lock: bool = True
-    _step_noise: torch.Generator | None = field(default=None, repr=False)
 
     @property
     def is_writer(self) -> bool:
+        """Whether this process writes the run's files (rank 0 only)."""
         return self.rank == 0
+
+    @contextlib.contextmanager
+    def run_lock(self, run_dir: Path) -> Iterator[None]:
+        """Hold the run's lock for the duration, where this process is the one that must."""
+        if self.is_writer and self.owns_run_lock:
+            with run_lock(run_dir):
+                yield
+        else:
+            yield
 
     def local_rows(self, x: torch.Tensor, chunks: int = 1) -> torch.Tensor:
         """This rank's rows of ``x``, the concatenation of ``chunks`` global batches (one per D update)."""
+        return x
+
+    def share_batch_statistics(self, module: nn.Module) -> nn.Module:
+        """Batch statistics over all ranks' samples in every batch-norm layer of ``module`` (in place)."""
+        return module
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """``module`` as the training step calls it (data-parallel: gradients averaged over the ranks)."""
+        return module
+
+    def mean_over_ranks(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def any_rank(self, flag: bool) -> bool:
+        return flag
+
+    def latest_checkpoint(self, directory: Path) -> tuple[Path, dict[str, Any]] | None:
+        """The newest valid checkpoint of ``directory`` (corrupt ones are moved aside), with its state."""
+        return ckpt.latest_checkpoint(directory)
+
+    def step_noise(self, shared: torch.Generator, seed: int, step: int) -> torch.Generator:
+        """The generator for the randomness inside one step (DiffAugment, the WGAN-GP mix): the shared one."""
+        return shared
+
+
+@dataclass
+class DistContext(ProcessContext):
+    """This process's place in an initialised ``torch.distributed`` process group (see the module docstring)."""
+
+    _step_noise: torch.Generator | None = field(default=None, repr=False)
+
+    def local_rows(self, x: torch.Tensor, chunks: int = 1) -> torch.Tensor:
         per_chunk = x.shape[0] // chunks
         local = per_chunk // self.world_size
         parts = x.reshape(chunks, self.world_size, local, *x.shape[1:])[:, self.rank]
         return parts.reshape(chunks * local, *x.shape[1:])
 
-    def use_global_batch_norm(self, module: nn.Module) -> nn.Module:
-        """Batch statistics over all ranks' samples in every batch-norm layer of ``module`` (in place)."""
+    def share_batch_statistics(self, module: nn.Module) -> nn.Module:
         return global_batch_norm_(module)
 
     def wrap(self, module: nn.Module) -> nn.Module:
-        """``module`` in DistributedDataParallel (gradients averaged over the ranks in backward)."""
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         ddp = nn.parallel.DistributedDataParallel
         # No buffer broadcast before each forward pass: the buffers are identical on all ranks already.
@@ -234,260 +228,9 @@ class DistContext:
             return found
         return Path(chosen[0]), ckpt.load_checkpoint(Path(chosen[0]))
 
-    def step_noise(self, seed: int, step: int) -> torch.Generator:
-        """A generator for the randomness inside one step, different on every rank, fixed by (seed, step, rank)."""
+    def step_noise(self, shared: torch.Generator, seed: int, step: int) -> torch.Generator:
+        """A generator different on every rank, fixed by (seed, step, rank); the shared one stays in step."""
         if self._step_noise is None:
             self._step_noise = torch.Generator(device=self.device)
         mixed = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + self.rank * 0x94D049BB133111EB)
         return self._step_noise.manual_seed(mixed % 2**63)
-
-
-def _die_with_parent() -> None:
-    """Linux: be SIGKILLed when the parent (torchrun's agent) dies, whatever killed it."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _watch_launcher(spec: str) -> None:
-    """Exit at once when the launcher ("pid:start-time") is gone, e.g. its flow run was killed."""
-    pid_text, _, start = spec.partition(":")
-    pid = int(pid_text)
-
-    def watch() -> None:
-        while True:
-            time.sleep(WATCHDOG_S)
-            if not _pid_alive(pid) or (start and _proc_start(pid) not in (None, start)):
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    threading.Thread(target=watch, name="ganlib-launcher-watchdog", daemon=True).start()
-
-
-def _backend(name: str, device: torch.device) -> str:
-    if name == "auto":
-        return "nccl" if device.type == "cuda" else "gloo"
-    if name == "nccl" and device.type != "cuda":
-        raise ConfigError(f"dist.backend: nccl needs CUDA devices, but training runs on {device}; "
-                          "use --dist-backend gloo or auto")
-    return name
-
-
-def _worker_device(cfg: RunConfig, local_rank: int) -> torch.device:
-    device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        if device.index is not None:
-            raise ConfigError(f"device: {cfg.device!r} names one GPU, but each training process takes the GPU "
-                              "of its local rank; use --device cuda or auto")
-        if local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"dist.nproc_per_node: local rank {local_rank} has no GPU "
-                              f"({torch.cuda.device_count()} here); use at most one process per GPU")
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    return device
-
-
-def worker_main(argv: list[str] | None = None) -> int:
-    """Entry point of one training process under torchrun: ``python -m ganlib.training.distributed``."""
-    parser = argparse.ArgumentParser(prog="python -m ganlib.training.distributed",
-                                     description="One data-parallel training process; start it with torchrun.")
-    parser.add_argument("--config", type=Path, required=True, help="RunConfig JSON file")
-    parser.add_argument("--store", type=Path, default=None,
-                        help="prepared dataset store directory (default: the config's under out/_cache, which "
-                        "rank 0 prepares if needed)")
-    parser.add_argument("--work-dir", type=Path, default=None,
-                        help="where rank 0 writes result.json, and a rank that fails with a user error error.json")
-    args = parser.parse_args(argv)
-    if "RANK" not in os.environ:
-        print("error: python -m ganlib.training.distributed is one process of a torchrun job; start it with "
-              "torchrun (python -m torch.distributed.run) or ganlib.training.distributed.launch", file=sys.stderr)
-        return 2
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    _die_with_parent()
-    if os.environ.get(ENV_LAUNCHER):
-        _watch_launcher(os.environ[ENV_LAUNCHER])
-
-    logging.basicConfig(stream=sys.stdout, format=f"[rank {rank}] %(levelname)s %(message)s", force=True)
-    # DDP warns when a gradient's strides differ from its bucket's. Here that is a 1-channel conv weight
-    # (N, 1, k, k): strides of a size-1 dimension are arbitrary and the memory layout is the same.
-    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    log.setLevel(logging.INFO if rank == 0 else logging.WARNING)  # rank 0 tells the story; all report trouble
-    try:
-        try:
-            data = json.loads(args.config.read_text())
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"--config: cannot read {args.config}: {err}") from None
-        cfg = build_config(data).resolved()
-        device = _worker_device(cfg, local_rank)
-        dist.init_process_group(_backend(cfg.dist.backend, device))
-        try:
-            store = args.store
-            if store is None:  # started by hand: rank 0 prepares the dataset (or finds it)
-                store = prepare_dataset(cfg.data, cfg.out) if rank == 0 else store_path(cfg.data, cfg.out)
-            dist.barrier()  # on every rank (some machines may give --store, others not): the data is there
-            lock = read_lock(cfg.run_dir) or {}
-            handed_over = bool(os.environ.get(ENV_LOCK_TOKEN)) and lock.get("token") == os.environ[ENV_LOCK_TOKEN]
-            context = DistContext(rank, world, local_rank, device, owns_run_lock=not handed_over)
-            log.info("data-parallel training: %d processes (%s), global batch %d = %d per process", world,
-                     dist.get_backend(), cfg.train.batch_size, cfg.train.batch_size // world)
-
-            def progress(record: dict[str, Any]) -> None:
-                print(PROGRESS_PREFIX + json.dumps({k: record[k] for k in ("step", "total_steps")}), flush=True)
-
-            launched = args.work_dir is not None  # by ganlib.training.distributed.launch, which reads the progress lines
-            result = train(cfg, store, on_progress=progress if rank == 0 and launched else None, dist=context)
-            if rank == 0 and args.work_dir is not None:
-                atomic_write_json(args.work_dir / "result.json", result.to_dict())
-            # Leave together: a rank that tears its gloo group down while a peer is still in its last
-            # collective or writes can be aborted by gloo ("terminate called without an active
-            # exception", seen once in CI at exit of a finished run). Only on success: a failed rank
-            # must not wait for peers that will never arrive (torchrun stops them).
-            dist.barrier()
-        finally:
-            dist.destroy_process_group()
-    except GanlibError as err:
-        print(f"error: [rank {rank}] {err}", file=sys.stderr, flush=True)
-        if args.work_dir is not None:
-            atomic_write_json(args.work_dir / "error.json", {"type": type(err).__name__, "message": str(err)})
-        return 2
-    return 0
-
-
-# --- in the launching process -------------------------------------------------------------------
-
-
-def torchrun_command(cfg: RunConfig, config_file: Path, store_dir: Path, work_dir: Path,
-                     python: str = sys.executable) -> list[str]:
-    """The ``torchrun`` (``python -m torch.distributed.run``) command that trains ``cfg`` on this machine."""
-    d = cfg.dist
-    if d.nnodes == 1:
-        where = ["--standalone"]
-    else:  # static rendezvous: machine 0's first process is global rank 0, the writer
-        where = ["--nnodes", str(d.nnodes), "--node-rank", str(d.node_rank), "--rdzv-backend", "static",
-                 "--rdzv-endpoint", str(d.rdzv_endpoint)]
-    return [python, "-m", "torch.distributed.run", *where, "--nproc-per-node", str(d.nproc_per_node),
-            "--max-restarts", "0", "-m", "ganlib.training.distributed",
-            "--config", str(config_file), "--store", str(store_dir), "--work-dir", str(work_dir)]
-
-
-def _marked_processes(launch_id: str) -> list[int]:
-    """Linux: pids of the processes whose environment carries ``launch_id`` (this launch's)."""
-    marker = f"{ENV_LAUNCH_ID}={launch_id}\0".encode()
-    found = []
-    for entry in Path("/proc").iterdir() if Path("/proc/self/environ").exists() else []:
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if marker in (entry / "environ").read_bytes() and _pid_alive(int(entry.name)):
-                found.append(int(entry.name))
-    return found
-
-
-def _kill_everything(proc: subprocess.Popen, launch_id: str, grace_s: float = 5.0) -> None:
-    """Stop torchrun and every worker it started, whatever state they are in."""
-    if proc.poll() is None:  # not reaped, so its process group id cannot have been reused
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)  # torchrun stops its workers (sessions of their own)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace_s)
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    deadline = time.monotonic() + grace_s
-    while (left := _marked_processes(launch_id)) and time.monotonic() < deadline:  # e.g. a worker still starting
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
-
-
-def launch(
-    cfg: RunConfig,
-    store_dir: Path,
-    *,
-    on_line: Callable[[str], None] = print,
-    on_progress: Callable[[dict[str, Any]], None] | None = None,
-    timeout_s: float | None = None,
-) -> dict[str, Any]:
-    """Train ``cfg`` with ``cfg.dist.nproc_per_node`` processes here (and ``nnodes`` machines) via torchrun.
-
-    Returns rank 0's ``TrainResult.to_dict()`` (on machine 0; other machines return ``{}``).
-    ``on_line`` receives every line the processes print (rank-prefixed), ``on_progress`` rank 0's
-    progress records (``step``, ``total_steps``). ``timeout_s`` (default ``cfg.dist.timeout_minutes``):
-    kill everything after it. Any failure raises: the rank's own ``GanlibError`` type when it raised
-    one (a bad config is not worth retrying), else ``DistributedError``. Whatever ends the call
-    (an exception in a callback, a cancellation, a timeout), every process started is killed.
-    """
-    cfg = cfg.resolved()
-    if timeout_s is None and cfg.dist.timeout_minutes is not None:
-        timeout_s = 60 * cfg.dist.timeout_minutes
-    writer_machine = cfg.dist.node_rank == 0
-    with (run_lock(cfg.run_dir) if writer_machine else contextlib.nullcontext()), \
-            tempfile.TemporaryDirectory(prefix="ganlib-dist-") as tmp:
-        work_dir = Path(tmp)
-        config_file = work_dir / "config.json"
-        config_file.write_text(cfg.model_dump_json())
-        launch_id = uuid.uuid4().hex
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", ENV_LAUNCH_ID: launch_id,
-               ENV_LAUNCHER: f"{os.getpid()}:{_proc_start(os.getpid()) or ''}"}
-        if writer_machine:
-            env[ENV_LOCK_TOKEN] = (read_lock(cfg.run_dir) or {}).get("token", "")
-        env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default too; one thread per process
-        repo_root = str(Path(__file__).resolve().parents[2])  # ganlib importable from any directory
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH")) if p)
-        command = torchrun_command(cfg, config_file, Path(store_dir), work_dir)
-        log.info("launching %d training processes: %s", cfg.dist.nproc_per_node, " ".join(command))
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                bufsize=1, env=env, start_new_session=True)
-        lines: queue.Queue[str | None] = queue.Queue()
-        reader = threading.Thread(target=_read_lines, args=(proc, lines), name="ganlib-torchrun-output", daemon=True)
-        reader.start()
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        try:
-            while True:
-                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-                try:
-                    line = lines.get(timeout=wait)
-                except queue.Empty:
-                    raise DistributedError(
-                        f"distributed training timed out after {timeout_s / 60:g} min (dist.timeout_minutes); "
-                        "killed all its processes; running again resumes from the newest checkpoint") from None
-                if line is None:
-                    break
-                if line.startswith(PROGRESS_PREFIX):
-                    if on_progress is not None:
-                        on_progress(json.loads(line[len(PROGRESS_PREFIX):]))
-                    continue
-                on_line(line)
-            returncode = proc.wait()
-        finally:
-            if proc.poll() is None:
-                log.warning("stopping the training processes")
-            _kill_everything(proc, launch_id)  # also after a clean exit: no worker outlives the launch
-            reader.join(timeout=10)
-        if returncode != 0:
-            error_file = work_dir / "error.json"
-            if error_file.is_file():
-                info = json.loads(error_file.read_text())
-                kind = getattr(errors, info.get("type", ""), None)
-                if isinstance(kind, type) and issubclass(kind, GanlibError):
-                    raise kind(info["message"])
-            raise DistributedError(
-                f"distributed training failed: torchrun exited with code {returncode} (the failing rank's "
-                "output is above); running again resumes from the newest checkpoint")
-        result_file = work_dir / "result.json"
-        return json.loads(result_file.read_text()) if result_file.is_file() else {}
-
-
-def _read_lines(proc: subprocess.Popen, lines: queue.Queue) -> None:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.put(line.rstrip("\n"))
-    lines.put(None)
-
-
-if __name__ == "__main__":
-    sys.exit(worker_main())

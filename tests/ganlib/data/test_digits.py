@@ -169,8 +169,9 @@ def test_bad_arguments_raise_data_error(kwargs: dict, argument: str, shown: str)
     message = str(excinfo.value)
     assert "\n" not in message
     assert argument in message
-    assert f"got {shown}" in message
-    if argument == "image_size":
-        assert all(str(s) in message for s in SUPPORTED_IMAGE_SIZES)
+    if argument == "image_size":  # the message preflight gives for data.image_size too
+        assert f"not {shown};" in message and all(str(s) in message for s in SUPPORTED_IMAGE_SIZES)
+    else:
+        assert f"got {shown}" in message
     if argument == "num_images":
         assert ">= 1" in message

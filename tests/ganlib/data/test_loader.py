@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from ganlib.runs.checkpoint import load_checkpoint
-from ganlib.data.loader import BatchSource
+from ganlib.data.loader import BatchOrder, BatchSource
 from ganlib.data.store import load_store, prepare_dataset
-from ganlib.training.loop import BatchOrder, train
+from ganlib.runs.checkpoint import load_checkpoint
+from ganlib.training.loop import train
 
 
 def _store(tmp_path, n=100):
@@ -26,7 +26,7 @@ def test_resident_and_streamed_batches_follow_batch_order_exactly(tmp_path, budg
     cpu = torch.device("cpu")
     order, reference = BatchOrder(100, 30, 7, cpu), BatchOrder(100, 30, 7, cpu)
     for _ in range(10):  # three batches an epoch: crosses epoch boundaries
-        batch = source.next_batch(order)
+        batch, _ = source.next_batch(order)
         expected = images[reference.next().numpy()]
         assert batch.dtype == torch.uint8 and np.array_equal(batch.numpy(), expected)
     assert order.state_dict() == reference.state_dict()
@@ -41,7 +41,7 @@ def test_streaming_follows_an_order_that_jumps(tmp_path):
     order.load_state_dict({"epoch": 4, "position": 7})
     reference = BatchOrder(100, 10, 3, torch.device("cpu"))
     reference.load_state_dict({"epoch": 4, "position": 7})
-    assert np.array_equal(source.next_batch(order).numpy(), images[reference.next().numpy()])
+    assert np.array_equal(source.next_batch(order)[0].numpy(), images[reference.next().numpy()])
 
 
 def test_training_streamed_from_disk_is_bit_identical_to_resident(tiny):
@@ -69,7 +69,7 @@ def test_streamed_batches_on_cuda_come_through_pinned_memory(tmp_path):
     source = BatchSource(mapped, device, 0)
     order, reference = BatchOrder(100, 30, 7, device), BatchOrder(100, 30, 7, torch.device("cpu"))
     for _ in range(7):
-        batch = source.next_batch(order)
+        batch, _ = source.next_batch(order)
         assert batch.device.type == "cuda"
         assert np.array_equal(batch.cpu().numpy(), images[reference.next().numpy()])
     assert source._pinned is not None and source._pinned.is_pinned()

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from ganlib.data.preview import evenly_spaced, save_image_grid
-from ganlib.rendering.gallery import save_grid
+from ganlib.rendering.pictures import save_grid
 
 
 @pytest.mark.parametrize(("n", "c", "size"),

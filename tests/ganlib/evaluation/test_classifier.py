@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from ganlib.errors import CheckpointError
 from ganlib.evaluation.classifier import (
     DomainClassifier,
     classify,
@@ -16,7 +17,6 @@ from ganlib.evaluation.classifier import (
     save_classifier,
     train_classifier,
 )
-from ganlib.errors import CheckpointError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MNIST_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"

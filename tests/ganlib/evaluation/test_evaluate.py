@@ -30,9 +30,9 @@ from ganlib.evaluation.evaluate import (
     score_images,
     select_best,
 )
-from ganlib.rendering.gallery import fixed_noise, generate
 from ganlib.evaluation.inception import InceptionNet
-from ganlib.training.loop import load_generator, train
+from ganlib.sampling import fixed_noise, generate, load_generator
+from ganlib.training.loop import train
 
 METRICS = ["fd", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall", "density", "coverage",
            "memorisation_fraction"]

@@ -1,4 +1,4 @@
-"""ganlib.evaluation.inception: weights from a local file checked by sha256, the library's download, clean offline skips."""
+"""ganlib.evaluation.inception: weights from a file checked by sha256, the library download, clean offline skips."""
 
 from __future__ import annotations
 

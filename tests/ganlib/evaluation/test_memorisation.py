@@ -1,4 +1,4 @@
-"""ganlib.evaluation.memorisation: nearest training images, the fraction closer than held-out real images, the pairs picture."""
+"""ganlib.evaluation.memorisation: nearest training images, the fraction closer than held-out images, the pairs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for ganlib.evaluation.metrics: Fréchet distance, KID, Inception Scores, k-NN precision/recall/density/coverage."""
+"""ganlib.evaluation.metrics: Fréchet distance, KID, Inception Scores, k-NN precision/recall/density/coverage."""
 
 from __future__ import annotations
 

@@ -12,30 +12,25 @@ import torch
 from PIL import Image, ImageSequence
 from torch import nn
 
-import ganlib.training.loop
+import ganlib.rendering.gallery
 from ganlib.config import build_config
 from ganlib.data.store import prepare_dataset
 from ganlib.errors import CheckpointError
 from ganlib.rendering.gallery import (
     GALLERY_NOISE_OFFSET,
     export_samples,
-    fixed_noise,
-    generate,
-    grid_picture,
-    is_conditional,
     loop_path,
     make_gallery,
     make_interpolation,
     render_step_grids,
     resolve_checkpoint,
-    save_gif,
-    save_grid,
     save_timelapse,
     slerp,
     step_grid_images,
-    to_uint8,
 )
-from ganlib.training.loop import load_generator, train
+from ganlib.rendering.pictures import grid_picture, save_gif, save_grid
+from ganlib.sampling import fixed_noise, generate, is_conditional, load_generator, to_uint8
+from ganlib.training.loop import train
 
 TINY = {
     "run_id": "gal", "device": "cpu",
@@ -274,7 +269,7 @@ class _ClassPainter(nn.Module):
 def conditional(monkeypatch, trained):
     meta = {"step": 12, "config": {"model": {"noise_dim": 100, "conditional": True}},
             "image_shape": [1, 28, 28], "num_classes": 3, "weights": "raw"}
-    monkeypatch.setattr(ganlib.training.loop, "load_generator",
+    monkeypatch.setattr(ganlib.rendering.gallery, "load_generator",
                         lambda path, device="cpu", use_ema=True: (_ClassPainter(3).eval(), meta))
     return meta
 

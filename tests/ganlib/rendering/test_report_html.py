@@ -28,10 +28,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ganlib.rendering.gallery import save_gif, save_grid
+from ganlib.rendering.pictures import save_gif, save_grid
+from ganlib.rendering.report_html import build_report, write_report
 from ganlib.rendering.summary import build_summary, summary_markdown, write_summary
-from ganlib.rendering.report_html import REPORT_FILE, build_report, write_report
 
+REPORT_FILE = "report.html"  # the name the README promises
 CHROMIUM = os.environ.get("GANLIB_CHROMIUM", "/usr/bin/chromium")
 # Headless and quiet: the network is closed here, and background services would only flood the
 # log with refused connections.

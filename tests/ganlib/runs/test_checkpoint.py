@@ -4,8 +4,8 @@ import pickle
 import pytest
 import torch
 
-from ganlib.runs import checkpoint as ckpt
 from ganlib.errors import CheckpointError
+from ganlib.runs import checkpoint as ckpt
 from ganlib.runs.files import atomic_write_bytes
 
 

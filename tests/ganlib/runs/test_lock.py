@@ -20,10 +20,10 @@ import pandas as pd
 import pytest
 import torch
 
-from ganlib.runs import lock as lockmod
-from ganlib.runs.checkpoint import list_checkpoints, load_checkpoint
 from ganlib.data.store import prepare_dataset
 from ganlib.errors import RunError
+from ganlib.runs import lock as lockmod
+from ganlib.runs.checkpoint import list_checkpoints, load_checkpoint
 from ganlib.runs.lock import LOCK_NAME, check_under_root, read_lock, run_lock
 
 # Holds the lock of argv[1] until its stdin closes; says "held" once it has it, "refused <msg>" if not.
@@ -198,7 +198,7 @@ def test_a_reused_pid_and_an_unreaped_zombie_do_not_count_as_the_holder(tmp_path
         _write_lock(tmp_path / "reused", pid=sleeper.pid, proc_start="1")
         with run_lock(tmp_path / "reused"):
             assert read_lock(tmp_path / "reused")["pid"] == os.getpid()
-        _write_lock(tmp_path / "alive", pid=sleeper.pid, proc_start=lockmod._proc_start(sleeper.pid))
+        _write_lock(tmp_path / "alive", pid=sleeper.pid, proc_start=lockmod.proc_start(sleeper.pid))
         with pytest.raises(RunError, match="is already running"):
             with run_lock(tmp_path / "alive"):
                 pass

@@ -22,24 +22,23 @@ import pytest
 import torch
 from torch import nn
 
-from ganlib.runs.checkpoint import list_checkpoints, load_checkpoint
 from ganlib.config import build_config, config_differences
+from ganlib.data.loader import BatchOrder
 from ganlib.data.store import prepare_dataset
-from ganlib.training.distributed import (
+from ganlib.errors import ConfigError
+from ganlib.models import build_models
+from ganlib.runs.checkpoint import list_checkpoints, load_checkpoint
+from ganlib.runs.lock import LOCK_NAME, pid_alive, read_lock
+from ganlib.training.distributed import DistContext, GlobalBatchNorm, global_batch_norm_
+from ganlib.training.launch import (
     ENV_LAUNCH_ID,
-    DistContext,
     DistributedError,
-    GlobalBatchNorm,
     _marked_processes,
-    global_batch_norm_,
     launch,
     torchrun_command,
     worker_main,
 )
-from ganlib.errors import ConfigError
-from ganlib.runs.lock import LOCK_NAME, _pid_alive, read_lock
-from ganlib.models import build_models
-from ganlib.training.loop import BatchOrder, train
+from ganlib.training.loop import train
 
 STEPS, CHECKPOINT_EVERY = 24, 4
 # No DiffAugment (on by default): its random shifts are drawn per process, so with it a DDP run is another
@@ -81,7 +80,7 @@ def test_the_number_of_processes_may_change_on_resume():
 
 def test_each_rank_keeps_its_rows_of_every_d_update_batch():
     z = torch.arange(2 * 8).float().view(16, 1)  # two D updates of a global batch of 8
-    rows = [DistContext(r, 4, r, torch.device("cpu")).local_rows(z, chunks=2) for r in range(4)]
+    rows = [DistContext(torch.device("cpu"), r, 4, r).local_rows(z, chunks=2) for r in range(4)]
     assert rows[1].flatten().tolist() == [2, 3, 10, 11]
     per_update = [torch.cat([r[i * 2:(i + 1) * 2] for r in rows]) for i in range(2)]
     assert torch.equal(torch.cat(per_update), z)
@@ -110,7 +109,7 @@ def test_torchrun_command_standalone_and_multi_node(tmp_path):
     one = build_config({"run_id": "r", "dist": {"nproc_per_node": 2}})
     cmd = torchrun_command(one, tmp_path / "c.json", tmp_path / "store", tmp_path, python="python")
     assert cmd[:4] == ["python", "-m", "torch.distributed.run", "--standalone"]
-    assert cmd[cmd.index("--nproc-per-node") + 1] == "2" and "ganlib.training.distributed" in cmd
+    assert cmd[cmd.index("--nproc-per-node") + 1] == "2" and "ganlib.training.launch" in cmd
     two = build_config({"run_id": "r", "dist": {"nproc_per_node": 8, "nnodes": 2, "node_rank": 1,
                                                 "rdzv_endpoint": "10.0.0.1:29500"}})
     cmd = " ".join(torchrun_command(two, tmp_path / "c.json", tmp_path / "store", tmp_path, python="python"))
@@ -201,9 +200,9 @@ def test_a_ddp_run_sigkilled_mid_way_resumes_and_matches_the_uninterrupted_one(r
     # before it is gone, so wait on the lock holder's pid too: on a loaded machine the resume below
     # otherwise meets a lock whose holder is still tearing down ("already running").
     deadline = time.monotonic() + 30
-    while (_marked_processes(launch_id) or _pid_alive(holder)) and time.monotonic() < deadline:
+    while (_marked_processes(launch_id) or pid_alive(holder)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _marked_processes(launch_id) == [] and not _pid_alive(holder), "a worker outlived torchrun"
+    assert _marked_processes(launch_id) == [] and not pid_alive(holder), "a worker outlived torchrun"
     on_disk = [s for s, _ in list_checkpoints(cfg.run_dir / "checkpoints")]
     assert on_disk and max(on_disk) < STEPS, on_disk
     assert (cfg.run_dir / LOCK_NAME).exists()  # rank 0 held it and died

@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 import torch
 
-from ganlib.runs.checkpoint import list_checkpoints, load_checkpoint
 from ganlib.data.store import prepare_dataset
+from ganlib.runs.checkpoint import list_checkpoints, load_checkpoint
 from ganlib.runs.lock import LOCK_NAME, run_lock
 from ganlib.training.loop import train
 

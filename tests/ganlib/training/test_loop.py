@@ -2,21 +2,17 @@ import pandas as pd
 import pytest
 import torch
 
-from ganlib.runs.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from ganlib.config import ModelConfig
+from ganlib.data.loader import BatchOrder
 from ganlib.data.store import prepare_dataset
 from ganlib.errors import CheckpointError, ConfigError
-from ganlib.training.losses import d_loss_nonsaturating
 from ganlib.models import build_models
-from ganlib.training.loop import (
-    METRIC_COLUMNS,
-    BatchOrder,
-    adam_implementation,
-    load_generator,
-    train,
-    train_step,
-    use_channels_last,
-)
+from ganlib.runs.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from ganlib.sampling import load_generator
+from ganlib.training.health import METRIC_COLUMNS
+from ganlib.training.loop import train
+from ganlib.training.losses import d_loss_nonsaturating
+from ganlib.training.step import adam_implementation, train_step, use_channels_last
 
 
 def test_one_step_lowers_the_discriminator_loss_on_an_easy_case():
@@ -193,7 +189,8 @@ def test_precision_may_change_when_a_run_resumes(tiny):
 
 def _bf16_against_fp32(bf16: bool, seed: int, images: torch.Tensor, steps: int, model: str) -> torch.Tensor:
     """Per-step scalars of a 28-px model on ``images``' device; bf16 runs with channels-last and fused Adam."""
-    from ganlib.training.loop import Objective, to_unit_range
+    from ganlib.sampling import to_unit_range
+    from ganlib.training.step import Objective
 
     device = images.device
     if device.type == "cuda":

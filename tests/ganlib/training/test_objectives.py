@@ -6,13 +6,16 @@ import torch
 from torch import nn
 
 import ganlib.training.loop as train_mod
-from ganlib.training import losses
-from ganlib.runs.checkpoint import list_checkpoints, load_checkpoint
+import ganlib.training.step as step_mod
 from ganlib.config import ModelConfig
 from ganlib.data.store import prepare_dataset
 from ganlib.errors import TrainingDiverged
 from ganlib.models import build_models
-from ganlib.training.loop import Objective, ema_beta, load_generator, train, train_step, update_ema
+from ganlib.runs.checkpoint import list_checkpoints, load_checkpoint
+from ganlib.sampling import load_generator
+from ganlib.training import losses
+from ganlib.training.loop import train
+from ganlib.training.step import Objective, ema_beta, train_step, update_ema
 
 
 def test_loss_values_on_known_logits():
@@ -121,7 +124,7 @@ def test_resume_stays_bit_exact_with_every_option(tiny, overrides):
 
 
 def test_linear_lr_decay_follows_its_schedule_and_resumes_bit_exact(tiny):
-    from ganlib.training.loop import lr_factor
+    from ganlib.training.step import lr_factor
 
     t = tiny(train__lr_decay="linear", train__lr_decay_start=0.5).train
     assert [lr_factor(t, s, 12) for s in (0, 5, 6, 9, 11)] == [1.0, 1.0, 1.0, 0.5, pytest.approx(1 / 6)]
@@ -185,7 +188,7 @@ def _nan_after(calls: int, always: bool = False):
 
 
 def test_non_finite_loss_rolls_back_with_lower_rates_and_continues(tiny, monkeypatch):
-    monkeypatch.setitem(train_mod.OBJECTIVES, "ns", (_nan_after(9), losses.g_loss_nonsaturating))
+    monkeypatch.setitem(step_mod.OBJECTIVES, "ns", (_nan_after(9), losses.g_loss_nonsaturating))
     cfg = tiny(run_id="nan")
     result = train(cfg, prepare_dataset(cfg.data, cfg.out))
     assert result.final_step == 12
@@ -198,7 +201,7 @@ def test_non_finite_loss_rolls_back_with_lower_rates_and_continues(tiny, monkeyp
 
 
 def test_persistent_non_finite_loss_fails_after_k_rollbacks(tiny, monkeypatch):
-    monkeypatch.setitem(train_mod.OBJECTIVES, "ns", (_nan_after(9, always=True), losses.g_loss_nonsaturating))
+    monkeypatch.setitem(step_mod.OBJECTIVES, "ns", (_nan_after(9, always=True), losses.g_loss_nonsaturating))
     cfg = tiny(run_id="diverge", train__max_rollbacks=2)
     message = r"training diverged: non-finite d_loss.* at step \d+, still after 2 rollbacks"
     with pytest.raises(TrainingDiverged, match=message):
@@ -297,7 +300,7 @@ def test_conditional_needs_labels():
 def test_resnet_refuses_28_px():
     from ganlib.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="'resnet' makes images of 32, 64 px, not 28"):
+    with pytest.raises(ConfigError, match=r"data.image_size: resnet makes \(32, 64\) px images, not 28"):
         build_models(ModelConfig(name="resnet"), 1, 28)
 
 

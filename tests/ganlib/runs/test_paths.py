@@ -1,0 +1,53 @@
+"""RunDir and CacheDir: every file a run writes in one place, and one reader per file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ganlib.config import RunConfig
+from ganlib.errors import RunError
+from ganlib.runs.paths import CacheDir, RunDir, checkpoint_name
+
+
+def test_the_layout_of_a_run(tmp_path):
+    run = RunDir(tmp_path / "r")
+    assert run.config == tmp_path / "r" / "config.json"
+    assert run.manifest == tmp_path / "r" / "data" / "manifest.json"
+    assert run.checkpoint(2500) == tmp_path / "r" / "checkpoints" / "step_002500.pt"
+    assert checkpoint_name(7) == "step_000007.pt"
+    assert run.eval_metrics == tmp_path / "r" / "metrics" / "eval.parquet"
+    assert run.health_metrics.name == "health.parquet" and run.report.name == "report.html"
+    assert CacheDir.under(tmp_path).dataset("digits-abc") == tmp_path / "_cache" / "datasets" / "digits-abc"
+
+
+def test_reading_the_config_of_a_missing_or_broken_run_is_one_line(tmp_path):
+    run = RunDir(tmp_path / "nope")
+    with pytest.raises(RunError, match=r"^no run at .*nope \(.*config.json is missing\); check --run-id and --out$"):
+        run.read_config()
+    run.root.mkdir()
+    run.config.write_text("{not json")
+    with pytest.raises(RunError, match=r"^cannot read .*config.json: Expecting property name"):
+        run.read_config()
+    run.config.write_text("[1, 2]")
+    with pytest.raises(RunError, match="not a JSON object"):
+        run.read_config()
+    assert run.read_saved_config() == {} and run.read_manifest() == {}  # the tolerant readers
+
+
+def test_load_config_places_the_run_where_it_is_now(tmp_path):
+    saved = RunConfig(run_id="old", out="elsewhere").model_dump(mode="json")
+    run = RunDir(tmp_path / "moved")
+    run.root.mkdir()
+    run.config.write_text(json.dumps(saved))
+    cfg = run.load_config(device="cpu")
+    assert (cfg.run_id, cfg.out, cfg.device) == ("moved", tmp_path, "cpu")
+    assert cfg.run_dir == run.root
+
+
+def test_train_rows_are_read_up_to_a_step(tmp_path):
+    run = RunDir(tmp_path / "r")
+    assert run.read_train_rows(up_to_step=10) == []
+    run.write_train_rows([{"step": s, "d_loss": 0.5} for s in range(1, 6)])
+    assert [r["step"] for r in run.read_train_rows(up_to_step=3)] == [1, 2, 3]
