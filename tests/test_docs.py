@@ -163,3 +163,20 @@ def test_slugs_follow_github() -> None:
     assert github_slug("Dataset preparation (`bench/prepare.py`: a folder of 32×32 PNGs)") == (
         "dataset-preparation-benchpreparepy-a-folder-of-3232-pngs")
     assert github_slug("**Bold** and [a link](x.md)") == "bold-and-a-link"
+
+
+@pytest.mark.slow
+def test_the_readme_python_example_runs(tmp_path, monkeypatch) -> None:
+    """The README's Python API example, run as written but with a tiny config (seconds, not minutes)."""
+    text = (REPO / "README.md").read_text()
+    code = text.split("## The Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    config = '{"run_id": "nb", "train": {"steps": 500}}'
+    assert config in code, "the example's config changed: update this test's stand-in"
+    tiny = ('{"run_id": "nb", "device": "cpu", "data": {"num_images": 400}, "train": {"steps": 12, '
+            '"batch_size": 32, "checkpoint_every": 6}, "eval": {"num_samples": 200, "classifier_steps": 30, '
+            '"batch_size": 100}}')
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code.replace(config, tiny), "README.md", "exec"), namespace)  # noqa: S102
+    assert tuple(namespace["images"].shape) == (16, 1, 28, 28)
+    assert namespace["meta"]["weights"] == "ema" and namespace["result"].final_step == 12
