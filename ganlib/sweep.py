@@ -110,10 +110,8 @@ def expand_grid(base: RunConfig, grid: dict[str, list[Any]], sweep_id: str) -> l
 
 def completed_summary(config: RunConfig) -> dict[str, Any] | None:
     """The run's ``summary.json`` if the run finished with this config (nothing left to do), else None."""
-    path = RunDir(config.run_dir).summary
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):
+    summary = RunDir(config.run_dir).read_summary()
+    if not summary:
         return None
     train = summary.get("train") or {}
     finished = train.get("final_step") is not None and train.get("final_step") == train.get("total_steps")

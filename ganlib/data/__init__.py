@@ -6,6 +6,7 @@
 - ``writer``: streaming ``.npy`` files and the bounded, ordered parallel map;
 - ``store``: ``prepare_dataset`` (the common preparation), ``load_store``, the store's layout;
 - ``preview``: the grid of real images left next to each store;
-- ``loader``: training batches, resident on the device or streamed from disk;
+- ``loader``: the batch order of an epoch (``BatchOrder``) and training batches, resident on the device
+  or streamed from disk;
 - ``idx``, ``digits``: the IDX format and the digit generator.
 """

@@ -435,8 +435,9 @@ def evaluate_run(cfg: RunConfig, store_dir: Path, rescore: bool = False) -> pd.D
     settings_key = _settings_key(ctx, len(ref_idx))
 
     previous: dict[tuple, dict[str, Any]] = {}
-    if paths.eval_metrics.is_file() and not rescore:
-        for row in pd.read_parquet(paths.eval_metrics).to_dict("records"):
+    table = None if rescore else paths.read_table(paths.eval_metrics)
+    if table is not None:
+        for row in table.to_dict("records"):
             previous[(row.get("checkpoint_sha256"), row.get("generator"), row.get("settings_key"))] = row
 
     selected = "ema" if ev.use_ema else "raw"
