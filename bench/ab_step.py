@@ -1,10 +1,11 @@
 """Speed of the training step at two commits, measured alternately (an A/B of a change to the step).
 
     git worktree add /tmp/before 27f4f6b            # the commit to compare against
-    python bench/ab_step.py --before /tmp/before --batch-size 128,256 --precision bf16
+    python -m bench.ab_step --before /tmp/before --batch-size 128,256 --precision bf16
 
-Each measurement times ``--steps`` calls of ``ganlib.training.loop.train_step`` (after ``--warmup``) in a
-fresh process that imports ganlib from one checkout: the mlp preset (28-px gray) with the default run's
+Each measurement times ``--steps`` calls of ganlib's ``train_step`` (``ganlib.training.step``; in older
+checkouts ``ganlib.training.loop`` or ``ganlib.train``) after ``--warmup``, in a fresh process that
+imports ganlib from one checkout: the mlp preset (28-px gray) with the default run's
 DiffAugment translation and EMA 0.999 (``--diffaug none --ema-decay 0`` for the bare step), random
 batches from a synthetic uint8 store, Adam as training builds it. Rounds alternate between the two
 checkouts, so a change in the machine's load hits both. Only APIs both sides have are used; where a
@@ -23,17 +24,26 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import append_csv, commit, parse_diffaug  # bench/common.py (scripts run from bench/)
+from bench.common import append_csv, commit, parse_diffaug
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ab_step.csv"
 
-# Run in the child with the checkout first on sys.path; prints one JSON line.
+# The child: self-contained code that imports ganlib from the checkout it runs in (see ``start``), so
+# it works against older commits too, whose ganlib kept these functions elsewhere; prints one JSON line.
 CHILD = r"""
 import json, sys, time, copy
 import torch
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"]) if args["threads"] else None
-from ganlib.training.loop import Objective, adam_implementation, to_unit_range, train_step
+try:  # this layout
+    from ganlib.training.step import Objective, adam_implementation, train_step
+    from ganlib.sampling import to_unit_range
+except ImportError:
+    try:  # ganlib/training/loop.py (commit e1cf1d8)
+        from ganlib.training.loop import Objective, adam_implementation, to_unit_range, train_step
+    except ImportError:  # ganlib/train.py (before e1cf1d8)
+        from ganlib.train import Objective, adam_implementation, to_unit_range, train_step
+import ganlib
 from ganlib.models import build_models
 import ganlib.models as models
 from types import SimpleNamespace
@@ -61,23 +71,33 @@ for i in range(args["warmup"] + args["steps"]):
     z = torch.randn(b, 100, generator=noise)
     train_step(g, d, opt_g, opt_d, real, z, objective, i, ema, noise)
 seconds = time.perf_counter() - start
-print(json.dumps({"images_per_sec": args["steps"] * b / seconds, "joint_d": bool(extra.get("joint_d"))}))
+print(json.dumps({"images_per_sec": args["steps"] * b / seconds, "joint_d": bool(extra.get("joint_d")),
+                  "ganlib": ganlib.__file__}))
 """
 
 
 def start(checkout: Path, settings: dict, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """The timed steps in a fresh process importing ganlib from ``checkout`` (``env``: its environment)."""
-    code = f"import sys; sys.path.insert(0, {str(checkout)!r}); exec({CHILD!r})"
-    return subprocess.Popen([sys.executable, "-c", code, json.dumps(settings)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    """The timed steps in a fresh process importing ganlib from ``checkout`` (``env``: its environment).
+
+    The one place where bench/ runs code by location rather than as ``bench.<name>``: the other side
+    of the A/B is usually an older checkout (a ``git worktree`` of the commit before the change), with
+    its own ganlib and perhaps no ``bench`` package at all. So the child is the code of ``CHILD``, run
+    with ``python -c`` in ``checkout``: ``-c`` puts the working directory first on ``sys.path``, ahead
+    of the editable install of this checkout, and ``result`` checks which ganlib it imported.
+    """
+    return subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(settings)], cwd=checkout, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def result(child: subprocess.Popen, checkout: Path) -> dict:
-    """What a ``start``-ed measurement printed: {"images_per_sec", "joint_d"}; exits on a failure."""
+    """What a ``start``-ed measurement printed: {"images_per_sec", "joint_d", "ganlib"}; exits on a failure."""
     out, err = child.communicate()
     if child.returncode != 0:
         raise SystemExit(f"error: the step failed in {checkout}:\n{(err.strip().splitlines() or ['?'])[-1]}")
-    return json.loads(out.strip().splitlines()[-1])
+    measured = json.loads(out.strip().splitlines()[-1])
+    if not Path(measured["ganlib"]).resolve().is_relative_to(checkout.resolve()):
+        raise SystemExit(f"error: the step meant for {checkout} imported ganlib from {measured['ganlib']}")
+    return measured
 
 
 def measure(checkout: Path, settings: dict) -> dict:
@@ -85,7 +105,8 @@ def measure(checkout: Path, settings: dict) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.ab_step", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before", type=Path, required=True, help="checkout of the commit to compare against")
     p.add_argument("--after", type=Path, default=Path(__file__).resolve().parent.parent,
                    help="checkout with the change (default: this one)")
@@ -101,8 +122,8 @@ def main() -> None:
     p.add_argument("--csv", type=Path, default=RESULTS, help="where the rows are appended")
     args = p.parse_args()
     for side in (args.before, args.after):
-        if not (side / "ganlib" / "train.py").is_file():
-            p.error(f"{side} is not a ganlib checkout (no ganlib/training/loop.py); make one with git worktree add")
+        if not (side / "ganlib" / "__init__.py").is_file():
+            p.error(f"{side} is not a ganlib checkout (no ganlib/__init__.py); make one with git worktree add")
     try:
         batches = [int(b) for b in args.batch_size.split(",")]
     except ValueError:

@@ -19,9 +19,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ganlib.data.loader import BatchSource
+from ganlib.data.loader import BatchOrder, BatchSource
 from ganlib.models import BATCH_INDEPENDENT_DISCRIMINATORS, build_models
-from ganlib.training.loop import BatchOrder, Objective, adam_implementation, to_unit_range, train_step, use_channels_last
+from ganlib.sampling import to_unit_range
+from ganlib.training.step import Objective, adam_implementation, train_step, use_channels_last
 
 
 def commit(checkout: Path | None = None) -> str:
@@ -170,7 +171,7 @@ def make_step(spec: ModelSpec, images: np.ndarray | torch.Tensor, batch_size: in
     count = [0]
 
     def step() -> torch.Tensor:
-        real = to_unit_range(source.next_batch(order).contiguous(memory_format=fmt))
+        real = to_unit_range(source.next_batch(order)[0].contiguous(memory_format=fmt))
         z = torch.randn(batch_size, spec.noise_dim, device=device, generator=noise)
         out = train_step(step_g, step_d, opt_g, opt_d, real, z, objective, count[0], ema, noise)
         count[0] += 1

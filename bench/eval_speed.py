@@ -1,8 +1,8 @@
 """Time to evaluate one checkpoint: the domain feature space, and Inception-v3 (random weights).
 
-    python bench/eval_speed.py                                    # MNIST test digits if present, else digits
-    python bench/eval_speed.py --num-samples 10000 --inception-samples 500   # Inception on a CPU: a sample
-    python bench/eval_speed.py --device cuda --inception-samples 10000
+    python -m bench.eval_speed                                    # MNIST test digits if present, else digits
+    python -m bench.eval_speed --num-samples 10000 --inception-samples 500   # Inception on a CPU: a sample
+    python -m bench.eval_speed --device cuda --inception-samples 10000
 
 Trains a default-size DCGAN for a few steps (what is timed is evaluation, so its quality does not
 matter), then runs the project's own ``evaluate_run`` on its one checkpoint, one generator:
@@ -33,13 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import append_csv, commit, device_name  # bench/common.py (scripts run from bench/)
 
-from ganlib.evaluation.classifier import classify
+from bench.common import append_csv, commit, device_name
 from ganlib.config import build_config
 from ganlib.data.store import load_store, prepare_dataset
+from ganlib.evaluation.classifier import classify
 from ganlib.evaluation.evaluate import EVAL_NOISE_OFFSET, domain_reference, evaluate_run, pixel_reference, real_split
-from ganlib.rendering.gallery import fixed_noise, generate, to_uint8
 from ganlib.evaluation.inception import write_random_weights
 from ganlib.evaluation.memorisation import nearest_training, pixel_vectors
 from ganlib.evaluation.metrics import (
@@ -49,8 +48,9 @@ from ganlib.evaluation.metrics import (
     kernel_inception_distance,
     precision_recall_density_coverage,
 )
-from ganlib.runs.paths import resolve_device
-from ganlib.training.loop import load_generator, train
+from ganlib.runs.device import resolve_device
+from ganlib.sampling import fixed_noise, generate, load_generator, to_uint8
+from ganlib.training.loop import train
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "eval_speed.csv"
@@ -98,7 +98,8 @@ def breakdown(cfg_data: dict[str, Any], store_dir: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.eval_speed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-samples", type=int, default=10_000, help="samples of the domain evaluation")
     p.add_argument("--inception-samples", type=int, default=None,

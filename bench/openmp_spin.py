@@ -1,7 +1,7 @@
 """The training step under OpenMP spin settings, alone and with copies of itself sharing the CPU.
 
-    python bench/openmp_spin.py                                  # the settings ganlib chose between
-    python bench/openmp_spin.py --settings passive,1000,10000 --concurrent 1,2 --precision bf16
+    python -m bench.openmp_spin                                  # the settings ganlib chose between
+    python -m bench.openmp_spin --settings passive,1000,10000 --concurrent 1,2 --precision bf16
 
 torch's CPU kernels run on libgomp threads that spin between parallel regions before they sleep.
 How long they spin decides the speed of a GAN step (many small kernels) on an idle machine and
@@ -21,8 +21,8 @@ import os
 import statistics
 from pathlib import Path
 
-from ab_step import result, start  # bench/ab_step.py (scripts run from bench/)
-from common import append_csv, commit
+from bench.ab_step import result, start
+from bench.common import append_csv, commit
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results" / "openmp_spin.csv"
@@ -38,7 +38,8 @@ def environment(setting: str) -> dict[str, str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.openmp_spin", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--settings", default="passive,default,3000,10000",
                    help="comma list of passive, default or GOMP_SPINCOUNT numbers")
     p.add_argument("--concurrent", default="1,2", help="comma list: processes sharing the CPU")

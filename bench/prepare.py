@@ -1,8 +1,8 @@
 """Dataset preparation throughput and peak memory on a folder of PNGs the benchmark makes itself.
 
-    python bench/prepare.py                                   # 50,000 32x32 PNGs -> 32 px store, all cores
-    python bench/prepare.py --num-images 10000,50000,100000   # memory must not grow with the count
-    python bench/prepare.py --workers 1,2 --image-size 64     # one core vs all; with resampling
+    python -m bench.prepare                                   # 50,000 32x32 PNGs -> 32 px store, all cores
+    python -m bench.prepare --num-images 10000,50000,100000   # memory must not grow with the count
+    python -m bench.prepare --workers 1,2 --image-size 64     # one core vs all; with resampling
 
 The images (RGB 32x32 by default: smooth gradients plus noise, so they compress like photos, not
 like flat colour) are written once to --images-dir and reused. Each measurement runs
@@ -108,7 +108,8 @@ def measure(images: Path, image_size: int, channels: str, workers: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.prepare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num-images", default="50000", help="comma-separated counts (default 50000)")
     p.add_argument("--png-size", type=int, default=32, help="side of the generated PNGs (default 32)")
     p.add_argument("--image-size", type=int, default=32, choices=[28, 32, 64], help="prepared size (32)")

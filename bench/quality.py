@@ -1,9 +1,9 @@
 """Sample quality at equal wall-time budgets: presets and options side by side.
 
-    python bench/quality.py --minutes 4                     # the whole comparison table (about 40 min)
-    python bench/quality.py --minutes 15 --only dcgan-ns-ema  # one row, the issue's 15-minute budget
-    python bench/quality.py --minutes 15 --only mlp-ns-ema-bf16-b384  # the unconditional IS >= 9.0 run
-    python bench/quality.py --minutes 2 --only dcgan-ns-ema --set train.lr_d=4e-4 --label lr-d-4e-4
+    python -m bench.quality --minutes 4                     # the whole comparison table (about 40 min)
+    python -m bench.quality --minutes 15 --only dcgan-ns-ema  # one row, the issue's 15-minute budget
+    python -m bench.quality --minutes 15 --only mlp-ns-ema-bf16-b384  # the unconditional IS >= 9.0 run
+    python -m bench.quality --minutes 2 --only dcgan-ns-ema --set train.lr_d=4e-4 --label lr-d-4e-4
 
 Each row trains one configuration for ``--minutes`` of wall-clock training on the real MNIST
 test digits (10,000 images, ``../shared/data/mnist``), one run after another so each has the
@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from common import append_csv, commit, device_name  # bench/common.py (scripts run from bench/)
 
+from bench.common import append_csv, commit, device_name
 from ganlib.config import RunConfig, build_config
 from ganlib.data.store import prepare_dataset
 from ganlib.evaluation.evaluate import evaluate_run
-from ganlib.runs.paths import resolve_device
+from ganlib.runs.device import resolve_device
 from ganlib.training.loop import train
 
 ROOT = Path(__file__).resolve().parent
@@ -139,7 +139,8 @@ def score_run(cfg: RunConfig, store_dir: Path, label: str, settings: dict[str, A
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=4.0, help="training wall-clock budget of each row")
     p.add_argument("--only", default="", help="comma-separated preset names (default: all)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

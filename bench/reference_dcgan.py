@@ -1,6 +1,6 @@
 """The reference to beat: the DCGAN training loop of pytorch/examples, re-implemented for timing.
 
-    python bench/reference_dcgan.py --data DIR --steps 40
+    python -m bench.reference_dcgan --data DIR --steps 40
 
 This is our own rewrite of the well-known example (``dcgan/main.py`` in pytorch/examples), kept
 faithful in everything that costs time: the same layers (64 px, ngf=ndf=64, nz=100), images
@@ -124,7 +124,8 @@ def run(root: str, steps: int, warmup: int = 5, batch_size: int = 64, workers: i
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.reference_dcgan", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="an ImageFolder root (one sub-folder per class)")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--workers", type=int, default=2)

@@ -1,8 +1,8 @@
 """Training images/s against batch size, image size and dataset size (resident vs streamed).
 
-    PYTHONPATH=. python bench/scaling.py --device cpu                      # 2-core CPU: batch 32..512
-    PYTHONPATH=. python bench/scaling.py --device cuda --precision bf16 --compile --peak-tflops 790
-    PYTHONPATH=. python bench/scaling.py --device cpu --quick              # a smoke check, seconds
+    python -m bench.scaling --device cpu                      # 2-core CPU: batch 32..512
+    python -m bench.scaling --device cuda --precision bf16 --compile --peak-tflops 790
+    python -m bench.scaling --device cpu --quick              # a smoke check, seconds
 
 Three sweeps of ganlib's real ``train_step`` (built by ``bench/common.make_step`` exactly as
 ``ganlib.training.loop`` builds it; unconditional dcgan, ns loss, Adam 2e-4, no EMA), synthetic images:
@@ -21,7 +21,7 @@ dense bf16, 67 fp32 without tensor cores; this 2-core AVX-512/AMX CPU: 0.36-0.40
 as measured by ``common.matmul_gflops``). A point that runs out
 of memory is recorded as ``oom``. Rows go to ``bench/results/scaling.csv`` (date, device, commit,
 settings, load average); the plot to ``bench/results/scaling.png``. Needs torch, numpy, pandas and
-matplotlib, not pydantic or prefect (``PYTHONPATH=.`` when ganlib is not installed).
+matplotlib, not pydantic or prefect (run as a module from the repository root, ganlib need not be installed).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import (  # bench/common.py (scripts run from bench/)
+
+from bench.common import (
     ModelSpec,
     append_csv,
     commit,
@@ -184,7 +185,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
     p.add_argument("--sweeps", default="batch,size,data", help="which sweeps, comma-separated")
     p.add_argument("--batches", type=_ints, help="batch sizes of the batch sweep (default: 32..4096 on CUDA, "

@@ -1,16 +1,16 @@
 """Training throughput of the real training step on synthetic data.
 
-    python bench/throughput.py --device cpu --image-size 64 --batch-size 64 --ngf 64 --ndf 64 --steps 20
-    python bench/throughput.py ... --precision bf16 --channels-last off   # speed options, one at a time
+    python -m bench.throughput --device cpu --image-size 64 --batch-size 64 --ngf 64 --ndf 64 --steps 20
+    python -m bench.throughput ... --precision bf16 --channels-last off   # speed options, one at a time
     # the default run's model (mlp, hidden 512) and batch:
-    python bench/throughput.py --device cpu --model mlp --image-size 28 --channels 1 --batch-size 128 --steps 200
+    python -m bench.throughput --device cpu --model mlp --image-size 28 --channels 1 --batch-size 128 --steps 200
 
 Times ganlib's own ``train_step`` with its models, batch source and optimizer rules
 (``bench/common.make_step``), so what is timed is what trains; ``--diffaug translation --ema-decay
 0.999`` adds the default run's augmentation and EMA (without them: the bare step).
 Prints one table row (images/s after warm-up, ms/step, peak memory) and appends it to
 ``bench/results/throughput.csv`` with the date, device, commit and settings. Needs neither prefect
-nor pydantic (``PYTHONPATH=.`` where ganlib is not installed).
+nor pydantic (run as a module from the repository root, ganlib need not be installed).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import datetime as dt
 from pathlib import Path
 
 import torch
-from common import (  # bench/common.py (scripts run from bench/)
+
+from bench.common import (
     ModelSpec,
     append_csv,
     commit,
@@ -35,7 +36,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "throughput.csv"
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--model", default="dcgan", choices=["mlp", "dcgan", "resnet"])
     p.add_argument("--image-size", type=int, default=64)

@@ -1,6 +1,6 @@
 """ganlib's dcgan preset against the pytorch/examples DCGAN loop, side by side at identical settings.
 
-    python bench/vs_reference.py --steps 40 --rounds 2 [--bf16]
+    python -m bench.vs_reference --steps 40 --rounds 2 [--bf16]
 
 Both train 64-px RGB images with ngf=ndf=64, nz=100, batch 64, Adam 2e-4 (0.5, 0.999), fp32, on
 this machine's CPU, in alternating rounds (reference, ganlib, reference, ganlib, ...) so a change
@@ -31,15 +31,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from common import append_csv, commit, device_name, matmul_gflops, train_step_flops_per_image  # bench/common.py
 from PIL import Image
-from reference_dcgan import run as run_reference
 
+from bench.common import append_csv, commit, device_name, matmul_gflops, train_step_flops_per_image
+from bench.reference_dcgan import run as run_reference
 from ganlib.config import ModelConfig, build_config
 from ganlib.data.digits import generate_digits
 from ganlib.data.store import prepare_dataset
 from ganlib.models import build_models
-from ganlib.training.loop import Objective, train
+from ganlib.training.loop import train
+from ganlib.training.step import Objective
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vs_reference.csv"
 BATCH, SIZE, WIDTH = 64, 64, 64
@@ -86,7 +87,8 @@ def flops_per_image() -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.vs_reference", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=40, help="timed steps per round")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     p.add_argument("--rounds", type=int, default=2)

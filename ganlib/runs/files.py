@@ -38,6 +38,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_writers_files(target)
     tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
     try:
         yield tmp
@@ -49,6 +50,27 @@ def atomic_path(target: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _remove_dead_writers_files(target: Path) -> None:
+    """Delete temporary files of ``target`` left by writers that were killed (their process is gone).
+
+    Shared files (the ``_cache`` of classifiers and reference statistics) are written without a run
+    lock, so a killed writer's leftover is cleared here, by the next writer of the same file. A
+    temporary file of a live process (another run writing the same cache entry now) is left alone.
+    """
+    prefix = f".{target.stem}.tmp-"
+    for tmp in target.parent.glob(f"{prefix}*{target.suffix}"):
+        pid_text = tmp.name[len(prefix): len(tmp.name) - len(target.suffix)]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)  # raises if there is no such process
+        except ProcessLookupError:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        except PermissionError:  # another user's live process
+            pass
 
 
 def atomic_write_bytes(target: Path, data: bytes) -> None:

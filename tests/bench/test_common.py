@@ -1,8 +1,6 @@
 """bench/: the pydantic-free model stand-in, the FLOP count, the timed step, and the scripts' smoke runs."""
 
 import dataclasses
-import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,36 +10,31 @@ import pandas as pd
 import pytest
 import torch
 
+from bench import common
 from ganlib.config import ModelConfig
 
 REPO = Path(__file__).resolve().parents[2]
-BENCH = REPO / "bench"
 
 
-@pytest.fixture(scope="module")
-def common():
-    spec = importlib.util.spec_from_file_location("bench_common", BENCH / "common.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_common"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+def bench_module(name: str, *argv: str) -> subprocess.CompletedProcess:
+    """``python -m bench.<name> ARGV`` from the repository root, as docs/benchmarks.md runs it."""
+    return subprocess.run([sys.executable, "-m", f"bench.{name}", *argv], cwd=REPO, capture_output=True, text=True)
 
 
-def test_model_spec_has_model_configs_fields_and_defaults(common):
+def test_model_spec_has_model_configs_fields_and_defaults():
     spec = {f.name: f.default for f in dataclasses.fields(common.ModelSpec)}
     assert spec == ModelConfig().model_dump()
 
 
 def test_benchmarks_import_without_pydantic_or_prefect():
     """The GPU machines have torch but neither pydantic nor prefect."""
-    code = ("import sys; sys.modules['pydantic'] = sys.modules['prefect'] = None; sys.path.insert(0, 'bench'); "
-            "import common, scaling, gpu_checks, throughput, ab_step, openmp_spin")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    code = ("import sys; sys.modules['pydantic'] = sys.modules['prefect'] = None; "
+            "import bench.common, bench.scaling, bench.throughput, bench.ab_step, bench.openmp_spin")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
 
-def test_flops_per_image_grows_with_the_model_not_the_batch(common):
+def test_flops_per_image_grows_with_the_model_not_the_batch():
     torch.manual_seed(0)
     bench = common.make_step(common.ModelSpec(name="dcgan", ngf=8, ndf=8), np.zeros((8, 1, 28, 28), np.uint8), 4,
                              torch.device("cpu"))
@@ -55,7 +48,7 @@ def test_flops_per_image_grows_with_the_model_not_the_batch(common):
     assert common.train_step_flops_per_image(wide.generator, wide.discriminator, (1, 28, 28), 100) > 3 * per_image
 
 
-def test_streamed_and_resident_steps_match_on_the_cpu(common, tmp_path):
+def test_streamed_and_resident_steps_match_on_the_cpu(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (64, 1, 28, 28), dtype=np.uint8)
     np.save(tmp_path / "images.npy", images)
     mapped = np.load(tmp_path / "images.npy", mmap_mode="r")
@@ -70,10 +63,8 @@ def test_streamed_and_resident_steps_match_on_the_cpu(common, tmp_path):
 @pytest.mark.slow
 def test_ab_step_compares_two_checkouts(tmp_path):
     """The A/B script on this checkout against itself: two rows per side, and a table."""
-    argv = ["ab_step.py", "--before", str(REPO), "--steps", "3", "--warmup", "1", "--batch-size", "8,16",
-            "--hidden-dim", "16", "--rounds", "1", "--csv", str(tmp_path / "ab.csv")]
-    done = subprocess.run([sys.executable, *argv], cwd=BENCH, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = bench_module("ab_step", "--before", str(REPO), "--steps", "3", "--warmup", "1", "--batch-size", "8,16",
+                        "--hidden-dim", "16", "--rounds", "1", "--csv", str(tmp_path / "ab.csv"))
     assert done.returncode == 0, done.stdout + done.stderr
     rows = pd.read_csv(tmp_path / "ab.csv")
     assert sorted(rows["side"]) == ["after", "after", "before", "before"] and rows["joint_d"].all()
@@ -83,37 +74,28 @@ def test_ab_step_compares_two_checkouts(tmp_path):
 @pytest.mark.slow
 def test_openmp_spin_runs_each_setting_alone_and_shared(tmp_path):
     # (not "default": libgomp's long spin with two processes on a busy 2-core CI machine crawls)
-    argv = ["openmp_spin.py", "--settings", "passive,500", "--concurrent", "1,2", "--steps", "10",
-            "--hidden-dim", "16", "--batch-size", "8", "--csv", str(tmp_path / "spin.csv")]
-    done = subprocess.run([sys.executable, *argv], cwd=BENCH, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = bench_module("openmp_spin", "--settings", "passive,500", "--concurrent", "1,2", "--steps", "10",
+                        "--hidden-dim", "16", "--batch-size", "8", "--csv", str(tmp_path / "spin.csv"))
     assert done.returncode == 0, done.stdout + done.stderr
     rows = pd.read_csv(tmp_path / "spin.csv")
     assert rows["setting"].astype(str).tolist() == ["passive", "passive", "500", "500"]
     assert rows["processes"].tolist() == [1, 2] * 2 and (rows["images_per_sec_all"] > 0).all()
-    bad = subprocess.run([sys.executable, "openmp_spin.py", "--settings", "fast"], cwd=BENCH, capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    bad = bench_module("openmp_spin", "--settings", "fast")
     assert bad.returncode == 2 and "'fast' is not passive, default or a number" in bad.stderr
+    assert bad.stderr.startswith("usage: python -m bench.openmp_spin ")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("argv", [
-    ["scaling.py", "--device", "cpu", "--quick"],
-    ["gpu_checks.py", "--device", "cpu", "--quick"],
-])
-def test_scripts_run_quick_on_the_cpu(argv, tmp_path):
-    out = ["--csv", str(tmp_path / "rows.csv")]
-    if "scaling" in argv[0]:
-        out += ["--plot", str(tmp_path / "plot.png")]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, *argv, *out], cwd=BENCH, env=env, capture_output=True, text=True)
+def test_scaling_runs_quick_on_the_cpu(tmp_path):
+    """(tests/gpu/test_gpu_checks.py runs the GPU checks' own --device cpu --quick.)"""
+    done = bench_module("scaling", "--device", "cpu", "--quick", "--csv", str(tmp_path / "rows.csv"),
+                        "--plot", str(tmp_path / "plot.png"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "rows.csv").is_file()
-    if "scaling" in argv[0]:
-        assert (tmp_path / "plot.png").stat().st_size > 10_000
+    assert (tmp_path / "plot.png").stat().st_size > 10_000
 
 
-def test_the_timed_step_can_include_the_default_runs_augmentation_and_ema(common):
+def test_the_timed_step_can_include_the_default_runs_augmentation_and_ema():
     images = np.random.default_rng(0).integers(0, 256, (64, 1, 28, 28), dtype=np.uint8)
     spec, cpu = common.ModelSpec(hidden_dim=16), torch.device("cpu")
     bare = common.make_step(spec, images, 16, cpu)

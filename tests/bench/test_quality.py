@@ -1,28 +1,15 @@
 """bench/quality.py: its presets are valid configs of the model they are named after; time to quality."""
 
 import json
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from bench import quality
 from ganlib.config import build_config
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 
-
-@pytest.fixture(scope="module")
-def quality():
-    sys.path.insert(0, str(BENCH))  # quality.py imports bench/common.py as `common`
-    try:
-        import quality
-        yield quality
-    finally:
-        sys.path.remove(str(BENCH))
-
-
-def test_every_preset_is_a_valid_config_of_the_model_it_names(quality):
+def test_every_preset_is_a_valid_config_of_the_model_it_names():
     """(The dcgan presets once left the model unnamed and silently trained the default mlp.)"""
     assert "mlp-ns-ema-bf16-b384" in quality.PRESETS
     for name, settings in quality.PRESETS.items():
@@ -32,7 +19,7 @@ def test_every_preset_is_a_valid_config_of_the_model_it_names(quality):
         assert (cfg.train.ema_decay > 0) == ("-noema" not in name), name
 
 
-def test_seconds_to_reach_sums_the_training_time_up_to_the_first_checkpoint_at_the_target(quality, tmp_path):
+def test_seconds_to_reach_sums_the_training_time_up_to_the_first_checkpoint_at_the_target(tmp_path):
     (tmp_path / "metrics").mkdir()
     (tmp_path / "config.json").write_text(json.dumps({"train": {"batch_size": 100}}))
     # one row per step, each with its flush's rate: 100 images at 1,000, 500, 1,000, 250 images/s

@@ -1,15 +1,10 @@
 """The speed comparison is only fair if the reference trains the same networks as our preset."""
 
-import sys
-from pathlib import Path
-
 import torch
 
+from bench.reference_dcgan import ReferenceDiscriminator, ReferenceGenerator
 from ganlib.config import ModelConfig
 from ganlib.models import build_models
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from reference_dcgan import ReferenceDiscriminator, ReferenceGenerator  # noqa: E402
 
 
 def _shapes(module: torch.nn.Module) -> list[tuple[int, ...]]:

@@ -138,21 +138,32 @@ def test_successful_download_is_moved_into_place_then_prepared(tmp_path, monkeyp
     assert [p.name for p in root.iterdir()] == ["cifar-10-batches-py"]  # no temporary download left
 
 
-def test_real_download_attempt_offline_fails_cleanly(tmp_path):
-    """The real torchvision download with no network: a clear line, nothing left (skipped if online)."""
+def test_real_download_attempt_offline_fails_cleanly(tmp_path, monkeypatch):
+    """torchvision's real download code, unable to connect: a clear line, nothing left.
+
+    Offline by construction, network or not: MNIST's mirrors are pointed at a local port that refuses
+    connections (a socket bound to it that never listens, held for the whole test, so no other
+    process can take the port), and no proxy is used.
+    """
     import socket
 
-    try:
-        socket.create_connection(("ossci-datasets.s3.amazonaws.com", 443), timeout=2).close()
-        pytest.skip("this machine has a network; the offline path is what is tested here")
-    except OSError:
-        pass
-    root = tmp_path / "data"
-    with pytest.raises(DataError) as err:
-        prepare_dataset(cfg(dataset="mnist", data_root=root, download=True), tmp_path / "out")
-    assert one_line(err).startswith(f"data.download: downloading MNIST into {root} failed (")
+    import torchvision.datasets as tv
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: a connection is refused at once
+        mirror = f"http://127.0.0.1:{closed.getsockname()[1]}/mnist/"
+        monkeypatch.setattr(tv.MNIST, "mirrors", [mirror])
+        for proxy in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+            monkeypatch.delenv(proxy, raising=False)
+        monkeypatch.setenv("no_proxy", "*")
+        monkeypatch.setenv("NO_PROXY", "*")
+        root = tmp_path / "data"
+        with pytest.raises(DataError) as err:
+            prepare_dataset(cfg(dataset="mnist", data_root=root, download=True), tmp_path / "out")
+    assert one_line(err).startswith(f"data.download: downloading MNIST into {root} failed (RuntimeError: Error "
+                                    f"downloading train-images-idx3-ubyte.gz: Tried {mirror}, got: <urlopen error ")
     assert "without a network, put the files there yourself: expected train-images-idx3" in str(err.value)
-    assert not root.exists()
+    assert not root.exists() and nothing_prepared(tmp_path / "out")
 
 
 # --- the source is there but broken ---------------------------------------------------------------

@@ -221,7 +221,7 @@ def _bf16_against_fp32(bf16: bool, seed: int, images: torch.Tensor, steps: int, 
 ])
 def test_bf16_losses_stay_within_tolerance_of_fp32(device, model):
     """GAN training amplifies rounding within tens of steps, so after the first step the runs are
-    compared as statistics, against how far a different seed moves them (bench/gpu_checks.py: more).
+    compared as statistics, against how far a different seed moves them (tests/gpu/gpu_checks.py: more).
     On the CPU bf16 autocast runs on oneDNN (AMX where the CPU has it, emulated otherwise)."""
     from ganlib.data.digits import generate_digits
 

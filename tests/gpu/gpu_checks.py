@@ -1,7 +1,12 @@
 """On a GPU: does bf16 (with channels-last, fused Adam, torch.compile) train like fp32, and how fast?
 
-    PYTHONPATH=. python3 bench/gpu_checks.py                       # the GPU machine: a few minutes
-    PYTHONPATH=. python3 bench/gpu_checks.py --device cpu --quick  # checks the script itself (no compile)
+    PYTHONPATH=. python3 tests/gpu/gpu_checks.py                       # the GPU machine: a few minutes
+    PYTHONPATH=. python3 tests/gpu/gpu_checks.py --device cpu --quick  # checks the script itself (no compile)
+    .venv/bin/python -m pytest tests/gpu                # both as tests: CUDA's skipped without CUDA (marks: gpu, slow)
+
+Run from the repository root: ``PYTHONPATH=.`` makes ``bench.common`` (and ganlib) importable, since
+this file is run by path (``tests/`` is not an importable package: torch-fidelity installs a
+top-level package named ``tests`` that would shadow it). ``tests/gpu/test_gpu_checks.py`` runs it.
 
 Numerics. The same dcgan (``--image-size`` 64, ngf=ndf=64, batch 64), the same initial weights,
 embedded digits and latents are trained ``--steps`` (200) steps with ganlib's real ``train_step``
@@ -21,8 +26,9 @@ distance, 0.1 + 0.1 |reference|). GAN training amplifies any rounding difference
 steps, so later steps are compared as statistics, against how much a different seed moves them.
 
 Speed: images/s of each variant at ``--batches`` (64, 512, 2048) on random images resident on the
-device. Prints both tables, appends rows to ``bench/results/gpu_checks.csv`` (``--csv``), and exits
-1 when a numerics check fails. Needs torch and numpy only (not pydantic or prefect).
+device. Prints both tables, appends rows to ``bench/results/gpu_checks.csv`` (``--csv``; with the
+benchmarks' results, as the speed table is one), and exits 1 when a numerics check fails. Needs torch
+and numpy only (not pydantic or prefect, which the GPU machines lack).
 """
 
 from __future__ import annotations
@@ -36,12 +42,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import ModelSpec, append_csv, commit, device_name, make_step, time_steps  # bench/common.py
 
-from ganlib.data.digits import generate_digits
-from ganlib.training.loop import METRIC_COLUMNS
+try:
+    from bench.common import ModelSpec, append_csv, commit, device_name, make_step, time_steps
+    from ganlib.data.digits import generate_digits
+    from ganlib.training.health import METRIC_COLUMNS
+except ModuleNotFoundError as err:  # run by path without the repository root on sys.path
+    if err.name not in ("bench", "ganlib"):
+        raise
+    raise SystemExit(f"no module named {err.name!r}: run this from the repository root as "
+                     "PYTHONPATH=. python3 tests/gpu/gpu_checks.py") from None
 
-RESULTS = Path(__file__).resolve().parent / "results" / "gpu_checks.csv"
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "gpu_checks.csv"
 
 
 @dataclass(frozen=True)
@@ -104,7 +116,8 @@ def compare(name: str, run: torch.Tensor, ref: torch.Tensor, spread: torch.Tenso
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python tests/gpu/gpu_checks.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--num-images", type=int, default=2048)
@@ -129,7 +142,7 @@ def main() -> None:
     args.csv = args.csv or RESULTS.with_name("gpu_checks-quick.csv" if args.quick else "gpu_checks.csv")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("no CUDA device here: this script is for the GPU machine (--device cpu --quick checks it)")
+        raise SystemExit("no CUDA device here: these checks are for the GPU machine (--device cpu --quick checks them)")
     common = {"date": dt.datetime.now().isoformat(timespec="seconds"), "device": device_name(device),
               "commit": commit(), "torch": torch.__version__}
     print(f"{common['device']}, torch {torch.__version__}, {common['commit']}", flush=True)

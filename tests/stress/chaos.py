@@ -1,7 +1,13 @@
 """Chaos test: SIGKILL a whole run (train -> evaluate -> gallery) at random moments, then check nothing broke.
 
-    python bench/chaos.py --cycles 20 --seed 1
-    python bench/chaos.py --cycles 50 --seed 7 --out /tmp/chaos --keep
+    .venv/bin/python tests/stress/chaos.py --cycles 20 --seed 11    # from the repository root: about 2 min
+    .venv/bin/python tests/stress/chaos.py --cycles 50 --seed 7 --out /tmp/chaos --keep
+    .venv/bin/python -m pytest tests/stress                          # a short run as a test (marked slow, stress)
+
+A stress test, not a benchmark: it lives with the tests (``tests/stress/test_chaos.py`` runs it) and
+is run as a file, because ``tests/`` is not an importable package (torch-fidelity installs a
+top-level package named ``tests`` that would shadow it). It imports nothing but ganlib, from the
+project's ``.venv`` (elsewhere: ``PYTHONPATH=.``).
 
 First a reference run of a tiny config goes through training, evaluation and the gallery in one
 uninterrupted subprocess. Then a chaos run of the same config is started ``--cycles`` times, each
@@ -30,7 +36,8 @@ Where each attempt really died is read from markers the worker prints as it ente
 - every attempt ended by our kill or by finishing (none refused or crashed).
 
 Prints a table (cycle, target, where it died, step reached), a PASS/FAIL line with counts, and
-appends a row to ``bench/results/chaos.csv``. Exits 1 on failure (the work directory is then kept).
+appends a row to ``bench/results/chaos.csv`` (``--csv``; the record of past runs stays with the
+benchmarks' results). Exits 1 on failure (the work directory is then kept).
 """
 
 from __future__ import annotations
@@ -54,7 +61,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results" / "chaos.csv"
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "bench" / "results" / "chaos.csv"
 MARK = "@chaos"  # prefix of marker lines on the worker's stdout
 RUN_ID = "chaos"
 
@@ -109,16 +117,17 @@ def worker(config_json: str, store_dir: str, threads: int) -> None:
 
     torch.set_num_threads(threads)  # the same in every attempt and the reference: same float sums
 
-    import ganlib.runs.checkpoint as ganlib_checkpoint
     import ganlib.evaluation.evaluate as ganlib_evaluate
     import ganlib.rendering.gallery as ganlib_gallery
+    import ganlib.runs.checkpoint as ganlib_checkpoint
     import ganlib.training.loop as ganlib_train
     from ganlib.config import RunConfig
+    from ganlib.runs.device import resolve_device
     from ganlib.runs.lock import run_lock
-    from ganlib.runs.paths import RunPaths, resolve_device
+    from ganlib.runs.paths import RunDir
 
-    # Module attributes are looked up at call time, so these wrappers see every call ganlib makes.
-    _wrap(ganlib_train, "_write_table", "ckpt:metrics")
+    # Module (and class) attributes are looked up at call time, so these wrappers see every call ganlib makes.
+    _wrap(RunDir, "write_train_rows", "ckpt:metrics")  # a method: looked up on the class at each call, too
     _wrap(ganlib_checkpoint, "save_checkpoint", "ckpt:serialize", after="train", detail=lambda p, s: p.name)
     _wrap(ganlib_checkpoint, "atomic_write_bytes", "ckpt:pt")
     _wrap(ganlib_checkpoint, "atomic_write_text", "ckpt:sha256")
@@ -140,7 +149,7 @@ def worker(config_json: str, store_dir: str, threads: int) -> None:
         best = ganlib_evaluate.best_checkpoint(table, cfg.run_dir)
         _mark("gallery")
         seed = cfg.gallery.seed if cfg.gallery.seed is not None else cfg.seed  # as tasks/gallery.py does
-        ganlib_gallery.make_gallery(best, RunPaths(cfg.run_dir).gallery, cfg.gallery.num_samples, seed,
+        ganlib_gallery.make_gallery(best, RunDir(cfg.run_dir).gallery, cfg.gallery.num_samples, seed,
                                     device=resolve_device(cfg.device), batch_size=cfg.eval.batch_size)
         _mark("release")
     _mark("done")
@@ -212,6 +221,7 @@ def _parse(line: str) -> tuple[float, str, str] | None:
 def run_attempt(config_json: str, store: Path, threads: int, target: Target, windows: Windows | None,
                 base_step: int, classifier_cached: bool, log_path: Path, timeout_s: float) -> Attempt:
     """Start one worker; SIGKILL it when ``target`` says; return what it reached."""
+    # The worker is this file run by path: tests/ cannot be imported as a package (see the docstring).
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--config", config_json,
            "--store", str(store), "--threads", str(threads)]
     t0 = time.perf_counter()
@@ -324,8 +334,8 @@ def verify(chaos_cfg: Any, ref_cfg: Any, steps: int) -> list[tuple[str, bool, st
     import numpy as np
     import pandas as pd
 
-    from ganlib.runs.checkpoint import list_checkpoints, load_checkpoint
     from ganlib.errors import CheckpointError
+    from ganlib.runs.checkpoint import list_checkpoints, load_checkpoint
     from ganlib.runs.lock import LOCK_NAME
 
     run, ref = chaos_cfg.run_dir, ref_cfg.run_dir
@@ -378,12 +388,25 @@ def verify(chaos_cfg: Any, ref_cfg: Any, steps: int) -> list[tuple[str, bool, st
         pd.testing.assert_frame_equal(mine.drop(columns=timing), theirs.drop(columns=timing))
         return None
 
+    def relative(table: pd.DataFrame, root: Path) -> pd.DataFrame:
+        """Paths into the run (e.g. ``memorisation_png``) written relative to it: each run names its own."""
+        table = table.copy()
+        for column in table.columns:
+            if any(isinstance(v, str) and str(root) in v for v in table[column]):
+                table[column] = [v.replace(str(root), "<run>") if isinstance(v, str) else v for v in table[column]]
+        return table
+
     def eval_table() -> str | None:
-        mine = pd.read_parquet(run / "metrics" / "eval.parquet")
-        theirs = pd.read_parquet(ref / "metrics" / "eval.parquet")
+        mine = relative(pd.read_parquet(run / "metrics" / "eval.parquet"), run)
+        theirs = relative(pd.read_parquet(ref / "metrics" / "eval.parquet"), ref)
         skip = ["seconds", "checkpoint_sha256"]
         pd.testing.assert_frame_equal(mine.drop(columns=skip), theirs.drop(columns=skip))
         wrong = []
+        for picture in mine.get("memorisation_png", pd.Series(dtype=object)):
+            if picture:  # the closest-pairs pictures: there, and the reference's bytes
+                a, b = Path(picture.replace("<run>", str(run))), Path(picture.replace("<run>", str(ref)))
+                if not a.is_file() or a.read_bytes() != b.read_bytes():
+                    wrong.append(f"{a.name} {'differs from the reference' if a.is_file() else 'is missing'}")
         for row in mine.itertuples():
             sidecar = run / "checkpoints" / f"{row.checkpoint}.sha256"
             own = sidecar.read_text().strip() if sidecar.is_file() else "(no sidecar)"
@@ -417,7 +440,8 @@ def verify(chaos_cfg: Any, ref_cfg: Any, steps: int) -> list[tuple[str, bool, st
           checkpoints_identical)
     check("every checkpoint has its .sha256 and verifies; none moved to corrupt/", checkpoints_verify)
     check(f"train.parquet has steps 1..{steps} once each, equal to the reference", train_table)
-    check("eval.parquet equals the reference's; its hashes are the checkpoints'", eval_table)
+    check("eval.parquet equals the reference's; its hashes are the checkpoints'; its pictures identical",
+          eval_table)
     check("gallery PNGs byte-identical, samples.npz arrays identical", gallery)
     check("no temporary files under the run", no_temp(run))
     check("no temporary files under the shared _cache", no_temp(chaos_cfg.out / "_cache"))
@@ -426,19 +450,19 @@ def verify(chaos_cfg: Any, ref_cfg: Any, steps: int) -> list[tuple[str, bool, st
 
 
 def _commit() -> str:
-    repo = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=repo, check=True).stdout.strip()
+                              cwd=REPO, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=repo, check=True).stdout.strip()
+                               text=True, cwd=REPO, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python tests/stress/chaos.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cycles", type=int, default=20, help="killed attempts of the chaos run")
     p.add_argument("--seed", type=int, default=0, help="seed of the kill plan")
     p.add_argument("--out", type=Path, help="work directory (default: a new temporary one)")
@@ -447,6 +471,7 @@ def main() -> int:
     p.add_argument("--checkpoint-every", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads per attempt")
     p.add_argument("--timeout", type=float, default=600, help="seconds before a hung attempt is killed")
+    p.add_argument("--csv", type=Path, default=RESULTS, help="where the result row is appended")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--store", help=argparse.SUPPRESS)
@@ -527,9 +552,9 @@ def main() -> int:
     print(f"\n{result}: {args.cycles} cycles, {kills} kills ({per_phase}), {not_killed} finished before "
           f"the kill; {passed}/{len(checks)} checks passed ({seconds:.0f} s)")
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    new = not RESULTS.is_file()
-    with open(RESULTS, "a", newline="") as f:
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    new = not args.csv.is_file()
+    with open(args.csv, "a", newline="") as f:
         writer = csv.writer(f)
         if new:
             writer.writerow(["date", "commit", "cycles", "seed", "steps", "checkpoint_every",
@@ -541,7 +566,7 @@ def main() -> int:
                          steps, args.checkpoint_every, *(killed_in[k] for k in phases), not_killed,
                          passed, len(checks),
                          "; ".join(name for name, ok, _ in checks if not ok), result, round(seconds, 1)])
-    print(f"appended to {RESULTS}")
+    print(f"appended to {args.csv}")
     if result == "PASS" and not args.keep and args.out is None:
         shutil.rmtree(work, ignore_errors=True)
     elif result != "PASS":
