@@ -27,10 +27,11 @@ from typing import Any
 import pandas as pd
 
 from bench.common import append_csv, commit, device_name
-from ganlib.config import RunConfig, build_config
+from ganlib.config import RunConfig, build_config, set_dotted
 from ganlib.data.store import prepare_dataset
 from ganlib.evaluation.evaluate import evaluate_run
 from ganlib.runs.device import resolve_device
+from ganlib.runs.paths import RunDir
 from ganlib.training.loop import train
 
 ROOT = Path(__file__).resolve().parent
@@ -60,11 +61,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def _nested(settings: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for dotted, value in settings.items():
-        node = out
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        set_dotted(out, dotted, value)
     return out
 
 
@@ -87,8 +84,9 @@ def seconds_to_reach(run_dir: Path, table: pd.DataFrame, target: float = IS_TARG
     reached = table[table["is_mean"] >= target]
     if reached.empty:
         return float("nan")
-    steps = pd.read_parquet(Path(run_dir) / "metrics" / "train.parquet")
-    batch = json.loads((Path(run_dir) / "config.json").read_text())["train"]["batch_size"]
+    run = RunDir(run_dir)
+    steps = run.read_table(run.train_metrics)
+    batch = run.read_config()["train"]["batch_size"]
     upto = steps[steps["step"] <= int(reached["step"].min())]
     return float((batch / upto["images_per_sec"]).sum())
 
@@ -177,7 +175,7 @@ def main() -> None:
               f"{'cond acc':>8} {'best IS':>7}")
     for settings, label in jobs:
         if settings is None:  # --rescore: the run directory says everything
-            cfg = build_config(json.loads((label / "config.json").read_text()))
+            cfg = RunDir(label).load_config()
             row = score_run(cfg, prepare_dataset(cfg.data, cfg.out), label.name, {})
         else:
             row = run_one(label, settings, args.minutes, data, args.device, Path(args.out), args.checkpoint_every)

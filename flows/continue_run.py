@@ -10,34 +10,44 @@ Run it by hand (temporary Prefect server, like ``flows/train.py``):
 
     python flows/continue_run.py --run-id digits-nightly --more-steps 500
     python flows/continue_run.py --run-id digits-nightly --out /data/gan-runs --device cuda
+    python flows/continue_run.py --run-id digits-nightly --dry-run   # the config it would run, as JSON
 
 The run must exist (start it once with ``flows/train.py --run-id NAME`` or the ``gan-pipeline``
 deployment), unless the flow's ``new_run`` parameter gives the settings to start it with: then
-the first scheduled run creates it and trains ``more_steps`` steps.
+the first scheduled run creates it and trains ``more_steps`` steps. ``--dry-run`` prints the
+config the pipeline would run with (the run's, with ``train.steps`` moved on) as JSON.
 """
 
-from __future__ import annotations  # noqa: I001 (tasks is imported before prefect on purpose)
+from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import tasks  # noqa: F401  (sets the project's Prefect defaults before prefect is imported)
+from flows.cli import (  # before prefect: importing flows sets the project's Prefect defaults
+    add_device_flag,
+    add_dry_run,
+    add_run_flags,
+    cli_parser,
+    print_json,
+    run_main,
+)
+
+# isort: split
 from prefect import flow, runtime
 from pydantic import Field
 
 from flows.train import gan_pipeline
-from flows.cli import OneLineParser
+from ganlib.config import DEVICE_PATTERN, RUN_ID_PATTERN, RunConfig, build_config, set_dotted
+from ganlib.errors import RunError
 from ganlib.runs.checkpoint import list_checkpoints
-from ganlib.config import DEVICE_PATTERN, RUN_ID_PATTERN, RunConfig, build_config
-from ganlib.errors import GanlibError, RunError
-from ganlib.runs.paths import RunPaths
+from ganlib.runs.paths import RunDir
 
 RunId = Annotated[str, Field(pattern=RUN_ID_PATTERN)]
 MoreSteps = Annotated[int, Field(ge=1, le=10_000_000)]
 Device = Annotated[str | None, Field(pattern=DEVICE_PATTERN)]
+DEFAULT_MORE_STEPS = 1000
+DEFAULT_OUT: Path = RunConfig.model_fields["out"].default
 
 
 def continued_config(run_id: str, out: Path | str, more_steps: int, device: str | None = None,
@@ -47,12 +57,9 @@ def continued_config(run_id: str, out: Path | str, more_steps: int, device: str 
     A run that does not exist yet is started from ``new_run`` (its ``run_id``, ``out`` and
     ``train.steps`` replaced by the arguments) when that is given; without it, ``RunError``.
     """
-    paths = RunPaths(Path(out) / run_id)
+    paths = RunDir(Path(out) / run_id)
     if paths.config.is_file():
-        try:
-            data: dict[str, Any] = json.loads(paths.config.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise RunError(f"run {run_id!r}: cannot read {paths.config}: {err}") from None
+        data = paths.read_config()
     elif new_run is not None:
         data = new_run.model_dump(mode="json") if isinstance(new_run, RunConfig) else dict(new_run)
     else:
@@ -62,7 +69,8 @@ def continued_config(run_id: str, out: Path | str, more_steps: int, device: str 
     checkpoints = list_checkpoints(paths.checkpoints)
     newest = checkpoints[-1][0] if checkpoints else 0
     data["run_id"], data["out"] = run_id, str(out)
-    data.setdefault("train", {}).update(steps=newest + more_steps, epochs=None)
+    set_dotted(data, "train.steps", newest + more_steps)
+    set_dotted(data, "train.epochs", None)
     if device is not None:
         data["device"] = device
     return build_config(data)
@@ -71,9 +79,9 @@ def continued_config(run_id: str, out: Path | str, more_steps: int, device: str 
 def _flow_run_name() -> str:
     params = runtime.flow_run.parameters
     run_id, more = params.get("run_id", "?"), params.get("more_steps", "?")
-    try:  # dataset and model from the run's saved config, or from new_run for a run yet to start
-        saved = json.loads((Path(params.get("out", "artifacts")) / str(run_id) / "config.json").read_text())
-    except (OSError, ValueError):
+    # Dataset and model from the run's saved config, or from new_run for a run yet to start.
+    saved = RunDir(Path(params.get("out", DEFAULT_OUT)) / str(run_id)).read_saved_config()
+    if not saved:
         saved = params.get("new_run")
         saved = saved.model_dump(mode="json") if isinstance(saved, RunConfig) else saved
     try:
@@ -86,8 +94,8 @@ def _flow_run_name() -> str:
 @flow(name="continue-training", flow_run_name=_flow_run_name, log_prints=True)
 def continue_training(
     run_id: RunId,
-    out: Path = Path("artifacts"),
-    more_steps: MoreSteps = 1000,
+    out: Path = DEFAULT_OUT,
+    more_steps: MoreSteps = DEFAULT_MORE_STEPS,
     device: Device = None,
     new_run: RunConfig | None = None,
 ) -> dict[str, Any]:
@@ -106,27 +114,32 @@ def continue_training(
     return gan_pipeline(config)
 
 
+# --- command line -------------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-id", required=True, help="the run to continue")
-    parser.add_argument("--out", type=Path, default=Path("artifacts"), help="output root (default artifacts)")
-    parser.add_argument("--more-steps", type=int, default=1000,
-                        help="steps beyond the newest checkpoint (default 1000)")
-    parser.add_argument("--device", default=None, help="override the run's device")
+
+def _main(argv: list[str] | None) -> int:
+    parser = cli_parser(__doc__)
+    add_run_flags(parser, "the run to continue")
+    parser.add_argument("--more-steps", type=int, default=DEFAULT_MORE_STEPS,
+                        help=f"steps beyond the newest checkpoint (default {DEFAULT_MORE_STEPS})")
+    add_device_flag(parser)
+    add_dry_run(parser, "the config the pipeline would run with")
     args = parser.parse_args(argv)
     if args.more_steps < 1:
         parser.error(f"--more-steps must be at least 1 (got {args.more_steps})")
-    try:
-        continued_config(args.run_id, args.out, args.more_steps, args.device)  # fail before Prefect starts
-        summary = continue_training(args.run_id, args.out, args.more_steps, args.device)
-    except GanlibError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config = continued_config(args.run_id, args.out, args.more_steps, args.device)  # fail before Prefect starts
+    if args.dry_run:
+        return print_json(config)
+    summary = continue_training(args.run_id, args.out, args.more_steps, args.device)
     best = summary["best"]
     print(f"done: {summary['run_dir']}  step {summary['train']['final_step']}  best {best['checkpoint']}  "
           f"FD {best['fd']:.2f}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv, on_interrupt="checkpoints are kept; run again to go on from the newest one "
+                    "(--more-steps counts from there)")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Run it:
     python flows/generate.py --run-id digits-long --format png -n 500    # a folder of 500 PNGs
     python flows/generate.py --run-id digits-long --checkpoint 2000 --seed 123
     python flows/generate.py --run-id digits-long --checkpoint latest --dest /tmp/samples.npz
+    python flows/generate.py --run-id digits-long -n 500 --dry-run      # the plan as JSON; nothing is written
 
 The latent seed is recorded with the images (``seed`` in the npz, ``meta.json`` in the folder):
 ``ganlib.rendering.gallery.fixed_noise(n, noise_dim, seed)`` gives the same latents on any machine, and the
@@ -15,24 +16,31 @@ get balanced labels (image i is class i mod K; ``--per-class M`` asks for M of e
 PNGs, one folder per class. By default the images go to ``<run>/generated/``.
 
 Like ``flows/train.py``, with no ``PREFECT_API_URL`` set it starts a temporary Prefect server.
+``--dry-run`` makes the same checks and prints the plan (checkpoint, destination, number of images,
+seed, ...) as JSON.
 """
 
-from __future__ import annotations  # noqa: I001 (tasks is imported before prefect on purpose)
+from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-import tasks  # noqa: F401  (sets the project's Prefect defaults before prefect is imported)
+from flows.cli import (  # before prefect: importing flows sets the project's Prefect defaults
+    add_device_flag,
+    add_dry_run,
+    add_run_flags,
+    cli_parser,
+    print_json,
+    run_main,
+)
+
+# isort: split
 from prefect import flow, runtime
 
-from flows.cli import OneLineParser
-from ganlib.config import RunConfig
-from ganlib.errors import ConfigError, GanlibError, RunError
+from ganlib.errors import ConfigError
 from ganlib.rendering.gallery import GALLERY_NOISE_OFFSET, resolve_checkpoint
-from ganlib.runs.paths import RunPaths
+from ganlib.runs.paths import RunDir
 from tasks.gallery import generate_task
 
 DEFAULT_NUM_SAMPLES = 10_000  # as in the tutorial
@@ -48,27 +56,20 @@ def plan_generation(run_dir: Path | str, checkpoint: str = "best", num_samples: 
     device, batch_size, class_names, use_ema. ``per_class`` (conditional runs only) sets
     num_samples to per_class x the number of classes.
     """
-    paths = RunPaths(Path(run_dir))
-    if not paths.config.is_file():
-        raise RunError(f"no run at {paths.root} ({paths.config} is missing); check --run-id and --out")
-    try:
-        config = RunConfig.model_validate(json.loads(paths.config.read_text()))
-    except (OSError, ValueError) as err:
-        raise RunError(f"cannot read {paths.config}: {str(err).splitlines()[0]}") from None
+    paths = RunDir(Path(run_dir))
+    config = paths.load_config()
     if fmt not in ("npz", "png"):
         raise ConfigError(f"format: 'npz' or 'png', not {fmt!r}")
     if num_samples < 1:
         raise ConfigError(f"num_samples: must be at least 1 (got {num_samples})")
     path = resolve_checkpoint(paths.root, checkpoint)
-    manifest_path = paths.data / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest = paths.read_manifest()
     if per_class is not None:
         if not getattr(config.model, "conditional", False):
             raise ConfigError(f"--per-class: run {config.run_id!r} is not class-conditional; use -n instead")
         num_samples = per_class * int(manifest.get("num_classes") or 0)
     if seed is None:  # the gallery's latents: the first images are those of gallery/samples.npz
-        run_seed = config.gallery.seed if config.gallery.seed is not None else config.seed
-        seed = run_seed + GALLERY_NOISE_OFFSET
+        seed = config.gallery_seed + GALLERY_NOISE_OFFSET
     if dest is None:
         name = f"{path.stem}-seed{seed}-n{num_samples}"
         dest = paths.root / "generated" / (f"{name}.npz" if fmt == "npz" else name)
@@ -94,11 +95,12 @@ def generate_samples(run_dir: str, checkpoint: str = "best", num_samples: int = 
     return record
 
 
+# --- command line -------------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-id", required=True, help="the run to sample from")
-    parser.add_argument("--out", default="artifacts", help="output root the run lives in (default artifacts)")
+
+def _main(argv: list[str] | None) -> int:
+    parser = cli_parser(__doc__)
+    add_run_flags(parser, "the run to sample from")
     parser.add_argument("--checkpoint", default="best",
                         help="best (default), latest, a step (2000), a file name or a path")
     parser.add_argument("-n", "--num-samples", type=int, default=DEFAULT_NUM_SAMPLES,
@@ -109,24 +111,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="latent seed (default: the run's gallery seed)")
     parser.add_argument("--dest",
                         help="where to write (default: <run>/generated/<checkpoint>-seed<S>-n<N>[.npz])")
-    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: the run's)")
+    add_device_flag(parser)
+    add_dry_run(parser, "the plan (checkpoint, destination, number of images, seed, device, ...)")
     args = parser.parse_args(argv)
     run_dir = str(Path(args.out) / args.run_id)
-    try:
-        # Checked here first: a mistake fails in a second, not after the Prefect server has started.
-        plan_generation(run_dir, args.checkpoint, args.num_samples, args.format, args.seed, args.dest,
-                        args.per_class, args.device)
-        record = generate_samples(run_dir, args.checkpoint, args.num_samples, args.format, args.seed,
-                                  args.dest, args.per_class, args.device)
-    except GanlibError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    # Checked here first: a mistake fails in a second, not after the Prefect server has started.
+    plan = plan_generation(run_dir, args.checkpoint, args.num_samples, args.format, args.seed, args.dest,
+                           args.per_class, args.device)
+    if args.dry_run:
+        return print_json(plan)
+    record = generate_samples(run_dir, args.checkpoint, args.num_samples, args.format, args.seed,
+                              args.dest, args.per_class, args.device)
     print(f"done: {record['path']}  {record['num_samples']} images  seed {record['seed']}  "
           f"step {record['step']}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

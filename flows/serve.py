@@ -10,6 +10,7 @@ The process stays in the foreground, starts each run as a subprocess when its sc
 manual trigger) comes due, and pauses the schedules when it stops (Ctrl-C). Examples:
 
     python flows/serve.py --check                   # validate deployments.toml, print it, exit
+    python flows/serve.py --dry-run                 # the same, as JSON (absolute paths, seconds)
     python flows/serve.py --only nightly-continue   # serve one deployment of the file
     python flows/serve.py --file my-schedules.toml --limit 2
     prefect deployment run 'continue-training/nightly-continue' --param more_steps=200
@@ -39,23 +40,31 @@ that marks a run of these flows Crashed when its heartbeats stop; --mark-crashed
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import inspect
 import re
 import sys
 import uuid
 import zoneinfo
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, get_type_hints
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+)
 
 # flows.* import tasks (the project's Prefect defaults) before prefect itself.
-from flows.cli import OneLineParser
-from flows.continue_run import continue_training
+from flows.cli import add_dry_run, cli_parser, print_json, run_main
+from flows.continue_run import DEFAULT_OUT, continue_training
 from flows.train import gan_pipeline
+from ganlib.errors import GanlibError, first_line
 
 if TYPE_CHECKING:
     from prefect import Flow
@@ -68,7 +77,6 @@ except ModuleNotFoundError:  # Python 3.10: the toml package comes with prefect
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FILE = REPO / "deployments.toml"
 FLOWS: dict[str, Flow] = {"gan-pipeline": gan_pipeline, "continue-training": continue_training}
-DEPLOYMENT_KEYS = {"flow", "cron", "interval", "timezone", "paused", "description", "tags", "parameters"}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 INTERVAL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 CRASH_AUTOMATION = "ganlib: crash runs whose heartbeats stopped"
@@ -76,54 +84,11 @@ CRASH_AUTOMATION = "ganlib: crash runs whose heartbeats stopped"
 PATH_KEYS = ("out", "config.out", "config.data.data_root", "new_run.out", "new_run.data.data_root")
 
 
-class ScheduleFileError(Exception):
+class ScheduleFileError(GanlibError):
     """A problem in the schedules file; the message is one line naming the file and the key."""
 
 
-@dataclass
-class DeploymentSpec:
-    """One deployment of the schedules file, validated."""
-
-    name: str
-    flow: str
-    cron: str | None = None
-    interval: int | None = None  # seconds
-    timezone: str = "UTC"
-    paused: bool = False
-    description: str | None = None
-    tags: list[str] = field(default_factory=list)
-    parameters: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def full_name(self) -> str:
-        return f"{self.flow}/{self.name}"
-
-    def schedule_text(self) -> str:
-        if self.cron is not None:
-            text = f"cron '{self.cron}' ({self.timezone})"
-        elif self.interval is not None:
-            text = f"every {_dt.timedelta(seconds=self.interval)}"
-        else:
-            return "manual only"
-        return text + (" [paused]" if self.paused else "")
-
-
 # --- the schedules file -------------------------------------------------------------------------------
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ScheduleFileError(f"{path}: cannot read it ({err.strerror or err})") from None
-    try:
-        if tomllib is not None:
-            return tomllib.loads(text)
-        import toml
-
-        return toml.loads(text)
-    except Exception as err:  # tomllib.TOMLDecodeError / toml.TomlDecodeError
-        raise ScheduleFileError(f"{path}: not valid TOML ({str(err).splitlines()[0]})") from None
 
 
 def _parse_interval(value: Any) -> int:
@@ -140,15 +105,118 @@ def _parse_interval(value: Any) -> int:
     return int(seconds)
 
 
-def _format_validation(err: ValidationError, prefix: str) -> str:
+def _must(ok: Callable[[Any], Any], problem: str) -> BeforeValidator:
+    """A check of a value as read from the file: ``problem`` (``{v!r}``: the value) when ``ok(value)`` is false."""
+    def check(v: Any) -> Any:
+        if not ok(v):
+            raise ValueError(problem.format(v=v))
+        return v
+    return BeforeValidator(check)
+
+
+def _is_timezone(v: Any) -> bool:
+    try:
+        zoneinfo.ZoneInfo(v)
+    except (TypeError, ValueError, OSError, zoneinfo.ZoneInfoNotFoundError):
+        return False
+    return True
+
+
+def _cron(v: Any) -> Any:
+    if not isinstance(v, str):
+        raise ValueError(f"{v!r} is not a cron string such as '0 2 * * *'")
+    from prefect.schedules import Cron
+
+    try:
+        Cron(v)
+    except ValueError as err:
+        raise ValueError(f"{v!r} is not a valid cron expression ({first_line(err)})") from None
+    return v
+
+
+FlowName = Annotated[str, _must(FLOWS.__contains__,
+                                f"{{v!r}} is not a flow of this project (use {' or '.join(map(repr, FLOWS))})")]
+
+
+class DeploymentSpec(BaseModel):
+    """One ``[deployments.NAME]`` table of the schedules file, validated (``name`` is the table's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flow: FlowName = Field(None, validate_default=True)  # missing: "None is not a flow of this project"
+    cron: Annotated[str | None, BeforeValidator(_cron)] = None
+    interval: Annotated[int | None, BeforeValidator(_parse_interval)] = None  # seconds
+    timezone: Annotated[str, _must(_is_timezone, "{v!r} is not an IANA time zone such as 'Europe/Berlin'")] = "UTC"
+    paused: Annotated[bool, _must(lambda v: isinstance(v, bool), "{v!r} is not true or false")] = False
+    description: str | None = None
+    tags: Annotated[list[str], _must(lambda v: isinstance(v, list) and all(isinstance(t, str) and t for t in v),
+                                     "must be a list of non-empty strings")] = Field(default_factory=list)
+    parameters: dict[str, Any] = Field(default_factory=dict)  # checked against the flow's signature
+    _name: str = PrivateAttr("")
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.flow}/{self.name}"
+
+    def schedule_text(self) -> str:
+        if self.cron is not None:
+            text = f"cron '{self.cron}' ({self.timezone})"
+        elif self.interval is not None:
+            text = f"every {_dt.timedelta(seconds=self.interval)}"
+        else:
+            return "manual only"
+        return text + (" [paused]" if self.paused else "")
+
+
+DeploymentName = Annotated[str, _must(NAME_PATTERN.match, "a deployment name is letters, digits, '.', '_', '-' "
+                                      "(at most 100)")]
+DeploymentTable = Annotated[DeploymentSpec,
+                            _must(lambda v: isinstance(v, dict), "must be a table ([deployments.NAME])")]
+
+
+class ScheduleFile(BaseModel):
+    """The schedules file: ``[deployments.NAME]`` tables and nothing else."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deployments: Annotated[dict[DeploymentName, DeploymentTable],
+                           _must(bool, "no deployments (add a [deployments.NAME] table)")] = Field(
+        default_factory=dict, validate_default=True)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ScheduleFileError(f"{path}: cannot read it ({err.strerror or err})") from None
+    try:
+        if tomllib is not None:
+            return tomllib.loads(text)
+        import toml
+
+        return toml.loads(text)
+    except Exception as err:  # tomllib.TOMLDecodeError / toml.TomlDecodeError
+        raise ScheduleFileError(f"{path}: not valid TOML ({first_line(err)})") from None
+
+
+def _problems(err: ValidationError, prefix: str = "", unknown: str = "unknown field") -> str:
+    """Pydantic's errors as one line: ``prefix.key: what is wrong; ...``."""
     parts = []
     for e in err.errors():
-        loc = ".".join([prefix, *(str(x) for x in e["loc"])])
-        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
-        got = e.get("input")
-        quiet = isinstance(got, dict) or e["type"] in ("missing", "extra_forbidden")
-        suffix = "" if quiet else f" (got {got!r})"
-        parts.append(f"{loc}: {msg}{suffix}")
+        keys = [str(x) for x in e["loc"] if x != "[key]"]  # a dict key's own error is the key's
+        loc = ".".join([prefix, *keys] if prefix else keys)
+        if e["type"] == "extra_forbidden":
+            msg = unknown
+        elif e["type"] == "value_error":  # a validator's, which shows the value where it helps
+            msg = e["msg"].removeprefix("Value error, ")
+        else:
+            got = e.get("input")
+            msg = e["msg"] + ("" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})")
+        parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
 
 
@@ -168,16 +236,16 @@ def _check_parameters(flow: Flow, params: dict[str, Any], where: str) -> None:
         try:
             TypeAdapter(hints[name]).validate_python(params[name])
         except ValidationError as err:
-            raise ScheduleFileError(_format_validation(err, f"{where}.{name}")) from None
+            raise ScheduleFileError(_problems(err, f"{where}.{name}")) from None
 
 
 def _absolute_paths(flow_name: str, params: dict[str, Any], base: Path) -> dict[str, Any]:
     """Relative paths made absolute against ``base`` (the file's folder); the output root, when not
     given, is ``base/artifacts``, so runs land in the same place whichever directory serves them."""
     if flow_name == "gan-pipeline":
-        params.setdefault("config", {}).setdefault("out", "artifacts")
+        params.setdefault("config", {}).setdefault("out", str(DEFAULT_OUT))
     else:
-        params.setdefault("out", "artifacts")
+        params.setdefault("out", str(DEFAULT_OUT))
     for dotted in PATH_KEYS:
         node: Any = params
         *parents, leaf = dotted.split(".")
@@ -191,81 +259,20 @@ def _absolute_paths(flow_name: str, params: dict[str, Any], base: Path) -> dict[
 def load_deployments(path: Path) -> list[DeploymentSpec]:
     """Read and validate the schedules file; ``ScheduleFileError`` (one line) on any problem."""
     path = Path(path)
-    data = _read_toml(path)
-    for key in data:
-        if key != "deployments":
-            raise ScheduleFileError(f"{path}: {key}: unknown key (the file holds [deployments.NAME] tables)")
-    tables = data.get("deployments")
-    if not isinstance(tables, dict) or not tables:
-        raise ScheduleFileError(f"{path}: deployments: no deployments (add a [deployments.NAME] table)")
-    specs = []
-    for name, table in tables.items():
-        where = f"deployments.{name}"
-
-        def fail(key: str, problem: str, where: str = where) -> ScheduleFileError:
-            return ScheduleFileError(f"{path}: {where}{'.' + key if key else ''}: {problem}")
-
-        if not NAME_PATTERN.match(name):
-            raise fail("", "a deployment name is letters, digits, '.', '_', '-' (at most 100)")
-        if not isinstance(table, dict):
-            raise fail("", "must be a table ([deployments.NAME])")
-        for key in table:
-            if key not in DEPLOYMENT_KEYS:
-                raise fail(key, f"unknown key (known: {', '.join(sorted(DEPLOYMENT_KEYS))})")
-        flow_name = table.get("flow")
-        if flow_name not in FLOWS:
-            known = " or ".join(map(repr, FLOWS))
-            raise fail("flow", f"{flow_name!r} is not a flow of this project (use {known})")
-        spec = DeploymentSpec(name=name, flow=flow_name)
-        if "cron" in table and "interval" in table:
-            raise fail("interval", "give cron or interval, not both")
-        if "cron" in table:
-            cron = table["cron"]
-            if not isinstance(cron, str):
-                raise fail("cron", f"{cron!r} is not a cron string such as '0 2 * * *'")
-            try:
-                from prefect.schedules import Cron
-
-                Cron(cron)
-            except ValueError as err:
-                raise fail("cron", f"{cron!r} is not a valid cron expression ({err})") from None
-            spec.cron = cron
-        if "interval" in table:
-            try:
-                spec.interval = _parse_interval(table["interval"])
-            except ValueError as err:
-                raise fail("interval", str(err)) from None
-        if "timezone" in table:
-            tz = table["timezone"]
-            if spec.cron is None:
-                raise fail("timezone", "only a cron schedule takes a timezone")
-            try:
-                if not isinstance(tz, str):
-                    raise ValueError
-                zoneinfo.ZoneInfo(tz)
-            except (ValueError, zoneinfo.ZoneInfoNotFoundError):
-                raise fail("timezone", f"{tz!r} is not an IANA time zone such as 'Europe/Berlin'") from None
-            spec.timezone = tz
-        if "paused" in table:
-            if not isinstance(table["paused"], bool):
-                raise fail("paused", f"{table['paused']!r} is not true or false")
-            spec.paused = table["paused"]
-        if "description" in table:
-            if not isinstance(table["description"], str):
-                raise fail("description", "must be a string")
-            spec.description = table["description"]
-        if "tags" in table:
-            tags = table["tags"]
-            if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
-                raise fail("tags", "must be a list of non-empty strings")
-            spec.tags = list(tags)
-        params = table.get("parameters", {})
-        if not isinstance(params, dict):
-            raise fail("parameters", "must be a table of flow parameters")
-        _check_parameters(FLOWS[flow_name], params, f"{path}: {where}.parameters")
-        spec.parameters = _absolute_paths(flow_name, params, path.resolve().parent)
-        specs.append(spec)
-    return specs
+    try:
+        tables = ScheduleFile.model_validate(_read_toml(path)).deployments
+    except ValidationError as err:
+        unknown = f"unknown key (the file holds [deployments.NAME] tables of {', '.join(DeploymentSpec.model_fields)})"
+        raise ScheduleFileError(f"{path}: {_problems(err, unknown=unknown)}") from None
+    for name, spec in tables.items():
+        spec._name, where = name, f"{path}: deployments.{name}"
+        if spec.cron is not None and spec.interval is not None:
+            raise ScheduleFileError(f"{where}.interval: give cron or interval, not both")
+        if spec.cron is None and "timezone" in spec.model_fields_set:
+            raise ScheduleFileError(f"{where}.timezone: only a cron schedule takes a timezone")
+        _check_parameters(FLOWS[spec.flow], spec.parameters, f"{where}.parameters")
+        spec.parameters = _absolute_paths(spec.flow, spec.parameters, path.resolve().parent)
+    return list(tables.values())
 
 
 # --- Prefect -------------------------------------------------------------------------------------------
@@ -304,8 +311,7 @@ def _require_server() -> str:
     with get_client(sync_client=True) as client:
         problem = client.api_healthcheck()
     if problem is not None:
-        first_line = str(problem).splitlines()[0] if str(problem) else type(problem).__name__
-        raise ScheduleFileError(f"the Prefect server at {url} does not answer ({first_line}); "
+        raise ScheduleFileError(f"the Prefect server at {url} does not answer ({first_line(problem)}); "
                                 "is `prefect server start` running?")
     return url
 
@@ -379,9 +385,8 @@ def mark_crashed(flow_run_ids: list[str]) -> int:
 # --- command line ---------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                     prog="python flows/serve.py")
+def _main(argv: list[str] | None) -> int:
+    parser = cli_parser(__doc__, prog="python flows/serve.py")
     parser.add_argument("--file", type=Path, default=DEFAULT_FILE,
                         help=f"schedules file (default: {DEFAULT_FILE.name} in the repository root)")
     parser.add_argument("--only", action="append", metavar="NAME",
@@ -390,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="most runs executing at once (default: no limit; trainings queue on the "
                         "'gpu' concurrency limit anyway)")
     parser.add_argument("--check", action="store_true",
-                        help="validate the file, print the deployments and exit (no server needed)")
+                        help="validate the file, print the deployments (one line each) and exit (no server needed)")
+    add_dry_run(parser, "the deployments that would be served (name, flow, schedule, absolute parameters)")
     parser.add_argument("--no-crash-detection", action="store_true",
                         help="do not install the automation that marks runs whose heartbeats "
                         "stopped as Crashed")
@@ -401,40 +407,45 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be at least 1 (got {args.limit})")
-    try:
-        if args.mark_crashed:
-            _require_server()
-            return 1 if mark_crashed(args.mark_crashed) else 0
-        if args.crash_detection_only:
-            _require_server()
-            name, within = ensure_crash_detection()
-            print(f"automation {name!r}: runs silent for {within} s are marked Crashed")
-            return 0
-        specs = load_deployments(args.file)
-        if args.only:
-            unknown = sorted(set(args.only) - {s.name for s in specs})
-            if unknown:
-                raise ScheduleFileError(f"--only: {', '.join(unknown)} not in {args.file} "
-                                        f"(it has {', '.join(s.name for s in specs)})")
-            specs = [s for s in specs if s.name in args.only]
-        for spec in specs:
-            print(f"{spec.full_name}: {spec.schedule_text()}; parameters {spec.parameters}")
-        if args.check:
-            return 0
-        url = _require_server()
-        deployments = [to_runner_deployment(s) for s in specs]
-        if not args.no_crash_detection:
-            name, within = ensure_crash_detection()
-            print(f"crash detection: automation {name!r} (no heartbeat for {within} s -> Crashed)")
-        print(f"serving {len(deployments)} deployment(s) on {url}; Ctrl-C stops (and pauses their schedules)",
-              flush=True)
-        from prefect import serve
+    if args.dry_run and (args.mark_crashed or args.crash_detection_only):
+        parser.error("--dry-run shows what serving would register; it does not go with --mark-crashed or "
+                     "--crash-detection-only")
+    if args.mark_crashed:
+        _require_server()
+        return 1 if mark_crashed(args.mark_crashed) else 0
+    if args.crash_detection_only:
+        _require_server()
+        name, within = ensure_crash_detection()
+        print(f"automation {name!r}: runs silent for {within} s are marked Crashed")
+        return 0
+    specs = load_deployments(args.file)
+    if args.only:
+        unknown = sorted(set(args.only) - {s.name for s in specs})
+        if unknown:
+            raise ScheduleFileError(f"--only: {', '.join(unknown)} not in {args.file} "
+                                    f"(it has {', '.join(s.name for s in specs)})")
+        specs = [s for s in specs if s.name in args.only]
+    if args.dry_run:
+        return print_json([{"name": s.name, **s.model_dump(mode="json")} for s in specs])
+    for spec in specs:
+        print(f"{spec.full_name}: {spec.schedule_text()}; parameters {spec.parameters}")
+    if args.check:
+        return 0
+    url = _require_server()
+    deployments = [to_runner_deployment(s) for s in specs]
+    if not args.no_crash_detection:
+        name, within = ensure_crash_detection()
+        print(f"crash detection: automation {name!r} (no heartbeat for {within} s -> Crashed)")
+    print(f"serving {len(deployments)} deployment(s) on {url}; Ctrl-C stops (and pauses their schedules)",
+          flush=True)
+    from prefect import serve
 
-        serve(*deployments, limit=args.limit)
-    except ScheduleFileError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    serve(*deployments, limit=args.limit)  # returns on Ctrl-C, the schedules paused
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

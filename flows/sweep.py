@@ -5,7 +5,7 @@ Run it:
     python flows/sweep.py --grid train.lr=1e-4,2e-4 train.loss=ns,hinge seed=1,2 --sweep-id lr-loss
     python flows/sweep.py --grid train.lr=1e-4,2e-4 --steps 2000 --runner processes --workers 2
     python flows/sweep.py --grid seed=1,2,3,4 --runner dask --dask-address tcp://10.0.0.5:8786
-    python flows/sweep.py --grid train.lr=1e-4,2e-4 --dry-run     # list the members and exit
+    python flows/sweep.py --grid train.lr=1e-4,2e-4 --dry-run     # the members and their settings, as JSON
 
 Every member is an ordinary pipeline run (prepare -> train -> evaluate -> gallery, a subflow) in
 <out>/<sweep-id>/<member-id>/, the member id derived from the sweep id and its settings. Members run
@@ -16,10 +16,13 @@ the same --sweep-id again reuses finished members (their summary.json matches) a
 
 The sweep writes <out>/<sweep-id>/sweep.parquet (one row per member: settings, status, error, best
 scores), sweep.png and sweep.md, and publishes the Markdown as the artifact sweep-<sweep-id>.
-Base settings come from the same flags as flows/train.py (or --config FILE.json).
+Base settings come from the same flags as flows/train.py (or --config FILE.json). --dry-run checks
+every member's config and prints the plan as JSON: sweep id and directory, runner, and each
+member's run id and grid settings (the base config is what flows/train.py --dry-run prints for the
+same flags).
 """
 
-from __future__ import annotations  # noqa: I001 (tasks is imported before prefect on purpose)
+from __future__ import annotations
 
 import argparse
 import contextlib
@@ -31,17 +34,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import tasks  # noqa: F401  (sets the project's Prefect defaults before prefect is imported)
+from flows.cli import (  # before prefect: importing flows sets the project's Prefect defaults
+    RUN_FIELDS,
+    RUN_FLAG_NAMES,
+    add_config_file,
+    add_config_flags,
+    add_dry_run,
+    cli_parser,
+    config_data,
+    print_json,
+    run_main,
+)
+
+# isort: split
 from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging.handlers import APILogHandler
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from flows.cli import OneLineParser
-from flows.train import FLAGS, config_data
 from ganlib.config import RunConfig, build_config
-from ganlib.errors import GanlibError
+from ganlib.errors import first_line
 from ganlib.sweep import (
     completed_summary,
     expand_grid,
@@ -106,7 +119,7 @@ def gan_sweep(
             outcomes.append(future.result())
             continue
         error = future.result(raise_on_failure=False)
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        message = first_line(error)
         print(f"member {member.run_id} failed: {message}")
         outcomes.append({"status": "failed", "error": message})
 
@@ -165,7 +178,7 @@ def task_runner(kind: str, workers: int, dask_address: str | None = None):
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, dict[str, list[str]], argparse.Namespace]:
-    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_parser(__doc__)
     parser.add_argument("--grid", nargs="+", required=True, metavar="FIELD=V1,V2",
                         help="config fields and values to cross, e.g. train.lr=1e-4,2e-4 train.loss=ns,hinge seed=1,2")
     parser.add_argument("--sweep-id", default=None,
@@ -175,48 +188,40 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, dict[str, list
     parser.add_argument("--workers", type=int, default=2, help="members running at once (default 2)")
     parser.add_argument("--dask-address", default=None,
                         help="scheduler of an existing Dask cluster (tcp://HOST:8786); default: a local cluster")
-    parser.add_argument("--config", type=Path, help="JSON file with the base RunConfig; flags override it")
-    for flag, field, kind, help_text in FLAGS:
-        if field == "run_id":
-            continue  # the sweep names its members
-        if kind is bool:
-            parser.add_argument(flag, dest=field, action="store_const", const=True, help=help_text)
-        else:
-            parser.add_argument(flag, dest=field, type=kind, default=None, help=help_text,
-                                metavar=flag[2:].upper().replace("-", "_"))
-    parser.add_argument("--dry-run", action="store_true", help="print the members and their settings, then exit")
+    add_config_file(parser)
+    fields = [f for f in RUN_FIELDS if f != "run_id"]  # the sweep names its members
+    add_config_flags(parser, fields, RUN_FLAG_NAMES)
+    add_dry_run(parser, "the plan (the sweep's directory and runner, each member's run id and settings)")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers must be at least 1 (got {args.workers})")
     if args.dask_address and args.runner != "dask":
         parser.error("--dask-address needs --runner dask")
 
-    data = config_data(args)
+    data = config_data(args, fields)
     data.pop("run_id", None)
     args.sweep_id = args.sweep_id or "sweep-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return build_config(data), parse_grid(args.grid), args
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        base, grid, args = parse_args(argv)
-        members = expand_grid(base, grid, args.sweep_id)  # every member valid before any server starts
-        if args.dry_run:
-            for m in members:
-                print(m.run_id, json.dumps(m.settings))
-            return 0
-        runner = task_runner(args.runner, args.workers, args.dask_address)
-        with api_for_worker_processes(args.runner):
-            result = gan_sweep.with_options(task_runner=runner)(grid, args.sweep_id, base)
-    except GanlibError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run again with the same --sweep-id to reuse the finished members", file=sys.stderr)
-        return 130
+def _main(argv: list[str] | None) -> int:
+    base, grid, args = parse_args(argv)
+    members = expand_grid(base, grid, args.sweep_id)  # every member valid before any server starts
+    if args.dry_run:
+        return print_json({
+            "sweep_id": args.sweep_id, "sweep_dir": str(Path(base.out) / args.sweep_id), "runner": args.runner,
+            "workers": args.workers, "members": [{"run_id": m.run_id, "settings": m.settings} for m in members],
+        })
+    runner = task_runner(args.runner, args.workers, args.dask_address)
+    with api_for_worker_processes(args.runner):
+        result = gan_sweep.with_options(task_runner=runner)(grid, args.sweep_id, base)
     print(f"done: {result['table']}  {result['members']} members, {result['failed']} failed  "
           f"plot {result['plot']}")
     return 1 if result["failed"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv, on_interrupt="run again with the same --sweep-id to reuse the finished members")
 
 
 if __name__ == "__main__":

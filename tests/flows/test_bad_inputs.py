@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from flows.train import main
 
@@ -40,7 +41,6 @@ def run_cli(argv, capsys):
     (["--fused-optimizer", "fused"],
      "error: invalid config: train.fused_optimizer: Input should be 'auto', 'on' or 'off' (got 'fused')"),
     (["--device", "tpu"], "error: invalid config: device: String should match pattern"),
-    (["--device", "cuda"], "error: device: 'cuda' requested but CUDA is not available here; use --device cpu or auto"),
     (["--seed", "-3"], "error: invalid config: seed: Input should be greater than or equal to 0 (got -3)"),
     (["--steps", "ten"], "error: argument --steps: invalid int value: 'ten' (see --help)"),
     (["--lrr", "1"], "error: unrecognized arguments: --lrr 1 (see --help)"),
@@ -50,15 +50,42 @@ def run_cli(argv, capsys):
     (["--run-id", "x" * 81], "error: invalid config: run_id: String should match pattern"),
     (["--run-id", ".hidden"], "error: invalid config: run_id: String should match pattern"),
 ])
-def test_config_and_run_id_rows(argv, message, capsys, tmp_path):
-    if sys.platform != "linux" and "cuda" in argv:
-        pytest.skip("linux CI row")
+def test_config_and_run_id_rows(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("flows.train.gan_pipeline", _must_not_run)
     out = tmp_path / "out"
     code, err = run_cli(argv + ["--out", str(out)], capsys)
     assert code == 2
     assert err.startswith(message), err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("a bad input started the pipeline")
+
+
+def test_device_cuda_without_cuda(capsys, tmp_path, monkeypatch):
+    """A machine without CUDA, simulated: the message is checked on every machine, and should the check
+    ever let it through, the pipeline is not there to start."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("flows.train.gan_pipeline", _must_not_run)
+    code, err = run_cli(["--device", "cuda", "--out", str(tmp_path / "out")], capsys)
+    assert (code, err) == (2, "error: device: 'cuda' requested but CUDA is not available here; "
+                              "use --device cpu or auto\n")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (test_device_cuda_without_cuda runs everywhere)")
+def test_device_cuda_with_cuda_passes_the_checks(tmp_path):
+    """Where CUDA is there, --device cuda gets through the checks made before the pipeline (which is not run)."""
+    from flows.train import parse_config
+    from ganlib.preflight import check_run
+
+    config, _ = parse_config([*FAST, "--device", "cuda", "--out", str(tmp_path / "out")])
+    assert config.device == "cuda"
+    check_run(config)
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_field_in_a_config_file(tmp_path, capsys):

@@ -73,13 +73,24 @@ def test_command_line_errors_fail_fast_without_prefect(trained, capsys, tmp_path
     assert exit_info.value.code == 2 and "invalid int value" in capsys.readouterr().err
 
 
-def test_dry_run_prints_the_resolved_eval_settings(trained, capsys):
+def test_dry_run_prints_the_config_with_the_eval_flags_applied(trained, capsys):
     argv = ["--run-id", trained.run_id, "--out", str(trained.out), "--select-generator", "raw", "--num-seeds", "3",
             "--dry-run"]
     assert eval_settings_from(parse_args(argv)) == {"num_seeds": 3, "use_ema": False}
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert (printed["num_seeds"], printed["use_ema"], printed["select_metric"]) == (3, False, "fd")
+    assert (printed["eval"]["num_seeds"], printed["eval"]["use_ema"], printed["eval"]["select_metric"]) == \
+        (3, False, "fd")
+    assert printed["eval"]["num_samples"] == trained.eval.num_samples == 200  # the run's, not the config default
+    assert build_config(printed).train == trained.train
+
+
+def test_eval_flags_say_their_default_is_the_runs(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--num-seeds NUM_SEEDS Latent seeds per checkpoint; " in help_text
+    assert help_text.count("(default: the run's)") == 13  # 12 eval fields and --device
 
 
 @pytest.mark.slow

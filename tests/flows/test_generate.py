@@ -13,8 +13,9 @@ from flows.generate import DEFAULT_NUM_SAMPLES, main, plan_generation
 from ganlib.config import build_config
 from ganlib.data.store import prepare_dataset
 from ganlib.errors import CheckpointError, ConfigError, RunError
-from ganlib.rendering.gallery import GALLERY_NOISE_OFFSET, fixed_noise, generate, to_uint8
-from ganlib.training.loop import load_generator, train
+from ganlib.rendering.gallery import GALLERY_NOISE_OFFSET
+from ganlib.sampling import fixed_noise, generate, load_generator, to_uint8
+from ganlib.training.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,13 @@ def test_command_line_errors_fail_fast_without_prefect(run, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["--run-id", "x", "--format", "gif"])
     assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(run, capsys):
+    assert main(["--run-id", run.run_id, "--out", str(run.out), "-n", "7", "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan == json.loads(json.dumps(plan_generation(run.run_dir, num_samples=7)))
+    assert plan["num_samples"] == 7 and not (run.run_dir / "generated").exists()
 
 
 @pytest.mark.slow

@@ -132,6 +132,14 @@ def test_check_prints_the_deployments_with_absolute_paths(tmp_path, capsys):
     assert f"'out': '{tmp_path / 'runs'}'" in out
 
 
+def test_dry_run_prints_the_deployments_as_json(capsys):
+    assert main(["--dry-run", "--only", "nightly-continue"]) == 0
+    (printed,) = json.loads(capsys.readouterr().out)
+    spec = {s.name: s for s in load_deployments(DEFAULT_FILE)}["nightly-continue"]
+    assert printed == {"name": "nightly-continue", **spec.model_dump(mode="json")}
+    assert (printed["cron"], printed["parameters"]["out"]) == ("0 2 * * *", str(REPO / "artifacts"))
+
+
 def test_serving_without_a_server_url_is_one_line(capsys):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -156,6 +164,21 @@ def test_continued_config_goes_more_steps_past_the_newest_checkpoint(tiny, tmp_p
         continued_config("nope", cfg.out, 5)
     fresh = continued_config("new1", cfg.out, 7, new_run={"model": {"ngf": 8, "ndf": 8}})
     assert (fresh.run_id, fresh.train.steps, fresh.model.ngf) == ("new1", 7, 8)
+
+
+def test_continue_run_dry_run_prints_the_config_it_would_run(tiny, tmp_path, capsys):
+    from flows.continue_run import main as continue_main
+
+    cfg = tiny(run_id="cont")
+    (cfg.run_dir / "checkpoints").mkdir(parents=True)
+    (cfg.run_dir / "config.json").write_text(cfg.to_json())
+    (cfg.run_dir / "checkpoints" / "step_000012.pt").write_bytes(b"")
+    assert continue_main(["--run-id", "cont", "--out", str(cfg.out), "--more-steps", "5", "--dry-run"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == continued_config("cont", cfg.out, 5).model_dump(mode="json")
+    assert printed["train"]["steps"] == 17
+    assert continue_main(["--run-id", "nope", "--out", str(cfg.out), "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith("error: run 'nope' not found: ")
 
 
 # --- a real Prefect server (integration) -----------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The sweep flow: members on a local Dask cluster, a failing member recorded, re-runs reuse members."""
 
 import asyncio
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -11,11 +12,14 @@ import pytest
 from flows.sweep import gan_sweep, main
 
 
-def test_dry_run_lists_members_and_mistakes_are_one_line(capsys, tmp_path):
+def test_dry_run_prints_the_members_and_mistakes_are_one_line(capsys, tmp_path):
     assert main(["--grid", "train.lr=1e-4,2e-4", "seed=1,2", "--sweep-id", "s", "--out", str(tmp_path),
                  "--dry-run"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 4 and lines[0].startswith("s-0.0001_1-") and '"seed": 1' in lines[0]
+    plan = json.loads(capsys.readouterr().out)
+    assert (plan["sweep_id"], plan["sweep_dir"], plan["runner"]) == ("s", str(tmp_path / "s"), "threads")
+    members = plan["members"]
+    assert len(members) == 4 and members[0]["run_id"].startswith("s-0.0001_1-")
+    assert members[0]["settings"] == {"train.lr": 0.0001, "seed": 1}
     assert main(["--grid", "train.lr=-1", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: sweep member train.lr=-1: invalid config: train.lr:") and err.count("\n") == 1
