@@ -8,6 +8,7 @@ bytes no longer match is detected on load and moved aside, and the previous one 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import pickle
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from ganlib.errors import CheckpointError, first_line
-from ganlib.runs.files import atomic_write_bytes, atomic_write_text, sha256_bytes
+from ganlib.runs.files import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
 from ganlib.runs.paths import checkpoint_name  # noqa: F401 (part of this module's API)
 
 log = logging.getLogger("ganlib")
@@ -30,20 +31,37 @@ FORMAT = 1
 _NAME = re.compile(r"^step_(\d{6,})\.pt$")
 
 
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically, then its checksum next to it."""
+    """Write ``state`` to ``path`` atomically, then its checksum next to it.
+
+    The checksum is written first: a kill between the two writes then leaves a checksum without a
+    checkpoint (ignored, and overwritten next time). A write that fails (a full disk) puts the
+    checksum back as it was, so the file it describes still verifies.
+    """
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buffer)
     data = buffer.getbuffer()
+    sidecar = _sidecar(path)
+    old_sum = sidecar.read_text() if sidecar.is_file() else None
     try:
-        # Checksum first: a kill between the two writes then leaves a checksum without a
-        # checkpoint (ignored, and overwritten next time), never a checkpoint without its checksum.
-        atomic_write_text(path.with_name(path.name + ".sha256"), sha256_bytes(data) + "\n")
+        atomic_write_text(sidecar, sha256_bytes(data) + "\n")
         atomic_write_bytes(path, bytes(data))
     except OSError as err:
-        raise CheckpointError(
-            f"could not write checkpoint {path}: {err.strerror or err}; free disk space and run again "
-            "(the previous checkpoint is intact)") from None
+        with contextlib.suppress(OSError):
+            if old_sum is None:
+                sidecar.unlink(missing_ok=True)
+            else:
+                atomic_write_text(sidecar, old_sum)
+        earlier = [p for _, p in list_checkpoints(path.parent) if p != path]
+        kept = (f"{path.name} as it was before is intact" if path.is_file()
+                else f"the previous checkpoint {earlier[-1].name} is intact" if earlier
+                else "no checkpoint of this run has been saved yet")
+        raise CheckpointError(f"could not write checkpoint {path}: {err.strerror or err}; free disk space and run "
+                              f"again ({kept})") from None
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -53,7 +71,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         data = path.read_bytes()
     except OSError as err:
         raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
-    sidecar = path.with_name(path.name + ".sha256")
+    sidecar = _sidecar(path)
     if sidecar.is_file():
         expected = sidecar.read_text().strip()
         if sha256_bytes(data) != expected:
@@ -91,14 +109,20 @@ def latest_checkpoint(directory: Path, map_location: str | torch.device = "cpu")
     """
     for _, path in reversed(list_checkpoints(directory)):
         try:
-            return path, load_checkpoint(path, map_location)
+            state = load_checkpoint(path, map_location)
         except CheckpointError as err:
             aside = path.parent / "corrupt"
             aside.mkdir(exist_ok=True)
-            for p in (path, path.with_name(path.name + ".sha256")):
+            for p in (path, _sidecar(path)):
                 if p.exists():
                     p.replace(aside / p.name)
             log.warning("%s; moved it to %s and trying the previous checkpoint", err, aside)
+            continue
+        if not _sidecar(path).is_file():  # copied without it, or its checksum was deleted: it loaded, so keep it
+            atomic_write_text(_sidecar(path), sha256_file(path) + "\n")
+            log.warning("checkpoint %s had no checksum file: it was loaded unverified (it unpickles as a whole "
+                        "checkpoint) and its checksum is now written next to it", path)
+        return path, state
     return None
 
 

@@ -6,6 +6,7 @@ layout changes in one place.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ganlib.config import RunConfig
+
+log = logging.getLogger("ganlib")
 
 CHECKPOINT_PREFIX = "step_"
 
@@ -135,8 +138,20 @@ class RunDir:
         return pd.read_parquet(path) if Path(path).is_file() else None
 
     def read_train_rows(self, up_to_step: int) -> list[dict[str, Any]]:
-        """The rows of ``metrics/train.parquet`` up to ``up_to_step`` (a resume redoes the ones after it)."""
-        table = self.read_table(self.train_metrics)
+        """The rows of ``metrics/train.parquet`` up to ``up_to_step`` (a resume redoes the ones after it).
+
+        An unreadable table (truncated by a full disk or a copy) must not make the run impossible to
+        resume: it is moved to ``metrics/corrupt/`` with a warning, and the table starts again here.
+        """
+        try:
+            table = self.read_table(self.train_metrics)
+        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+            aside = self.metrics / "corrupt"
+            aside.mkdir(exist_ok=True)
+            self.train_metrics.replace(aside / self.train_metrics.name)
+            log.warning("%s is unreadable (%s); moved it to %s, and the training table restarts at step %d",
+                        self.train_metrics, first_line(err), aside, up_to_step + 1)
+            return []
         return [] if table is None else [r for r in table.to_dict("records") if r["step"] <= up_to_step]
 
     def read_health_rows(self) -> list[dict[str, Any]]:

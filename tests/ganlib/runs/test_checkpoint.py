@@ -35,7 +35,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", disk_full)
-    with pytest.raises(CheckpointError, match="No space left on device.*previous checkpoint is intact"):
+    with pytest.raises(CheckpointError, match=r"No space left.*\(step_000001.pt as it was before is intact\)"):
         ckpt.save_checkpoint(path, _state(2))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
@@ -85,3 +85,36 @@ def test_rng_state_round_trip():
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     ckpt.restore_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_a_failed_first_write_says_there_is_no_previous_checkpoint_and_leaves_no_checksum(tmp_path, monkeypatch):
+    def disk_full(target, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "atomic_write_bytes", disk_full)  # the checksum (small) fits, the checkpoint not
+    with pytest.raises(CheckpointError, match=r"No space left on device; .*\(no checkpoint of this run has been"):
+        ckpt.save_checkpoint(tmp_path / "step_000005.pt", _state(5))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_overwrite_keeps_the_old_checksum_so_the_old_file_still_verifies(tmp_path, monkeypatch):
+    ckpt.save_checkpoint(tmp_path / "step_000001.pt", _state(1))
+    ckpt.save_checkpoint(tmp_path / "step_000002.pt", _state(2))
+    monkeypatch.setattr(ckpt, "atomic_write_bytes", lambda target, data: (_ for _ in ()).throw(OSError(28, "full")))
+    with pytest.raises(CheckpointError, match=r"\(step_000002.pt as it was before is intact\)"):
+        ckpt.save_checkpoint(tmp_path / "step_000002.pt", {**_state(2), "extra": 1})
+    assert ckpt.load_checkpoint(tmp_path / "step_000002.pt")["step"] == 2  # still verifies
+    with pytest.raises(CheckpointError, match=r"\(the previous checkpoint step_000002.pt is intact\)"):
+        ckpt.save_checkpoint(tmp_path / "step_000003.pt", _state(3))
+    assert not (tmp_path / "step_000003.pt.sha256").exists()
+
+
+def test_a_checkpoint_without_its_checksum_is_loaded_with_a_warning_and_gets_one(tmp_path, caplog):
+    ckpt.save_checkpoint(tmp_path / "step_000001.pt", _state(1))
+    ckpt.save_checkpoint(tmp_path / "step_000002.pt", _state(2))
+    (tmp_path / "step_000002.pt.sha256").unlink()
+    with caplog.at_level("WARNING", logger="ganlib"):
+        path, state = ckpt.latest_checkpoint(tmp_path)
+    assert path.name == "step_000002.pt" and state["step"] == 2
+    assert "had no checksum file: it was loaded unverified" in caplog.text
+    assert (tmp_path / "step_000002.pt.sha256").is_file() and ckpt.load_checkpoint(path)["step"] == 2

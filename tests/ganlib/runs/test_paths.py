@@ -51,3 +51,13 @@ def test_train_rows_are_read_up_to_a_step(tmp_path):
     assert run.read_train_rows(up_to_step=10) == []
     run.write_train_rows([{"step": s, "d_loss": 0.5} for s in range(1, 6)])
     assert [r["step"] for r in run.read_train_rows(up_to_step=3)] == [1, 2, 3]
+
+
+def test_an_unreadable_train_table_is_set_aside_not_fatal(tmp_path, caplog):
+    run = RunDir(tmp_path / "r")
+    run.write_train_rows([{"step": s, "d_loss": 0.5} for s in range(1, 6)])
+    run.train_metrics.write_bytes(run.train_metrics.read_bytes()[:40])  # truncated
+    with caplog.at_level("WARNING", logger="ganlib"):
+        assert run.read_train_rows(up_to_step=5) == []
+    assert (run.metrics / "corrupt" / "train.parquet").is_file() and not run.train_metrics.exists()
+    assert "is unreadable" in caplog.text and "restarts at step 6" in caplog.text
