@@ -13,9 +13,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ganlib.errors import CheckpointError, ConfigError
 
@@ -24,12 +24,32 @@ DatasetName = Literal[
 DATASETS: tuple[str, ...] = get_args(DatasetName)
 MODELS = ("mlp", "dcgan", "resnet")
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$"
-DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+|mps)$"
+DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d{1,4}|mps)$"
 
 
 class _Section(BaseModel):
-    # Unknown keys are mistakes (a typo in a flow parameter would otherwise be silently ignored).
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Unknown keys are mistakes (a typo in a flow parameter would otherwise be silently ignored), and so
+    # are infinite or NaN numbers (`--r1 inf`, JSON's Infinity).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        """``"seed": true`` is a mistake, not seed 1 (pydantic would take a bool for an int)."""
+        types = _base_types(cls.model_fields[info.field_name].annotation)
+        if isinstance(v, bool) and bool not in types and types & {int, float}:
+            raise ValueError("expected a number, not true or false")
+        return v
+
+
+def _base_types(annotation: Any) -> set[Any]:
+    """The types an annotation admits (``int | None`` -> {int, NoneType}; Literals by their values' types)."""
+    args = get_args(annotation)
+    if not args:
+        return {annotation}
+    if get_origin(annotation) is Literal:
+        return {type(a) for a in args}
+    return set().union(*(_base_types(a) for a in args))
 
 
 class DataConfig(_Section):
@@ -113,9 +133,9 @@ class TrainConfig(_Section):
     """The adversarial training loop."""
 
     steps: int | None = Field(
-        None, ge=1, description="Total optimisation steps (one D and one G update each). "
+        None, ge=1, le=10**12, description="Total optimisation steps (one D and one G update each). "
         "Exclusive with epochs; if neither is given, 10000 steps.")
-    epochs: float | None = Field(None, gt=0, description="Total passes over the dataset (may be fractional).")
+    epochs: float | None = Field(None, gt=0, le=10**6, description="Total passes over the dataset (may be fractional).")
     batch_size: int = Field(
         128, ge=2, le=65_536, description="Images per optimisation step, over all training processes (the global "
         "batch).")
@@ -165,10 +185,13 @@ class TrainConfig(_Section):
     max_rollbacks: int = Field(
         3, ge=0, description="Non-finite losses roll back to the last checkpoint with lower learning rates, "
         "at most this many times; then training fails.")
-    rollback_lr_factor: float = Field(0.5, gt=0, lt=1, description="Learning-rate factor applied at each rollback.")
+    rollback_lr_factor: float = Field(
+        0.5, gt=0, lt=1, description="Learning-rate factor applied at each rollback.")
     checkpoint_every: int = Field(
-        2500, ge=1, description="Save a checkpoint every this many steps (and at the end); each is evaluated.")
-    log_every: int = Field(50, ge=1, description="Flush per-step metrics and print progress every this many steps.")
+        2500, ge=1, le=10**12, description="Save a checkpoint every this many steps (and at the end); each is "
+        "evaluated.")
+    log_every: int = Field(
+        50, ge=1, le=10**6, description="Flush per-step metrics and print progress every this many steps.")
 
     @field_validator("diffaug", mode="before")
     @classmethod
@@ -220,14 +243,23 @@ class EvalConfig(_Section):
     inception_weights_sha256: str | None = Field(
         None, pattern=r"^[0-9a-fA-F]{64}$", description="sha256 of inception_weights (required with it; "
         "`sha256sum FILE` prints it).")
-    memorisation: Literal["pixels", "domain", "off"] = Field(
+    ssl_space: bool = Field(
+        True, description="Also score in a feature space learned from the real images without labels (a small "
+        "contrastive encoder trained once per dataset, about a minute on a CPU): the ssl_* columns, the ones "
+        "unlabelled data is scored and its best checkpoint chosen by.")
+    ssl_steps: int = Field(
+        500, ge=1, le=1_000_000, description="Training steps of the self-supervised encoder (at most 20 passes "
+        "over the images, so a small dataset trains in seconds).")
+    memorisation: Literal["pixels", "domain", "ssl", "off"] = Field(
         "pixels", description="Space of the nearest-training-image check: 'pixels' (L2 on the images), "
-        "'domain' (the domain classifier's features) or 'off'.")
+        "'domain' (the domain classifier's features), 'ssl' (the self-supervised encoder's) or 'off'.")
     select_metric: Literal[
         "fd", "kid_mean", "is_mean", "precision", "recall", "density", "coverage", "class_accuracy",
+        "ssl_fd", "ssl_kid_mean", "ssl_precision", "ssl_recall", "ssl_density", "ssl_coverage",
         "inception_fid", "inception_kid_mean", "inception_is_mean", "inception_precision", "inception_recall",
         "inception_density", "inception_coverage",
-    ] = Field("fd", description="Metric that chooses the best checkpoint (a column of metrics/eval.parquet).")
+    ] = Field("fd", description="Metric that chooses the best checkpoint (a column of metrics/eval.parquet; "
+              "on unlabelled data 'fd' falls back to ssl_fd).")
     select_direction: Literal["auto", "min", "max"] = Field(
         "auto", description="Whether lower ('min') or higher ('max') select_metric is better; 'auto' knows "
         "each metric's.")
@@ -239,12 +271,21 @@ class EvalConfig(_Section):
                              "`sha256sum FILE` prints it)")
         return self
 
+    @model_validator(mode="after")
+    def _ssl_choices_need_the_space(self) -> EvalConfig:
+        if not self.ssl_space and (self.memorisation == "ssl" or self.select_metric.startswith("ssl_")):
+            what = "memorisation 'ssl'" if self.memorisation == "ssl" else f"select_metric {self.select_metric!r}"
+            raise ValueError(f"{what} needs ssl_space true (the self-supervised space); drop --no-ssl-space "
+                             "or choose another")
+        return self
+
 
 class GalleryConfig(_Section):
     """Sample gallery from the best checkpoint."""
 
     num_samples: int = Field(10_000, ge=1, le=1_000_000, description="Images saved to gallery/samples.npz.")
-    seed: int | None = Field(None, ge=0, description="Noise seed of the grids and samples (default: the run seed).")
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="Noise seed of the grids and samples (default: the run seed).")
 
 
 class DistConfig(_Section):
@@ -305,11 +346,11 @@ class RunConfig(_Section):
     gallery: GalleryConfig = Field(default_factory=GalleryConfig)
     dist: DistConfig = Field(default_factory=DistConfig)
 
-    @field_validator("out")
+    @field_validator("out", mode="before")
     @classmethod
-    def _out_not_empty(cls, v: Path) -> Path:
-        if str(v).strip() == "":
-            raise ValueError("must be a directory path")
+    def _out_not_empty(cls, v: Any) -> Any:
+        if str(v).strip() == "":  # Path("") would silently mean the current directory
+            raise ValueError("must be a directory path (use --out . for the current directory)")
         return v
 
     @model_validator(mode="after")
@@ -408,8 +449,12 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
     """
     *sections, leaf = dotted.split(".")
     node = data
-    for section in sections:
+    for i, section in enumerate(sections):
         node = node.setdefault(section, {})
+        if not isinstance(node, dict):
+            where = ".".join(sections[: i + 1])
+            raise ConfigError(f"invalid config: {where}: expected a section (an object of fields), got {node!r}; "
+                              f"cannot set {dotted}")
     node[leaf] = value
     return data
 

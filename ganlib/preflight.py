@@ -9,6 +9,7 @@ from ganlib.data.sources import check_source
 from ganlib.evaluation.inception import check_weights_file
 from ganlib.models import check_image_size
 from ganlib.runs.device import resolve_device
+from ganlib.runs.files import check_writable_directory
 from ganlib.runs.lock import check_not_running, check_under_root
 from ganlib.runs.paths import RunDir
 
@@ -17,6 +18,7 @@ def check_run(cfg: RunConfig) -> None:
     """Validate what pydantic cannot: the device exists, the data is there, a resumed run matches."""
     cfg = cfg.resolved()
     check_under_root(cfg.run_dir, cfg.out)  # behind the run-id pattern: nothing escapes the output root
+    check_writable_directory(cfg.run_dir, "out")
     check_not_running(cfg.run_dir)
     resolve_device(cfg.device)
     check_image_size(cfg.model.name, cfg.data.image_size)

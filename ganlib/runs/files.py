@@ -108,3 +108,19 @@ def remove_temporary_files(root: Path) -> list[Path]:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
     return leftovers
+
+
+def check_writable_directory(path: Path, what: str) -> None:
+    """``RunError`` (one line) unless ``path`` is, or can be created as, a directory this process may write.
+
+    Checked before any work: a file in the way or a read-only disk would otherwise surface only after
+    the dataset was prepared and a server started.
+    """
+    from ganlib.errors import RunError
+
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise RunError(f"{what}: {existing} is a file, not a directory; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f"{what}: cannot write in {existing} (read-only or not permitted); choose another --out")

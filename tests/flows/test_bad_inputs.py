@@ -49,6 +49,11 @@ def run_cli(argv, capsys):
     (["--run-id", "a/b"], "error: invalid config: run_id: String should match pattern"),
     (["--run-id", "x" * 81], "error: invalid config: run_id: String should match pattern"),
     (["--run-id", ".hidden"], "error: invalid config: run_id: String should match pattern"),
+    # Accepted before, now refused (issue #22): unbounded or non-finite numbers, a huge device index.
+    (["--r1", "inf"], "error: invalid config: train.r1: Input should be a finite number (got inf)"),
+    (["--r1", "nan"], "error: invalid config: train.r1: Input should be a finite number (got nan)"),
+    (["--steps", "99999999999999999999999"], "error: invalid config: train.steps: Input should be less than or equal"),
+    (["--device", "cuda:99999999999999999999"], "error: invalid config: device: String should match pattern"),
 ])
 def test_config_and_run_id_rows(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("flows.train.gan_pipeline", _must_not_run)
@@ -142,3 +147,40 @@ def test_malicious_checkpoint_is_refused_and_kept_aside(tmp_path):
     assert latest_checkpoint(ckpts) is None
     assert (ckpts / "corrupt" / "step_000010.pt").is_file() and not (tmp_path / "pwned").exists()
     assert Path(ckpts / "step_000010.pt").exists() is False
+
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('{"train": 5}', "error: invalid config: train: expected a section (an object of fields), got 5; cannot set "
+     "train.steps"),
+    ('[1, 2, 3]', "error: --config: "),
+    ('"hello"', "error: --config: "),
+    ('{"seed": true}', "error: invalid config: seed: expected a number, not true or false (got True)"),
+    ('{"train": {"gp_weight": Infinity}}', "error: invalid config: train.gp_weight: Input should be a finite number"),
+    (b"\xff\xfe{", "error: --config: cannot read"),
+])
+def test_config_files_that_are_not_configs(content, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("flows.train.gan_pipeline", _must_not_run)
+    path = tmp_path / "c.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    out = tmp_path / "out"
+    code, err = run_cli(["--config", str(path), "--steps", "30", "--out", str(out)], capsys)
+    assert code == 2 and err.startswith(message), err
+    assert err.count("\n") == 1 and "Traceback" not in err and not out.exists()
+
+
+def test_out_that_is_a_file_or_empty_fails_before_any_work(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("flows.train.gan_pipeline", _must_not_run)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    code, err = run_cli([*FAST, "--out", str(a_file)], capsys)
+    assert code == 2 and err == f"error: out: {a_file} is a file, not a directory; choose another --out\n"
+    code, err = run_cli([*FAST, "--out", ""], capsys)
+    assert code == 2 and err.startswith("error: invalid config: out: must be a directory path"), err
+
+
+def test_out_that_cannot_be_written_fails_before_any_work(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("flows.train.gan_pipeline", _must_not_run)
+    monkeypatch.setattr("os.access", lambda path, mode: False)  # a read-only disk, as access(2) reports it
+    code, err = run_cli([*FAST, "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and err.startswith(f"error: out: cannot write in {tmp_path} (read-only or not permitted)"), err
