@@ -40,6 +40,7 @@ from prefect import flow, runtime
 
 from ganlib.errors import ConfigError
 from ganlib.rendering.gallery import GALLERY_NOISE_OFFSET, resolve_checkpoint
+from ganlib.runs.checkpoint import list_checkpoints
 from ganlib.runs.paths import RunDir
 from tasks.gallery import generate_task
 
@@ -49,12 +50,14 @@ DEFAULT_NUM_SAMPLES = 10_000  # as in the tutorial
 def plan_generation(run_dir: Path | str, checkpoint: str = "best", num_samples: int = DEFAULT_NUM_SAMPLES,
                     fmt: str = "npz", seed: int | None = None, dest: Path | str | None = None,
                     per_class: int | None = None, device: str | None = None,
-                    batch_size: int | None = None) -> dict[str, Any]:
+                    batch_size: int | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Resolve what to generate, checking everything before any work; ``GanlibError`` (one line) if wrong.
 
     Returns the arguments of ``generate_task``: checkpoint path, dest, num_samples, seed, fmt,
     device, batch_size, class_names, use_ema. ``per_class`` (conditional runs only) sets
-    num_samples to per_class x the number of classes.
+    num_samples to per_class x the number of classes. A ``dest`` that is an existing directory gets the
+    default file name inside it; an existing file or folder is replaced only with ``overwrite``, and
+    nothing is ever written among a run's checkpoints.
     """
     paths = RunDir(Path(run_dir))
     config = paths.load_config()
@@ -70,12 +73,28 @@ def plan_generation(run_dir: Path | str, checkpoint: str = "best", num_samples: 
         num_samples = per_class * int(manifest.get("num_classes") or 0)
     if seed is None:  # the gallery's latents: the first images are those of gallery/samples.npz
         seed = config.gallery_seed + GALLERY_NOISE_OFFSET
+    name = f"{path.stem}-seed{seed}-n{num_samples}"
+    default_name = f"{name}.npz" if fmt == "npz" else name
     if dest is None:
-        name = f"{path.stem}-seed{seed}-n{num_samples}"
-        dest = paths.root / "generated" / (f"{name}.npz" if fmt == "npz" else name)
+        dest = paths.root / "generated" / default_name
+    else:
+        dest = Path(dest)
+        if dest.is_dir() and not (fmt == "png" and (dest / "meta.json").is_file()):  # not an earlier PNG export:
+            dest = dest / default_name  # a directory to write into
+        _check_destination(dest, paths, overwrite)
     return {"checkpoint": str(path), "dest": str(dest), "num_samples": num_samples, "seed": seed, "fmt": fmt,
             "device": device or config.device, "batch_size": batch_size or config.eval.batch_size,
             "class_names": manifest.get("class_names"), "use_ema": getattr(config.eval, "use_ema", True)}
+
+
+def _check_destination(dest: Path, run: RunDir, overwrite: bool) -> None:
+    """A one-line ``ConfigError`` for a destination that would destroy something."""
+    where = dest.resolve()
+    if run.checkpoints.resolve() in (where, *where.parents) or list_checkpoints(where.parent):
+        raise ConfigError(f"--dest: {dest} is among a run's checkpoints; samples are never written there, "
+                          "choose another --dest")
+    if dest.exists() and not overwrite:
+        raise ConfigError(f"--dest: {dest} exists; add --overwrite to replace it, or choose another --dest")
 
 
 def _flow_run_name() -> str:
@@ -86,9 +105,11 @@ def _flow_run_name() -> str:
 @flow(name="generate-samples", flow_run_name=_flow_run_name, log_prints=True)
 def generate_samples(run_dir: str, checkpoint: str = "best", num_samples: int = DEFAULT_NUM_SAMPLES,
                      fmt: str = "npz", seed: int | None = None, dest: str | None = None,
-                     per_class: int | None = None, device: str | None = None) -> dict[str, Any]:
+                     per_class: int | None = None, device: str | None = None,
+                     overwrite: bool = False) -> dict[str, Any]:
     """Generate ``num_samples`` images from a checkpoint of the run in ``run_dir``; returns where and how."""
-    plan = plan_generation(run_dir, checkpoint, num_samples, fmt, seed, dest, per_class, device)
+    plan = plan_generation(run_dir, checkpoint, num_samples, fmt, seed, dest, per_class, device,
+                           overwrite=overwrite)
     record = generate_task(**plan)
     print(f"wrote {record['num_samples']} images to {record['path']} ({record['checkpoint']}, "
           f"step {record['step']}, seed {record['seed']}, {record['weights']} weights)")
@@ -110,18 +131,20 @@ def _main(argv: list[str] | None) -> int:
                         help="npz file (default) or PNG folder")
     parser.add_argument("--seed", type=int, help="latent seed (default: the run's gallery seed)")
     parser.add_argument("--dest",
-                        help="where to write (default: <run>/generated/<checkpoint>-seed<S>-n<N>[.npz])")
+                        help="where to write: a file (npz) or folder (png), or a directory to write into "
+                        "(default: <run>/generated/<checkpoint>-seed<S>-n<N>[.npz])")
+    parser.add_argument("--overwrite", action="store_true", help="replace --dest if it exists")
     add_device_flag(parser)
     add_dry_run(parser, "the plan (checkpoint, destination, number of images, seed, device, ...)")
     args = parser.parse_args(argv)
     run_dir = str(Path(args.out) / args.run_id)
     # Checked here first: a mistake fails in a second, not after the Prefect server has started.
     plan = plan_generation(run_dir, args.checkpoint, args.num_samples, args.format, args.seed, args.dest,
-                           args.per_class, args.device)
+                           args.per_class, args.device, overwrite=args.overwrite)
     if args.dry_run:
         return print_json(plan)
     record = generate_samples(run_dir, args.checkpoint, args.num_samples, args.format, args.seed,
-                              args.dest, args.per_class, args.device)
+                              args.dest, args.per_class, args.device, overwrite=args.overwrite)
     print(f"done: {record['path']}  {record['num_samples']} images  seed {record['seed']}  "
           f"step {record['step']}")
     return 0

@@ -99,3 +99,26 @@ def test_generate_flow_writes_npz_and_png_with_the_seed(run, prefect_harness, tm
     assert (meta["seed"], meta["checkpoint"], meta["files"]) == (11, "step_000012.pt", 7)
     assert sorted(p.name for p in folder.glob("*.png")) == [f"{i:06d}.png" for i in range(7)]
     assert Image.open(folder / "000003.png").size == (28, 28)
+
+
+def test_dest_never_destroys_a_checkpoint_or_an_existing_file(run, tmp_path):
+    """Issue #22: --dest <run>/checkpoints/step_000006.pt turned a checkpoint into an npz, with exit 0."""
+    checkpoint = run.run_dir / "checkpoints" / "step_000006.pt"
+    before = checkpoint.read_bytes()
+    for dest in (checkpoint, run.run_dir / "checkpoints" / "samples.npz"):
+        with pytest.raises(ConfigError, match=r"^--dest: .* is among a run's checkpoints; samples are never"):
+            plan_generation(run.run_dir, dest=dest, overwrite=True)
+    existing = tmp_path / "mine.npz"
+    existing.write_bytes(b"precious")
+    with pytest.raises(ConfigError, match=r"^--dest: .*mine.npz exists; add --overwrite to replace it"):
+        plan_generation(run.run_dir, dest=existing)
+    assert plan_generation(run.run_dir, dest=existing, overwrite=True)["dest"] == str(existing)
+    assert existing.read_bytes() == b"precious" and checkpoint.read_bytes() == before
+
+
+def test_dest_that_is_a_directory_gets_the_default_name_inside(run, tmp_path):
+    seed = run.seed + GALLERY_NOISE_OFFSET
+    plan = plan_generation(run.run_dir, dest=tmp_path, num_samples=7)
+    assert plan["dest"] == str(tmp_path / f"step_000006-seed{seed}-n7.npz")
+    png = plan_generation(run.run_dir, dest=tmp_path, num_samples=7, fmt="png")
+    assert png["dest"] == str(tmp_path / f"step_000006-seed{seed}-n7")
