@@ -29,6 +29,9 @@ from PIL import Image, ImageOps
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 RESAMPLE = Image.Resampling.LANCZOS
 RESAMPLE_NAME = "lanczos"
+# Larger images are skipped (listed in the manifest with the reason): a 170-megapixel PNG took 3.3 GB in a
+# worker before its resize. JPEGs are first decoded at a reduced scale (draft), so only huge ones are.
+MAX_DECODE_PIXELS = 64_000_000
 
 _BACKGROUND = {"white": 255, "black": 0}
 _ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
@@ -133,12 +136,17 @@ def decode_file(path: str, spec: ImageSpec) -> tuple[np.ndarray, bool]:
                 if im.format == "JPEG" and min(im.size) >= 2 * spec.size:
                     # Decode at a reduced DCT scale that still keeps the shorter side >= 2 * size.
                     im.draft(im.mode, (2 * spec.size, 2 * spec.size))
+                if im.width * im.height > MAX_DECODE_PIXELS:  # what a worker may hold at full size
+                    raise ImageSkipped(f"{im.width}x{im.height} pixels is above the {MAX_DECODE_PIXELS / 1e6:g}-"
+                                       "megapixel decoding budget that bounds preparation's memory; downscale it first")
                 im.load()
                 upscaled = min(im.size) < spec.size
                 if im.getexif().get(_ORIENTATION, 1) != 1:  # most files have none: skip the copy
                     im = ImageOps.exif_transpose(im)
                 im = square_resize(normalise_mode(im, spec.channels, spec.background), spec.size)
                 array = np.asarray(im, dtype=np.uint8)
+    except ImageSkipped:
+        raise
     except Image.UnidentifiedImageError:
         raise ImageSkipped("not a readable image (unknown format, empty, or not an image at all)") from None
     except Exception as err:  # noqa: BLE001  decoders raise many types on bad input; each is a reason

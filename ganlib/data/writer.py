@@ -12,15 +12,22 @@ in flight, so memory is bounded by ``window`` x chunk size whatever the dataset'
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
+import logging
 import multiprocessing as mp
 import os
+import signal
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+
+from ganlib.errors import DataError
 
 _MAGIC = b"\x93NUMPY\x01\x00"
 _ALIGN = 64  # numpy aligns the data of .npy files to 64 bytes
@@ -135,14 +142,33 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _worker_start() -> None:
+    """Start a decoding worker clean of what it inherits from its parent through fork.
+
+    A flow's process has Prefect's SIGTERM handler (it raises ``TerminationSignal`` and reports to the
+    API) and logging handlers with threads and locks behind them. A forked worker running those hangs
+    on a lock another thread of the parent held at fork time, which left a preparation under the flow
+    waiting forever. Workers get the default SIGTERM (die at once), ignore SIGINT (Ctrl-C is the
+    parent's to handle) and log nowhere.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.root.handlers.clear()
+    for logger in logging.root.manager.loggerDict.values():
+        if isinstance(logger, logging.Logger):
+            logger.handlers.clear()
+            logger.propagate = False
+
+
 def map_ordered(fn: Callable[[Any], R], items: Iterable[tuple[M, Any]], workers: int,
                 window: int | None = None) -> Iterator[tuple[M, R]]:
     """Yield (meta, fn(task)) for each (meta, task) of ``items``, in order, using ``workers`` processes.
 
     At most ``window`` (default 2 x workers) tasks are submitted and not yet consumed, so the
-    results waiting in memory are bounded. ``workers <= 1`` runs in this process. Closing the
-    generator early (the consumer has enough) terminates the pool. ``fn`` and the tasks must be
-    picklable where the platform starts workers by spawning.
+    results waiting in memory are bounded. ``workers <= 1`` runs in this process. A worker that
+    dies (killed, out of memory) raises ``DataError`` at once instead of leaving the wait hanging.
+    Closing the generator early (the consumer has enough, or failed) stops the workers. ``fn`` and
+    the tasks must be picklable where the platform starts workers by spawning.
     """
     if workers <= 1:
         for meta, task in items:
@@ -150,22 +176,34 @@ def map_ordered(fn: Callable[[Any], R], items: Iterable[tuple[M, Any]], workers:
         return
     window = window or 2 * workers
     # fork is the cheapest start on Linux and does not re-import the caller's main module (a flow
-    # script importing Prefect). The workers only decode images with numpy and Pillow; they never
-    # touch the threads or locks the parent may hold (Prefect's event loop, torch's pools).
+    # script importing Prefect); ``_worker_start`` drops what the workers must not inherit.
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
-        pool = mp.get_context(method).Pool(workers)
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_worker_start)
     try:
         pending: collections.deque = collections.deque()
+
+        def oldest() -> tuple[M, R]:
+            meta0, future = pending.popleft()
+            try:
+                return meta0, future.result()
+            except BrokenProcessPool:
+                codes = [p.exitcode for p in list((getattr(pool, "_processes", None) or {}).values())]
+                killed = [c for c in codes if c is not None and c < 0]
+                why = (f"killed by signal {-killed[0]}" + (" (out of memory?)" if -killed[0] == signal.SIGKILL else "")
+                       if killed else "exited unexpectedly")
+                raise DataError(f"data preparation: a decoding worker {why}; run again, with --image-size smaller "
+                                "images or fewer workers if memory is short") from None
+
         for meta, task in items:
-            pending.append((meta, pool.apply_async(fn, (task,))))
+            pending.append((meta, pool.submit(fn, task)))
             if len(pending) >= window:
-                meta0, result = pending.popleft()
-                yield meta0, result.get()
+                yield oldest()
         while pending:
-            meta0, result = pending.popleft()
-            yield meta0, result.get()
+            yield oldest()
     finally:
-        pool.terminate()
-        pool.join()
+        for process in list((getattr(pool, "_processes", None) or {}).values()):  # no waiting for tasks nobody wants
+            with contextlib.suppress(OSError):
+                process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)

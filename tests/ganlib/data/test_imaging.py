@@ -153,3 +153,17 @@ def test_arrays_convert_like_images():
     assert out.shape == (28, 28, 3) and (out == 255).all()
     out, up = convert_array(gray, ImageSpec(32, "auto"))
     assert out.shape == (32, 32, 1) and up
+
+
+def test_images_above_the_decoding_budget_are_skipped_with_the_reason(tmp_path, monkeypatch):
+    """Issue #22: 170-megapixel PNGs took 3.3 GB per worker before their resize; the budget bounds it."""
+    import ganlib.data.imaging as imaging
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (40, 30), (10, 20, 30)).save(path)
+    monkeypatch.setattr(imaging, "MAX_DECODE_PIXELS", 1000)  # 40 x 30 = 1200 pixels
+    with pytest.raises(ImageSkipped, match=r"^40x30 pixels is above the 0.001-megapixel decoding budget"):
+        decode_file(str(path), ImageSpec(size=28, channels="rgb", background="white"))
+    monkeypatch.setattr(imaging, "MAX_DECODE_PIXELS", 1200)
+    array, upscaled = decode_file(str(path), ImageSpec(size=28, channels="rgb", background="white"))
+    assert array.shape == (28, 28, 3) and not upscaled
