@@ -127,6 +127,10 @@ def decode_file(path: str, spec: ImageSpec) -> tuple[np.ndarray, bool]:
     file that cannot be decoded completely (missing, unreadable, not an image, truncated, corrupt).
     """
     try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # os.fsdecode's surrogates: such a name breaks manifests, logs and reports
+        raise ImageSkipped("file name is not valid UTF-8; rename the file to use it") from None
+    try:
         with warnings.catch_warnings():
             # Pillow warns (and then errors) on decompression bombs; the error is what we report.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -78,7 +78,9 @@ class Inputs:
 
     def add(self, path: Path | str, name: str | None = None) -> None:
         st = os.stat(path)
-        self._hash.update(f"{name or Path(path).name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        # surrogateescape: a file name that is not valid UTF-8 still has an identity (decoding skips it)
+        line = f"{name or Path(path).name}\0{st.st_size}\0{st.st_mtime_ns}\n"
+        self._hash.update(line.encode(errors="surrogateescape"))
         self.count += 1
         self.bytes += st.st_size
 

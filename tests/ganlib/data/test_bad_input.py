@@ -386,3 +386,14 @@ def test_a_symlink_cycle_in_a_class_folder_is_walked_once(tmp_path, class_folder
     (class_folder / "cat" / "loop").symlink_to(class_folder / "cat", target_is_directory=True)
     path = prepare_dataset(cfg(dataset="folder", data_root=class_folder), tmp_path / "out")
     assert json.loads((path / "manifest.json").read_text())["count"] == 10
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_listed(tmp_path, class_folder, make):
+    """Issue #22: one such name made preparation fail with UnicodeEncodeError."""
+    good = (class_folder / "cat" / "c0.png").read_bytes()
+    with open(os.path.join(os.fsencode(class_folder / "cat"), b"bad\xff.png"), "wb") as f:
+        f.write(good)
+    path = prepare_dataset(cfg(dataset="folder", data_root=class_folder, image_size=32), tmp_path / "out")
+    m = json.loads((path / "manifest.json").read_text())
+    assert m["count"] == 10 and [s["reason"] for s in m["skipped"]] == [
+        "file name is not valid UTF-8; rename the file to use it"]
