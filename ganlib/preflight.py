@@ -36,11 +36,17 @@ def check_run(cfg: RunConfig) -> None:
 
 
 def _known_image_count(cfg: RunConfig) -> int | None:
-    """The dataset's size when it is known without reading the source: generated, or already prepared."""
+    """The dataset's size (or a bound on it) when known without decoding: generated, already prepared, or
+    a folder's image files counted (some may turn out unreadable, so the store can only be smaller)."""
+    from ganlib.data.sources import locate
     from ganlib.data.store import read_store_manifest, store_path
 
     limit = cfg.data.limit or float("inf")
     if cfg.data.dataset == "digits":
         return int(min(cfg.data.num_images, limit))
     manifest = read_store_manifest(store_path(cfg.data, cfg.out))
-    return None if manifest is None else int(manifest["count"])
+    if manifest is not None:
+        return int(manifest["count"])
+    if cfg.data.dataset in ("folder", "celeba") and not cfg.data.classes:
+        return int(min(locate(cfg.data).inputs.count, limit))
+    return None

@@ -397,3 +397,21 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_listed(tmp_path, class_fold
     m = json.loads((path / "manifest.json").read_text())
     assert m["count"] == 10 and [s["reason"] for s in m["skipped"]] == [
         "file name is not valid UTF-8; rename the file to use it"]
+
+
+def test_cli_a_batch_larger_than_a_folder_fails_before_any_work(tmp_path, capsys, make, monkeypatch):
+    """Issue #22: 3 images with --batch-size 32 failed only after the server started and the store was made."""
+    import flows.train
+    from flows.train import main
+
+    monkeypatch.setattr(flows.train, "gan_pipeline", lambda *a, **k: pytest.fail("the pipeline must not start"))
+    root = tmp_path / "three"
+    for i in range(3):
+        make.save(make.pattern(32, 32, 3, i), root / f"{i}.png")
+    out = tmp_path / "out"
+    code = main(["--dataset", "folder", "--data-root", str(root), "--image-size", "32", "--batch-size", "32",
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err == ("error: train.batch_size: 32 is larger than the dataset (3 images); "
+                                 "use --batch-size 3 or less\n")
+    assert not out.exists()
