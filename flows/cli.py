@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import traceback
 import types
@@ -236,17 +237,27 @@ def run_main(body: Callable[[list[str] | None], int | None], argv: list[str] | N
 
     0: done (or the code ``body`` returns). 1: failed, an unexpected exception (a bug), printed with
     its traceback. 2: a user error, a ``GanlibError``, printed as one line ``error: ...`` without a
-    traceback (argparse's mistakes exit 2 the same way, see ``OneLineParser``). 130: interrupted
-    (Ctrl-C), with ``on_interrupt`` saying how to go on from there.
+    traceback (argparse's mistakes exit 2 the same way, see ``OneLineParser``). 130 / 143: interrupted by
+    SIGINT (Ctrl-C) / SIGTERM, as 128 + the signal, with one line saying how to go on from there (training
+    checkpoints the step it was on first: ``tasks.common.StopSignals``).
     """
+    from prefect.exceptions import TerminationSignal
+
+    from tasks.common import RunInterrupted
+
     try:
         code = body(argv)
     except GanlibError as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted" + (f": {on_interrupt}" if on_interrupt else ""), file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except RunInterrupted as err:  # a stage stopped politely on a signal, its work saved
+        print(first_line(err), file=sys.stderr)
+        return 128 + err.signum
+    except (KeyboardInterrupt, TerminationSignal) as err:
+        signum = getattr(err, "signal", None) or signal.SIGINT
+        print(f"interrupted by {signal.Signals(signum).name}" + (f": {on_interrupt}" if on_interrupt else ""),
+              file=sys.stderr)
+        return 128 + signum
     except Exception:
         traceback.print_exc()
         return EXIT_FAILED

@@ -37,6 +37,7 @@ from flows.cli import (  # before prefect: importing flows sets the project's Pr
 from prefect import flow, runtime
 from pydantic import Field
 
+from flows.server import temporary_server
 from flows.train import gan_pipeline
 from ganlib.config import DEVICE_PATTERN, RUN_ID_PATTERN, RunConfig, build_config, set_dotted
 from ganlib.errors import RunError
@@ -130,7 +131,8 @@ def _main(argv: list[str] | None) -> int:
     config = continued_config(args.run_id, args.out, args.more_steps, args.device)  # fail before Prefect starts
     if args.dry_run:
         return print_json(config)
-    summary = continue_training(args.run_id, args.out, args.more_steps, args.device)
+    with temporary_server():
+        summary = continue_training(args.run_id, args.out, args.more_steps, args.device)
     best = summary["best"]
     print(f"done: {summary['run_dir']}  step {summary['train']['final_step']}  best {best['checkpoint']}  "
           f"FD {best['fd']:.2f}")

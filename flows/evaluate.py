@@ -42,6 +42,7 @@ from flows.cli import (  # before prefect: importing flows sets the project's Pr
 # isort: split
 from prefect import flow, runtime
 
+from flows.server import temporary_server
 from ganlib.config import RunConfig
 from ganlib.data.sources import check_source
 from ganlib.data.store import store_path
@@ -150,7 +151,8 @@ def _main(argv: list[str] | None) -> int:
     config = plan_evaluation(run_dir, settings, args.device)
     if args.dry_run:
         return print_json(config)
-    result = evaluate_existing_run(run_dir, settings, args.device, args.rescore, not args.no_gallery)
+    with temporary_server():
+        result = evaluate_existing_run(run_dir, settings, args.device, args.rescore, not args.no_gallery)
     print(f"done: {run_dir}  best {Path(result['best_checkpoint']).name} ({result['best_generator']})  "
           f"table {result['eval_table']}")
     return 0

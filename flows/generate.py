@@ -38,6 +38,7 @@ from flows.cli import (  # before prefect: importing flows sets the project's Pr
 # isort: split
 from prefect import flow, runtime
 
+from flows.server import temporary_server
 from ganlib.errors import ConfigError
 from ganlib.rendering.gallery import GALLERY_NOISE_OFFSET, resolve_checkpoint
 from ganlib.runs.checkpoint import list_checkpoints
@@ -143,8 +144,9 @@ def _main(argv: list[str] | None) -> int:
                            args.per_class, args.device, overwrite=args.overwrite)
     if args.dry_run:
         return print_json(plan)
-    record = generate_samples(run_dir, args.checkpoint, args.num_samples, args.format, args.seed,
-                              args.dest, args.per_class, args.device, overwrite=args.overwrite)
+    with temporary_server():
+        record = generate_samples(run_dir, args.checkpoint, args.num_samples, args.format, args.seed,
+                                  args.dest, args.per_class, args.device, overwrite=args.overwrite)
     print(f"done: {record['path']}  {record['num_samples']} images  seed {record['seed']}  "
           f"step {record['step']}")
     return 0

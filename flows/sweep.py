@@ -53,6 +53,7 @@ from prefect.logging.handlers import APILogHandler
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
+from flows.server import temporary_server
 from ganlib.config import RunConfig, build_config
 from ganlib.errors import first_line
 from ganlib.sweep import (
@@ -214,7 +215,8 @@ def _main(argv: list[str] | None) -> int:
         })
     runner = task_runner(args.runner, args.workers, args.dask_address)
     with api_for_worker_processes(args.runner):
-        result = gan_sweep.with_options(task_runner=runner)(grid, args.sweep_id, base)
+        with temporary_server():
+            result = gan_sweep.with_options(task_runner=runner)(grid, args.sweep_id, base)
     print(f"done: {result['table']}  {result['members']} members, {result['failed']} failed  "
           f"plot {result['plot']}")
     return 1 if result["failed"] else 0

@@ -38,6 +38,7 @@ from flows.cli import (  # before prefect: importing flows sets the project's Pr
 from prefect import flow, runtime
 from pydantic import ValidationError
 
+from flows.server import temporary_server
 from ganlib.config import RUN_ID_PATTERN, RunConfig, build_config
 from ganlib.preflight import check_run
 from ganlib.runs.files import remove_temporary_files
@@ -100,7 +101,8 @@ def _main(argv: list[str] | None) -> int:
     if dry_run:
         return print_json(config)
     check_run(config)  # fail in a second, not after the Prefect server has started
-    summary = gan_pipeline(config)
+    with temporary_server():
+        summary = gan_pipeline(config)
     best = summary["best"]
     print(f"done: {summary['run_dir']}  best {best['checkpoint']}  FD {best['fd']:.2f}  "
           f"IS {best['is_mean']:.2f}  classes {best['classes_present']}  "

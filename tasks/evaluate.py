@@ -13,7 +13,8 @@ from ganlib.runs.paths import RunDir
 from tasks.common import RETRIES, artifact_key, retry_unless_user_error
 
 TABLE_COLUMNS = ["step", "checkpoint", "generator", "fd", "kid_mean", "is_mean", "is_std", "precision", "recall",
-                 "density", "coverage", "classes_present", "rarest_class_fraction", "inception_fid",
+                 "density", "coverage", "classes_present", "rarest_class_fraction", "ssl_fd", "ssl_kid_mean",
+                 "ssl_precision", "ssl_recall", "ssl_coverage", "inception_fid",
                  "inception_kid_mean", "inception_is_mean", "memorisation_fraction", "num_samples", "best"]
 
 

@@ -7,6 +7,7 @@ retried, resuming) when any of them fails; the launcher kills them all on timeou
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from ganlib.config import RunConfig
 from ganlib.runs.device import configure_backends, resolve_device
 from ganlib.training import train
 from ganlib.training.launch import launch
-from tasks.common import RETRIES, artifact_key, retry_unless_user_error
+from tasks.common import RETRIES, RunInterrupted, StopSignals, artifact_key, retry_unless_user_error
 
 PROGRESS_EVERY_S = 5.0  # the UI needs a glance, not a per-step stream
 
@@ -42,6 +43,11 @@ def train_task(config: RunConfig, store_dir: str) -> dict:
             return {}
     else:
         configure_backends(config.train.precision, resolve_device(config.device))
-        result = train(config, Path(store_dir), on_progress=on_progress).to_dict()
+        with StopSignals().installed() as stop:
+            result = train(config, Path(store_dir), on_progress=on_progress, should_stop=stop.requested).to_dict()
+        if stop.signum is not None and result["stopped_early"]:
+            raise RunInterrupted(f"interrupted by {signal.Signals(stop.signum).name}: checkpointed at step "
+                                 f"{result['final_step']} of {result['total_steps']}; run again with --run-id "
+                                 f"{config.run_id} to resume from there", stop.signum)
     update_progress_artifact(progress_id, 100.0 * result["final_step"] / result["total_steps"])
     return result

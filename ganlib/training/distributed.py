@@ -149,6 +149,11 @@ class ProcessContext:
         """Whether this process writes the run's files (rank 0 only)."""
         return self.rank == 0
 
+    @property
+    def decides_alone(self) -> bool:
+        """Whether a stop can be acted on at any step (one process), or only where all ranks agree."""
+        return self.world_size == 1
+
     @contextlib.contextmanager
     def run_lock(self, run_dir: Path) -> Iterator[None]:
         """Hold the run's lock for the duration, where this process is the one that must."""

@@ -172,9 +172,12 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
                                     state.ema, ctx.step_noise(state.noise, cfg.seed, state.step), y)
         filled, state.step = filled + 1, state.step + 1
         last = state.step == num_steps
+        stop_requested = should_stop is not None and should_stop()  # a Python flag: no sync
 
         # (3) Every log_every steps: copy the scalars to the host, check health, report, maybe stop.
-        if filled == t.log_every or last or state.step % t.checkpoint_every == 0:
+        # A stop request is served at once where this process decides alone, else at the next flush.
+        if (filled == t.log_every or last or state.step % t.checkpoint_every == 0
+                or (stop_requested and ctx.decides_alone)):
             values = ctx.mean_over_ranks(window[:filled]).cpu().tolist()  # the loop's one host sync
             monitor.check_finite(state.step, values)
             monitor.observe(state.step, values)
@@ -187,8 +190,7 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
             _report(rows[-1], num_steps, batch, t.max_minutes, now - t_start, on_progress)
             filled, t_flush = 0, time.perf_counter()
             out_of_time = t.max_minutes is not None and now - t_start > 60 * t.max_minutes
-            stop = out_of_time or (should_stop is not None and should_stop())
-            if not last and ctx.any_rank(stop):  # every rank stops at the same step, or none does
+            if not last and ctx.any_rank(out_of_time or stop_requested):  # all ranks stop at one step, or none
                 stopped_early = True
                 save()
                 log.info("%s: checkpointed at step %d", "time budget spent" if out_of_time else "stop requested",

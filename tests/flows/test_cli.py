@@ -3,6 +3,7 @@ import importlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -168,7 +169,23 @@ def test_run_main_exit_codes(capsys):
         raise KeyboardInterrupt
 
     assert run_main(interrupted, on_interrupt="run again with the same --run-id") == 130
-    assert capsys.readouterr().err == "interrupted: run again with the same --run-id\n"
+    assert capsys.readouterr().err == "interrupted by SIGINT: run again with the same --run-id\n"
+
+    def terminated(argv):  # Prefect's SIGTERM handler, outside training
+        from prefect.exceptions import TerminationSignal
+
+        raise TerminationSignal(signal=signal.SIGTERM)
+
+    assert run_main(terminated, on_interrupt="run again") == 143
+    assert capsys.readouterr().err == "interrupted by SIGTERM: run again\n"
+
+    def stopped(argv):  # training stopped on a signal and checkpointed (tasks.common.StopSignals)
+        from tasks.common import RunInterrupted
+
+        raise RunInterrupted("interrupted by SIGTERM: checkpointed at step 7 of 9; run again\nmore", signal.SIGTERM)
+
+    assert run_main(stopped) == 143
+    assert capsys.readouterr().err == "interrupted by SIGTERM: checkpointed at step 7 of 9; run again\n"
 
     def user_error(argv):
         raise ConfigError("model.name: 'vae' is not a model\nsecond line")

@@ -118,8 +118,8 @@ def test_stop_request_checkpoints_and_returns(tiny):
     cfg = tiny(run_id="stop")
     store = prepare_dataset(cfg.data, cfg.out)
     result = train(cfg, store, should_stop=lambda: True)
-    assert result.stopped_early and result.final_step == 4
-    assert latest_checkpoint(cfg.run_dir / "checkpoints")[1]["step"] == 4
+    assert result.stopped_early and result.final_step == 1  # served after the first step, not at a flush
+    assert latest_checkpoint(cfg.run_dir / "checkpoints")[1]["step"] == 1
 
 
 def test_load_generator_gives_an_eval_mode_generator(tiny):
@@ -256,3 +256,17 @@ def test_cuda_training_with_bf16_and_the_speed_defaults_checkpoints_for_the_cpu(
     assert load_checkpoint(path)["opt_g"]["param_groups"][0]["fused"] is True
     g, _ = load_generator(path, "cpu")
     assert g(torch.randn(2, 100)).shape == (2, 1, 28, 28)
+
+
+def test_a_stop_request_is_served_at_the_step_it_arrives_in_one_process(tiny):
+    """Not at the next flush: a slow model flushes every few minutes, a preemption grants seconds."""
+    cfg = tiny(train__steps=40, train__log_every=20, train__checkpoint_every=40).resolved()
+    calls = []
+
+    def should_stop() -> bool:
+        calls.append(1)
+        return len(calls) >= 7  # asked after every step: true from step 7
+
+    result = train(cfg, prepare_dataset(cfg.data, cfg.out), should_stop=should_stop)
+    assert result.stopped_early and result.final_step == 7
+    assert [p.rsplit("/", 1)[-1] for p in result.checkpoints] == ["step_000007.pt"]

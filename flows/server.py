@@ -1,0 +1,72 @@
+"""The temporary Prefect server of a local run, owned by the run: in a session of its own, and gone with it.
+
+Without ``PREFECT_API_URL`` Prefect starts a temporary server as a child in the caller's process group.
+Ctrl-C at the terminal then reached the server too, which died at once while training went on, and
+every later call to the API failed and was retried for minutes; a SIGKILLed run left its server
+running (one was still up 45 minutes later). Here the server is started in its own session (the
+terminal's signals reach only the run, which stops politely and then stops the server) and, on Linux,
+is sent SIGTERM by the kernel when the process that started it dies, however it died.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import prefect
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
+from prefect.server.api.server import SubprocessASGIServer
+from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+# Runs in the server's process before it becomes uvicorn: die with the parent (Linux's
+# PR_SET_PDEATHSIG survives exec), then exec the command Prefect would have run.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "if sys.platform.startswith('linux'):\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
+    "    if os.getppid() != int(sys.argv[1]):\n"
+    "        sys.exit(1)  # the parent died before prctl took effect\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
+)
+
+
+class OwnedServer(SubprocessASGIServer):
+    """Prefect's temporary server (its command and environment as Prefect 3 builds them), started in its
+    own session and tied to this process's life."""
+
+    def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
+        uvicorn = ["-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
+                   "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+                   "--log-level", "error", "--lifespan", "on"]
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+               "PREFECT__SERVER_FINAL": "1", **get_current_settings().to_environment_variables(exclude_unset=True)}
+        return subprocess.Popen([sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *uvicorn], env=env,
+                                start_new_session=True)
+
+
+@contextlib.contextmanager
+def temporary_server() -> Iterator[str | None]:
+    """Point Prefect at a temporary server owned by this process, unless an API URL is configured.
+
+    Yields the API URL used (None when one was configured: a real server, or a test harness's).
+    """
+    if PREFECT_API_URL.value():
+        yield None
+        return
+    server = OwnedServer()
+    server.start()
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            try:
+                yield server.api_url
+            finally:  # the run's last logs and events go to the server while it is there (else: retries at exit)
+                for service in (APILogWorker, EventsWorker):
+                    with contextlib.suppress(Exception):
+                        service.drain_all(timeout=5)
+    finally:
+        server.stop()

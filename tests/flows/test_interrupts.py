@@ -1,0 +1,80 @@
+"""Stopping a run politely: SIGTERM (preemption, a cancelled flow run, kill) and SIGINT (Ctrl-C) make
+training finish its step, checkpoint it, and exit 143 / 130 with one line saying how to resume; no
+process of the run outlives it; the resumed run ends exactly where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+SETTINGS = {
+    "device": "cpu", "data": {"dataset": "digits", "num_images": 400}, "model": {"name": "mlp", "hidden_dim": 64},
+    "train": {"steps": 2000, "batch_size": 32, "checkpoint_every": 1000, "log_every": 50},
+    "eval": {"num_samples": 200, "classifier_steps": 30, "batch_size": 100}, "gallery": {"num_samples": 50},
+}
+
+
+def _start(tmp: Path, run_id: str) -> tuple[subprocess.Popen, Path]:
+    config = tmp / "config.json"
+    config.write_text(json.dumps(SETTINGS))
+    log = tmp / f"{run_id}.log"
+    proc = subprocess.Popen([sys.executable, "flows/train.py", "--config", str(config), "--run-id", run_id,
+                             "--out", str(tmp / "out")], cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            env={**__import__("os").environ, "PYTHONUNBUFFERED": "1"})
+    return proc, log
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, weights_only=True)
+    return {f"{part}.{k}": v for part in ("generator", "generator_ema", "discriminator")
+            for k, v in state[part].items()}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reference")
+    proc, log = _start(tmp, "ref")
+    assert proc.wait(timeout=600) == 0, log.read_text()[-2000:]
+    return tmp / "out" / "ref"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_checkpoints_the_step_exits_politely_and_the_resume_is_exact(reference, tmp_path, signum):
+    proc, log = _start(tmp_path, "r")
+    at_step = random.Random(signum).choice([300, 650, 1200, 1550])
+    deadline = time.monotonic() + 300
+    while f"step {at_step}/" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.05)
+    family = [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+    assert len(family) >= 2  # the run and its temporary Prefect server
+    proc.send_signal(signum)
+    sent = time.monotonic()
+    code = proc.wait(timeout=60)
+    assert code == 128 + signum and time.monotonic() - sent < 30
+    last = log.read_text().strip().splitlines()[-1]
+    name = signal.Signals(signum).name
+    assert last.startswith(f"interrupted by {name}: checkpointed at step ") and "--run-id r to resume" in last
+    stopped_at = int(last.split("checkpointed at step ")[1].split()[0])
+    assert at_step <= stopped_at < at_step + 100  # the step it was on, not the next multiple of 1000
+    assert (tmp_path / "out" / "r" / "checkpoints" / f"step_{stopped_at:06d}.pt").is_file()
+    while any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in family):
+        assert time.monotonic() - sent < 30, "a process of the run outlived it"
+        time.sleep(0.1)
+
+    resumed, log = _start(tmp_path, "r")
+    assert resumed.wait(timeout=600) == 0, log.read_text()[-2000:]
+    assert f"resuming run r from step_{stopped_at:06d}.pt" in log.read_text()
+    mine, theirs = (_tensors(d / "checkpoints" / "step_002000.pt") for d in (tmp_path / "out" / "r", reference))
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
