@@ -160,6 +160,17 @@ def _worker_start() -> None:
             logger.propagate = False
 
 
+def _why_it_died(workers: list) -> str:
+    """What ended the worker that broke the pool (the others are then terminated by the pool itself)."""
+    for process in workers:
+        process.join(timeout=5)  # its exit code is known once it is reaped
+    codes = [p.exitcode for p in workers if p.exitcode]
+    if -signal.SIGKILL in codes:
+        return "was killed (SIGKILL: out of memory?)"
+    killed = [c for c in codes if c < 0 and c != -signal.SIGTERM] or [c for c in codes if c < 0]
+    return f"was killed by signal {-killed[0]}" if killed else "exited unexpectedly"
+
+
 def map_ordered(fn: Callable[[Any], R], items: Iterable[tuple[M, Any]], workers: int,
                 window: int | None = None) -> Iterator[tuple[M, R]]:
     """Yield (meta, fn(task)) for each (meta, task) of ``items``, in order, using ``workers`` processes.
@@ -181,27 +192,21 @@ def map_ordered(fn: Callable[[Any], R], items: Iterable[tuple[M, Any]], workers:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
         pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_worker_start)
+    pending: collections.deque = collections.deque()
+    seen: list = []  # every worker started: the pool forgets a dead one before we can ask why it died
     try:
-        pending: collections.deque = collections.deque()
-
-        def oldest() -> tuple[M, R]:
-            meta0, future = pending.popleft()
-            try:
-                return meta0, future.result()
-            except BrokenProcessPool:
-                codes = [p.exitcode for p in list((getattr(pool, "_processes", None) or {}).values())]
-                killed = [c for c in codes if c is not None and c < 0]
-                why = (f"killed by signal {-killed[0]}" + (" (out of memory?)" if -killed[0] == signal.SIGKILL else "")
-                       if killed else "exited unexpectedly")
-                raise DataError(f"data preparation: a decoding worker {why}; run again, with --image-size smaller "
-                                "images or fewer workers if memory is short") from None
-
         for meta, task in items:
             pending.append((meta, pool.submit(fn, task)))
+            seen.extend(p for p in list((getattr(pool, "_processes", None) or {}).values()) if p not in seen)
             if len(pending) >= window:
-                yield oldest()
+                meta0, future = pending.popleft()
+                yield meta0, future.result()
         while pending:
-            yield oldest()
+            meta0, future = pending.popleft()
+            yield meta0, future.result()
+    except BrokenProcessPool:
+        raise DataError(f"data preparation: a decoding worker {_why_it_died(seen)}; run again, with --image-size "
+                        "smaller images or fewer workers if memory is short") from None
     finally:
         for process in list((getattr(pool, "_processes", None) or {}).values()):  # no waiting for tasks nobody wants
             with contextlib.suppress(OSError):
