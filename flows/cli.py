@@ -231,6 +231,16 @@ def print_json(value: Any) -> int:
 # --- how a command ends -------------------------------------------------------------------------------
 
 
+def scores_line(best: dict[str, Any]) -> str:
+    """The best checkpoint's headline scores for a CLI's last line: the domain classifier's FD and IS on
+    labelled data, the self-supervised space's FD where there are no labels (``fd`` is NaN there)."""
+    fd = best.get("fd")
+    if fd is not None and fd == fd:
+        return f"FD {fd:.2f}  IS {best['is_mean']:.2f}  classes {best['classes_present']}"
+    ssl_fd = best.get("ssl_fd")
+    return f"FD {ssl_fd:.2f} (self-supervised space)" if ssl_fd is not None else "FD nan (not scored)"
+
+
 def run_main(body: Callable[[list[str] | None], int | None], argv: list[str] | None = None, *,
              on_interrupt: str = "") -> int:
     """Run a CLI's ``body(argv)``; how it ends becomes the exit code every CLI here shares.

@@ -31,6 +31,7 @@ from flows.cli import (  # before prefect: importing flows sets the project's Pr
     cli_parser,
     print_json,
     run_main,
+    scores_line,
 )
 
 # isort: split
@@ -135,7 +136,7 @@ def _main(argv: list[str] | None) -> int:
         summary = continue_training(args.run_id, args.out, args.more_steps, args.device)
     best = summary["best"]
     print(f"done: {summary['run_dir']}  step {summary['train']['final_step']}  best {best['checkpoint']}  "
-          f"FD {best['fd']:.2f}")
+          f"{scores_line(best)}")
     return 0
 
 

@@ -117,7 +117,7 @@ def evaluate_existing_run(run_dir: str, eval_settings: dict[str, Any] | None = N
 # The EvalConfig fields the command line sets, each a flag of the field's own name (--num-seeds).
 EVAL_FIELDS = ("eval.num_samples", "eval.num_real", "eval.num_seeds", "eval.generators", "eval.select_metric",
                "eval.select_direction", "eval.inception", "eval.inception_weights", "eval.inception_weights_sha256",
-               "eval.memorisation", "eval.nearest_k", "eval.batch_size")
+               "eval.memorisation", "eval.nearest_k", "eval.batch_size", "eval.ssl_space", "eval.ssl_steps")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

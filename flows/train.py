@@ -32,6 +32,7 @@ from flows.cli import (  # before prefect: importing flows sets the project's Pr
     config_data,
     print_json,
     run_main,
+    scores_line,
 )
 
 # isort: split
@@ -104,8 +105,7 @@ def _main(argv: list[str] | None) -> int:
     with temporary_server():
         summary = gan_pipeline(config)
     best = summary["best"]
-    print(f"done: {summary['run_dir']}  best {best['checkpoint']}  FD {best['fd']:.2f}  "
-          f"IS {best['is_mean']:.2f}  classes {best['classes_present']}  "
+    print(f"done: {summary['run_dir']}  best {best['checkpoint']}  {scores_line(best)}  "
           f"gallery {summary['gallery']['grid_5x5']}")
     return 0
 

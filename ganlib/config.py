@@ -275,8 +275,8 @@ class EvalConfig(_Section):
     def _ssl_choices_need_the_space(self) -> EvalConfig:
         if not self.ssl_space and (self.memorisation == "ssl" or self.select_metric.startswith("ssl_")):
             what = "memorisation 'ssl'" if self.memorisation == "ssl" else f"select_metric {self.select_metric!r}"
-            raise ValueError(f"{what} needs ssl_space true (the self-supervised space); drop --no-ssl-space "
-                             "or choose another")
+            raise ValueError(f"{what} needs eval.ssl_space true (the self-supervised space); turn it on or "
+                             "choose another")
         return self
 
 

@@ -24,7 +24,7 @@ TINY_SETTINGS = {
     "data": {"dataset": "digits", "num_images": 400},
     "model": {"name": "dcgan", "ngf": 8, "ndf": 8},
     "train": {"steps": 12, "batch_size": 32, "checkpoint_every": 6, "log_every": 4},
-    "eval": {"num_samples": 200, "classifier_steps": 30, "batch_size": 100},
+    "eval": {"num_samples": 200, "classifier_steps": 30, "ssl_steps": 10, "batch_size": 100},
     "gallery": {"num_samples": 50},
 }
 

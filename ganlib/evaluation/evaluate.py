@@ -9,6 +9,11 @@ of the space:
   Columns ``fd`` (Fréchet distance), ``kid_mean``/``kid_std``, ``is_mean``/``is_std`` (classifier
   Inception Score), ``precision``, ``recall``, ``density``, ``coverage`` (k-NN manifolds, k =
   ``eval.nearest_k``), the class histogram, and ``class_accuracy`` for conditional runs.
+- **self-supervised** (every dataset, labelled or not, unless ``eval.ssl_space`` is off): a small
+  contrastive encoder trained once per dataset on the real images without labels
+  (``ganlib.evaluation.contrastive``). Columns ``ssl_fd``, ``ssl_kid_mean``/``_std``, ``ssl_precision``,
+  ``ssl_recall``, ``ssl_density``, ``ssl_coverage`` (no IS: the space has no classes). Unlabelled data
+  is scored and its best checkpoint chosen in this space.
 - **inception-v3** (torch-fidelity's network and weights, ``ganlib.evaluation.inception``): the standard
   ``inception_fid``, ``inception_kid_mean``/``_std``, ``inception_is_mean``/``_std`` and the same
   four k-NN metrics. ``inception_status`` says whether they were computed, or why not.
@@ -47,6 +52,8 @@ from ganlib.config import EvalConfig, RunConfig
 from ganlib.data.store import PreparedStore, load_store
 from ganlib.errors import DataError
 from ganlib.evaluation.classifier import DomainClassifier, classify, load_classifier, save_classifier, train_classifier
+from ganlib.evaluation.contrastive import ContrastiveEncoder, load_encoder, save_encoder, train_encoder
+from ganlib.evaluation.contrastive import embed as ssl_embed
 from ganlib.evaluation.inception import FEATURE_SPACE as INCEPTION_SPACE
 from ganlib.evaluation.inception import InceptionNet, inception_features, load_inception
 from ganlib.evaluation.memorisation import memorisation_scores, nearest_training, pixel_vectors, save_closest_pairs
@@ -70,7 +77,12 @@ from ganlib.sampling import fixed_noise, generate, load_generator, to_uint8, to_
 log = logging.getLogger("ganlib")
 
 FEATURE_SPACE = "domain-classifier"
+SSL_SPACE = "self-supervised"
 CLASSIFIER_VERSION = 1
+SSL_VERSION = 1  # part of the encoder's cache name: bump when its architecture or training changes
+# The encoder's seed is fixed, not the run's: every run on a dataset shares one encoder, so their
+# ssl_* columns are comparable.
+SSL_SEED = 0
 REFERENCE_VERSION = 1  # bump when what a cached reference holds, or how it is computed, changes
 EVAL_VERSION = 2  # part of the key that decides whether an old row can be reused
 # Latents of the evaluation samples are derived from the run seed, offset so they differ from
@@ -86,6 +98,8 @@ SPACE_METRICS = ("fd", "kid_mean", "kid_std", "is_mean", "is_std", "precision", 
 SELECT_DIRECTIONS: dict[str, str] = {
     "fd": "min", "kid_mean": "min", "is_mean": "max", "precision": "max", "recall": "max",
     "density": "max", "coverage": "max", "class_accuracy": "max",
+    "ssl_fd": "min", "ssl_kid_mean": "min", "ssl_precision": "max", "ssl_recall": "max", "ssl_density": "max",
+    "ssl_coverage": "max",
     "inception_fid": "min", "inception_kid_mean": "min", "inception_is_mean": "max",
     "inception_precision": "max", "inception_recall": "max", "inception_density": "max",
     "inception_coverage": "max",
@@ -93,13 +107,23 @@ SELECT_DIRECTIONS: dict[str, str] = {
 _MAIN_METRICS = ("fd", "kid_mean", "is_mean", "precision", "recall", "density", "coverage")
 # Metrics whose spread over latent seeds is reported (<metric>_seed_std) when eval.num_seeds > 1.
 SEED_STD_METRICS = (*_MAIN_METRICS, "class_accuracy", "rarest_class_fraction", "memorisation_fraction",
-                    *(f"inception_{'fid' if m == 'fd' else m}" for m in _MAIN_METRICS))
+                    *(f"inception_{'fid' if m == 'fd' else m}" for m in _MAIN_METRICS),
+                    *(f"ssl_{m}" for m in _MAIN_METRICS if m != "is_mean"))
+SPACE_KINDS = ("domain", "ssl", "inception")
+
+
+def space_metrics(space_kind: str) -> tuple[str, ...]:
+    """The metrics a space computes: ``SPACE_METRICS``, less IS for the self-supervised space (no classes)."""
+    return tuple(m for m in SPACE_METRICS if not (space_kind == "ssl" and m.startswith("is_")))
 
 
 def column(space_kind: str, metric: str) -> str:
-    """The eval-table column of a space's metric: domain metrics unprefixed, ``fd`` -> ``inception_fid``."""
+    """The eval-table column of a space's metric: domain metrics unprefixed, ``fd`` -> ``ssl_fd``,
+    ``inception_fid``."""
     if space_kind == "domain":
         return metric
+    if space_kind == "ssl":
+        return f"ssl_{metric}"
     return f"inception_{'fid' if metric == 'fd' else metric}"
 
 
@@ -116,10 +140,10 @@ def real_split(num_images: int, num_real: int) -> tuple[np.ndarray, np.ndarray]:
 @dataclass
 class Space:
     """A feature space: ``embed`` maps images (N, C, H, W) float in [-1, 1] to (features (N, D), aux),
-    aux being class probabilities (domain) or Inception logits (inception)."""
+    aux being class probabilities (domain), Inception logits (inception) or empty (N, 0) (ssl)."""
 
-    kind: str  # "domain" or "inception"
-    name: str  # FEATURE_SPACE or INCEPTION_SPACE
+    kind: str  # "domain", "ssl" or "inception"
+    name: str  # FEATURE_SPACE, SSL_SPACE or INCEPTION_SPACE
     tag: str  # what identifies its reference in the cache
     embed: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -137,23 +161,25 @@ def _embed_store(space: Space, images: np.ndarray, index: np.ndarray, batch_size
 
 def space_scores(space_kind: str, features: torch.Tensor, aux: torch.Tensor, reference: dict[str, Any],
                  cfg: EvalConfig, seed: int, device: torch.device | None = None) -> dict[str, float]:
-    """A space's metrics (``SPACE_METRICS`` names) of one feature set against the space's reference.
+    """A space's metrics (``space_metrics(space_kind)`` names) of one feature set against the space's reference.
 
     ``device``: where the pairwise work (KID kernels, k-NN distances) runs; float64 throughout.
     """
     device = device or torch.device("cpu")
     mu, sigma = feature_statistics(features)
-    if space_kind == "domain":
+    is_scores: dict[str, float] = {}
+    if space_kind in ("domain", "ssl"):
         fd = frechet_distance(mu, sigma, reference["mu"], reference["sigma"])
-        is_mean, is_std = classifier_inception_score(aux)
+        if space_kind == "domain":
+            is_scores = dict(zip(("is_mean", "is_std"), classifier_inception_score(aux)))
     else:  # the standard numbers, as torch-fidelity computes them
         fd = fid_from_statistics(mu, sigma, reference["mu"], reference["sigma"])
-        is_mean, is_std = inception_score_from_logits(aux, seed=seed)
+        is_scores = dict(zip(("is_mean", "is_std"), inception_score_from_logits(aux, seed=seed)))
     real = reference["features"].to(device, torch.float64)
     fake = features.to(device, torch.float64)
     kid_mean, kid_std = kernel_inception_distance(fake, real, cfg.kid_subsets, cfg.kid_subset_size, seed)
     prdc = precision_recall_density_coverage(real, fake, cfg.nearest_k, reference["radii"].to(device))
-    return {"fd": fd, "kid_mean": kid_mean, "kid_std": kid_std, "is_mean": is_mean, "is_std": is_std, **prdc}
+    return {"fd": fd, "kid_mean": kid_mean, "kid_std": kid_std, **is_scores, **prdc}
 
 
 def _reference_path(out: Path, tag: str, num_real: int, cfg: EvalConfig) -> Path:
@@ -168,7 +194,8 @@ def space_reference(space: Space, store: PreparedStore, out: Path, cfg: EvalConf
     Holds ``features`` (N, D) float32 and ``mu``, ``sigma``, ``radii`` (k-NN radii) float64 of the
     reference set; ``holdout_nearest`` (float64, each held-out image's distance to its nearest
     reference image: the memorisation baseline of the domain space); ``floor`` (the held-out set's
-    scores, ``SPACE_METRICS`` names); ``real_is`` (the reference set's IS); ``num_real``, ``num_holdout``.
+    scores, ``space_metrics`` names); ``real_is`` (the reference set's IS; NaN in the ssl space); ``num_real``,
+    ``num_holdout``.
     """
     device = device or torch.device("cpu")
     ref_idx, held_idx = real_split(len(store.images), cfg.num_real or cfg.num_samples)
@@ -183,7 +210,8 @@ def space_reference(space: Space, store: PreparedStore, out: Path, cfg: EvalConf
                  "radii": knn_radii(features.to(device, torch.float64), cfg.nearest_k).cpu(),
                  "num_real": len(ref_idx), "num_holdout": len(held_idx), "space": space.name}
     reference["real_is"] = (classifier_inception_score(aux)[0] if space.kind == "domain"
-                            else inception_score_from_logits(aux, seed=SPLIT_SEED)[0])
+                            else inception_score_from_logits(aux, seed=SPLIT_SEED)[0] if space.kind == "inception"
+                            else float("nan"))
     reference["holdout_nearest"] = nearest_training(held_features.to(device, torch.float64),
                                                     features.to(device, torch.float64))[0].cpu()
     reference["floor"] = space_scores(space.kind, held_features, held_aux, reference, cfg, SPLIT_SEED, device)
@@ -243,6 +271,47 @@ def domain_reference(
 
 def domain_space(classifier: DomainClassifier, batch_size: int, tag: str) -> Space:
     return Space("domain", FEATURE_SPACE, tag, lambda images: classify(classifier, images, batch_size=batch_size))
+
+
+def ssl_reference(store: PreparedStore, out: Path, cfg: EvalConfig, device: torch.device
+                  ) -> tuple[ContrastiveEncoder, dict[str, Any]]:
+    """The dataset's self-supervised encoder and the real data's reference in its space, made and cached once.
+
+    The encoder is trained without labels (``ganlib.evaluation.contrastive``, seed ``SSL_SEED``) and
+    cached under ``<out>/_cache/ssl-encoders/<store key>-ssl-v<SSL_VERSION>-s<steps>-seed0.pt``; the
+    reference (see :func:`space_reference`) under ``_cache/eval-reference/``, with ``view_match`` (how
+    well the encoder tells two views of an image from the others) added.
+    """
+    name = f"{store.manifest['key']}-ssl-v{SSL_VERSION}-s{cfg.ssl_steps}-seed{SSL_SEED}.pt"
+    model_path = CacheDir.under(out).ssl_encoder(name)
+    if model_path.is_file():
+        model, meta = load_encoder(model_path, device)
+        log.info("evaluation: reusing self-supervised encoder %s (view match %.3f)", model_path.name,
+                 meta["view_match"])
+    else:
+        log.info("evaluation: training the self-supervised encoder (%d steps, at most 20 passes) on %d real "
+                 "images, once per dataset", cfg.ssl_steps, len(store.images))
+
+        def progress(info: dict[str, Any]) -> None:
+            left = info["seconds"] / info["step"] * (info["num_steps"] - info["step"])
+            log.info("evaluation: self-supervised encoder step %d/%d  loss %.3f  (%.0f s, about %.0f s left)",
+                     info["step"], info["num_steps"], info["loss"], info["seconds"], left)
+
+        model, meta = train_encoder(torch.from_numpy(np.array(store.images)), num_steps=cfg.ssl_steps,
+                                    seed=SSL_SEED, device=device, on_log=progress)
+        save_encoder(model, {**meta, "store_key": store.manifest["key"]}, model_path)
+        log.info("evaluation: self-supervised encoder view match %.3f (%.0f s)", meta["view_match"], meta["seconds"])
+    space = ssl_space(model, cfg.batch_size, model_path.stem)
+    reference = space_reference(space, store, out, cfg, device)
+    return model, {**reference, "view_match": meta["view_match"], "tag": model_path.stem}
+
+
+def ssl_space(encoder: ContrastiveEncoder, batch_size: int, tag: str) -> Space:
+    def embed(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = ssl_embed(encoder, images, batch_size=batch_size)
+        return features, features.new_empty(len(features), 0)
+
+    return Space("ssl", SSL_SPACE, tag, embed)
 
 
 def inception_space(net: InceptionNet, store_key: str) -> Space:
@@ -305,7 +374,8 @@ class _Context:
     cfg: RunConfig
     store: PreparedStore
     spaces: list[tuple[Space, dict[str, Any]]]
-    memorisation_space: str  # "pixels", "domain", or "none (...)" when not computed
+    memorisation_space: str  # "pixels", "domain", "ssl", or "none (...)" when not computed (a note may follow)
+    memorisation_kind: str  # the space whose vectors are compared: "pixels", "domain" or "ssl"
     memorisation_training: torch.Tensor | None  # reference-set vectors in the memorisation space
     memorisation_baseline: torch.Tensor | None  # held-out images' nearest distances
     reference_images: torch.Tensor  # uint8 reference images, for the closest-pairs picture
@@ -331,17 +401,17 @@ def _score_generator(ctx: _Context, path: Path, step: int, use_ema: bool, device
         images = generate(generator, fixed_noise(ev.num_samples, noise_dim, seed), batch_size=ev.batch_size,
                           labels=asked)
         scores: dict[str, Any] = {}
-        domain_features = None
+        space_features: dict[str, torch.Tensor] = {}
         for space, reference in ctx.spaces:
             features, aux = space.embed(images)
             scores.update({column(space.kind, k): v
                            for k, v in space_scores(space.kind, features, aux, reference, ev, seed, device).items()})
+            space_features[space.kind] = features
             if space.kind == "domain":
-                domain_features = features
                 scores.update(domain_extras(aux, store.num_classes, asked))
         if ctx.memorisation_training is not None:
-            vectors = (pixel_vectors(to_uint8(images)) if ctx.memorisation_space == "pixels"
-                       else domain_features.double())
+            vectors = (pixel_vectors(to_uint8(images)) if ctx.memorisation_kind == "pixels"
+                       else space_features[ctx.memorisation_kind].double())
             distances, index = nearest_training(vectors, ctx.memorisation_training)
             scores.update(memorisation_scores(distances, ctx.memorisation_baseline))
             if i == 0:
@@ -357,7 +427,7 @@ def _score_generator(ctx: _Context, path: Path, step: int, use_ema: bool, device
 def _nan_columns(has_domain: bool, num_classes: int) -> dict[str, Any]:
     """The metric columns every row has, NaN until computed (so tables keep one schema)."""
     nan = float("nan")
-    row: dict[str, Any] = {column(kind, m): nan for kind in ("domain", "inception") for m in SPACE_METRICS}
+    row: dict[str, Any] = {column(kind, m): nan for kind in SPACE_KINDS for m in space_metrics(kind)}
     row.update({"class_accuracy": nan, "classes_present": 0, "rarest_class_fraction": nan,
                 "memorisation_fraction": nan, "memorisation_median_distance": nan,
                 "memorisation_real_median_distance": nan, "memorisation_png": ""})
@@ -414,24 +484,35 @@ def evaluate_run(cfg: RunConfig, store_dir: Path, rescore: bool = False) -> pd.D
         spaces.append((domain_space(classifier, ev.batch_size, domain_ref["tag"]), domain_ref))
     else:  # no classes to train the domain classifier on
         why = "unlabelled dataset" if store.labels is None else f"{store.num_classes} class"
-        note = f"not scored: {why}, so there is no domain classifier (no FD, KID, IS, precision or recall in its space)"
+        note = (f"{why}, so there is no domain classifier: no fd, kid, is, precision or recall in its space; "
+                + ("read the self-supervised space's ssl_* columns" if ev.ssl_space
+                   else "eval.ssl_space is off, so nothing scores the samples"))
+    ssl_ref: dict[str, Any] = {}
+    if ev.ssl_space and not too_few:
+        encoder, ssl_ref = ssl_reference(store, cfg.out, ev, device)
+        spaces.append((ssl_space(encoder, ev.batch_size, ssl_ref["tag"]), ssl_ref))
     inception = load_inception(ev, device) if not too_few else InceptionNet(None, "skipped: too few real images")
     if inception.model is not None:
         space = inception_space(inception, store.manifest["key"])
         spaces.append((space, space_reference(space, store, cfg.out, ev, device)))
 
     reference_images = torch.from_numpy(store.images[ref_idx])
-    mem_training, mem_baseline, mem_space = None, None, ev.memorisation
+    mem_training, mem_baseline, mem_space, mem_kind = None, None, ev.memorisation, ev.memorisation
+    if ev.memorisation == "domain" and not labelled and ssl_ref:  # the feature space unlabelled data has
+        mem_space, mem_kind = "ssl (no domain classifier)", "ssl"
     if too_few:
         mem_space = "none (too few real images)"
-    elif ev.memorisation == "pixels":
+    elif mem_kind == "pixels":
         mem_training, mem_baseline = pixel_vectors(reference_images), pixel_reference(store, cfg.out, ev)[
             "holdout_nearest"]
-    elif ev.memorisation == "domain" and labelled:
+    elif mem_kind == "domain" and labelled:
         mem_training, mem_baseline = domain_ref["features"].double(), domain_ref["holdout_nearest"]
+    elif mem_kind == "ssl" and ssl_ref:
+        mem_training, mem_baseline = ssl_ref["features"].double(), ssl_ref["holdout_nearest"]
     else:
         mem_space = "none (eval.memorisation is 'off')" if ev.memorisation == "off" else "none (no domain classifier)"
-    ctx = _Context(cfg, store, spaces, mem_space, mem_training, mem_baseline, reference_images, paths.eval)
+    ctx = _Context(cfg, store, spaces, mem_space, mem_kind, mem_training, mem_baseline, reference_images,
+                   paths.eval)
     settings_key = _settings_key(ctx, len(ref_idx))
 
     previous: dict[tuple, dict[str, Any]] = {}
@@ -465,9 +546,10 @@ def evaluate_run(cfg: RunConfig, store_dir: Path, rescore: bool = False) -> pd.D
             row = {"step": step, "checkpoint": path.name, **_nan_columns(labelled, store.num_classes), **scores,
                    **constant, "use_ema": scores["generator"] == "ema", "checkpoint_sha256": digest,
                    "seconds": round(time.perf_counter() - t0, 3)}
-            log.info("evaluation: step %d %s  FD %.3f  KID %.4f  IS %.3f  P %.3f  R %.3f  memorised %.2f  "
-                     "classes %d/%d  (%.1f s)", step, row["generator"], row["fd"], row["kid_mean"], row["is_mean"],
-                     row["precision"], row["recall"], row["memorisation_fraction"], row["classes_present"],
+            log.info("evaluation: step %d %s  FD %.3f  KID %.4f  IS %.3f  P %.3f  R %.3f  | self-supervised FD %.3f  "
+                     "P %.3f  R %.3f  | memorised %.2f  classes %d/%d  (%.1f s)", step, row["generator"], row["fd"],
+                     row["kid_mean"], row["is_mean"], row["precision"], row["recall"], row["ssl_fd"],
+                     row["ssl_precision"], row["ssl_recall"], row["memorisation_fraction"], row["classes_present"],
                      store.num_classes, row["seconds"])
             rows.append(row)
             # Saved after every row, so an evaluation killed part-way keeps what it scored.
@@ -484,9 +566,11 @@ def _write_table(rows: list[dict[str, Any]], spaces: list[tuple[Space, dict[str,
     nan = float("nan")
     table["real_is"] = float(domain_ref.get("real_is", nan))
     table["classifier_holdout_accuracy"] = float(domain_ref.get("holdout_accuracy", nan))
-    for kind in ("domain", "inception"):
+    ssl_ref = next((r for s, r in spaces if s.kind == "ssl"), {})
+    table["ssl_view_match"] = float(ssl_ref.get("view_match", nan))
+    for kind in SPACE_KINDS:
         reference = next((r for s, r in spaces if s.kind == kind), None)
-        for metric in _MAIN_METRICS:
+        for metric in (m for m in _MAIN_METRICS if m in space_metrics(kind)):
             table[f"{column(kind, metric)}_floor"] = nan if reference is None else float(reference["floor"][metric])
     table["floor_num_samples"] = int(spaces[0][1]["num_holdout"]) if spaces else 0
     if note:
@@ -508,7 +592,8 @@ def select_best(table: pd.DataFrame, metric: str = "fd", direction: str = "auto"
 
     ``direction``: 'min', 'max' or 'auto' (``SELECT_DIRECTIONS``). When the metric has no value
     (Inception skipped, ``class_accuracy`` of an unconditional run) the choice falls back to ``fd``,
-    and when that has none either (unlabelled data) to the newest checkpoint; ``select_note`` says so.
+    when that has none (unlabelled data: no domain classifier) to ``ssl_fd`` (the self-supervised
+    space), and when that has none either to the newest checkpoint; ``select_note`` says so.
     """
     table = table.copy()
     if "generator" not in table:
@@ -522,13 +607,19 @@ def select_best(table: pd.DataFrame, metric: str = "fd", direction: str = "auto"
         direction = SELECT_DIRECTIONS.get(metric, "min")
     note = ""
     chosen_metric = metric
-    if metric not in table or not candidates[metric].notna().any():
-        if metric != "fd" and "fd" in table and candidates["fd"].notna().any():
+    def has_values(name: str) -> bool:
+        return name in table and bool(candidates[name].notna().any())
+
+    if not has_values(metric):
+        fallback = next((m for m in ("fd", "ssl_fd") if m != metric and has_values(m)), "")
+        if fallback == "fd":
             note = f"{metric} has no values in this table; chose by fd (lower is better) instead"
-            chosen_metric, direction = "fd", "min"
+        elif fallback:
+            note = (f"{metric} has no values in this table (no domain classifier: unlabelled data?); chose by "
+                    "ssl_fd, the FD in the self-supervised space (lower is better), instead")
         else:
             note = f"{metric} has no values in this table; the newest checkpoint is marked best"
-            chosen_metric = ""
+        chosen_metric, direction = fallback, "min"
     if chosen_metric:
         values = candidates[chosen_metric]
         best_index = values.idxmin() if direction == "min" else values.idxmax()

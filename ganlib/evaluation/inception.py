@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ FEATURES = ("2048", "logits_unbiased")  # pool features (FID/KID/PRDC), logits w
 # torch-fidelity's file name; torch.hub caches the download under it.
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 DOWNLOAD_TIMEOUT_S = 60  # an unreachable host must not hang the evaluation
+PROGRESS_EVERY_S = 30  # a progress line with the time left this often (a CPU takes ~15 min per 10,000 images)
 
 
 @dataclass(frozen=True)
@@ -128,15 +130,23 @@ def inception_features(model: nn.Module, images: torch.Tensor, batch_size: int =
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pool features (N, 2048) and logits (N, 1008), float32 on the CPU, of images (N, C, H, W) in [-1, 1].
 
-    Batches are small: at 299 px one image's activations take about 30 MB.
+    Batches are small: at 299 px one image's activations take about 30 MB. Every ``PROGRESS_EVERY_S``
+    seconds a log line says how far it is and about how long is left (on a CPU this takes minutes).
     """
     device = next(model.parameters()).device
     pools, logits = [], []
+    started = last_line = time.perf_counter()
     for start in range(0, len(images), batch_size):
         batch = to_inception_input(images[start: start + batch_size]).to(device)
         pool, logit = model(batch)
         pools.append(pool.float().cpu())
         logits.append(logit.float().cpu())
+        now, done = time.perf_counter(), min(start + batch_size, len(images))
+        if now - last_line >= PROGRESS_EVERY_S and done < len(images):
+            last_line = now
+            left = (now - started) / done * (len(images) - done)
+            log.info("evaluation: Inception features %d/%d images on %s (%.0f s, about %.0f s left)",
+                     done, len(images), device.type, now - started, left)
     return torch.cat(pools), torch.cat(logits)
 
 

@@ -108,9 +108,13 @@ def plot_training(train: pd.DataFrame, path: Path, events: pd.DataFrame | None =
 
 
 # (column, title, lower is better)
+# Each title names the feature space of its number: the domain classifier's (labelled data) or the
+# self-supervised encoder's (every dataset; what unlabelled data is scored in).
 EVAL_PANELS = [
-    ("fd", "Fréchet distance (lower is better)", True),
+    ("fd", "FD, domain-classifier space (lower is better)", True),
     ("is_mean", "classifier Inception Score (higher is better)", False),
+    ("ssl_fd", "FD, self-supervised space (lower is better)", True),
+    ("ssl_coverage", "coverage, self-supervised space (higher is better)", False),
     ("classes_present", "classes present in the samples", False),
     ("rarest_class_fraction", "rarest class's share of the samples", False),
 ]
@@ -121,11 +125,13 @@ CONDITIONAL_PANEL = ("class_accuracy", "generated images of the class asked for 
 def plot_evaluation(table: pd.DataFrame, path: Path, num_classes: int | None = None) -> Path:
     """Each evaluation metric over checkpoints (``metrics/eval.parquet``), the best checkpoint marked.
 
-    Panels: FD (the ranking metric; the best is its minimum), IS with its ±std band and the real
-    data's IS dashed, classes present (out of ``num_classes``, default: the number of
-    ``class_<k>`` columns), the rarest class's fraction with the uniform share 1/K dashed, and for
-    conditional runs ``class_accuracy``. The best checkpoint (``best`` column) is a red star and a
-    dotted vertical line on every panel. A table of an unlabelled run (all NaN) gets a note.
+    Panels: FD in the domain classifier's space, IS with its ±std band and the real data's IS
+    dashed, FD and coverage in the self-supervised space (each with its floor, held-out real
+    images, dashed), classes present (out of ``num_classes``, default: the number of ``class_<k>``
+    columns), the rarest class's fraction with the uniform share 1/K dashed, and for conditional
+    runs ``class_accuracy``. The best checkpoint (``best`` column) is a red star and a dotted
+    vertical line on every panel. A panel without values (the classifier's on unlabelled data, the
+    self-supervised ones with ``eval.ssl_space`` off) gets the table's note.
     """
     if "select_generator" in table and "generator" in table and len(table):
         # Raw and EMA rows per checkpoint: plot the generator the best checkpoint was chosen among.
@@ -141,13 +147,15 @@ def plot_evaluation(table: pd.DataFrame, path: Path, num_classes: int | None = N
     steps = table["step"].to_numpy() if len(table) else np.array([])
     best_rows = table[table["best"]] if "best" in table and len(table) else table.iloc[0:0]
     best_step = int(best_rows["step"].iloc[-1]) if len(best_rows) else None
-    scored = "fd" in table and table["fd"].notna().any()
+    scored = any(c in table and table[c].notna().any() for c in ("fd", "ssl_fd"))
     if num_classes is None:
         num_classes = sum(1 for c in table.columns if re.fullmatch(r"class_\d+", str(c))) or None
     for ax, (column, title, _) in zip(axes, panels, strict=False):
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-        if not scored or column not in table or not table[column].notna().any():
+        domain_scored = "fd" in table and table["fd"].notna().any()  # classes_present is 0, not NaN, without
+        if (column not in table or not table[column].notna().any()
+                or (not column.startswith("ssl_") and not domain_scored)):
             _note(ax, str(table["note"].iloc[0]) if "note" in table and len(table) else "not scored")
             continue
         values = table[column].to_numpy(dtype=float)
@@ -158,6 +166,9 @@ def plot_evaluation(table: pd.DataFrame, path: Path, num_classes: int | None = N
         if column == "is_mean" and "real_is" in table and table["real_is"].notna().any():
             ax.axhline(float(table["real_is"].iloc[0]), color="0.4", linestyle="--", linewidth=1,
                        label="real images")
+        floor = table[f"{column}_floor"].iloc[0] if f"{column}_floor" in table else float("nan")
+        if column.startswith("ssl_") and np.isfinite(floor):
+            ax.axhline(float(floor), color="0.4", linestyle="--", linewidth=1, label="floor: held-out real")
         if column == "classes_present" and num_classes:
             ax.axhline(num_classes, color="0.4", linestyle="--", linewidth=1, label=f"all {num_classes}")
             ax.set_ylim(0, num_classes + 0.8)

@@ -136,12 +136,16 @@ def _cards(config: dict, summary: dict, train: pd.DataFrame | None, evals: pd.Da
         chosen_by = best.get("select_metric") if "select_metric" in best else "fd"
         cards.append((f"step {int(best['step']):,}", f"best checkpoint (by {chosen_by})"))
         if pd.notna(best.get("fd")):
-            cards.append((_fmt(float(best["fd"]), 2), "Fréchet distance (lower is better)"))
+            cards.append((_fmt(float(best["fd"]), 2), "FD, domain-classifier space (lower is better)"))
             real_is = best.get("real_is")
             ref = f" (real data {float(real_is):.2f})" if real_is is not None and pd.notna(real_is) else ""
             cards.append((_fmt(float(best["is_mean"]), 2), f"classifier IS{ref}"))
             k = manifest.get("num_classes") or "?"
             cards.append((f"{int(best['classes_present'])} / {k}", "classes present in samples"))
+        if pd.notna(best.get("ssl_fd", float("nan"))):
+            floor = best.get("ssl_fd_floor", float("nan"))
+            ref = f" (real data {float(floor):.2f})" if pd.notna(floor) else ""
+            cards.append((_fmt(float(best["ssl_fd"]), 2), f"FD, self-supervised space{ref}"))
     if train is not None and len(train):
         tail = train.tail(max(1, len(train) // 20))  # the last 5% of the run, where it ended up
         cards.append((f"{tail['d_real'].mean():.2f} / {tail['d_fake'].mean():.2f}",
@@ -166,7 +170,7 @@ def _eval_table(evals: pd.DataFrame) -> str:
     conditional = "class_accuracy" in evals and evals["class_accuracy"].notna().any()
     weights = "generator" in evals
     head = ("<tr><th>step</th><th class='l'>checkpoint</th>" + ("<th class='l'>weights</th>" if weights else "")
-            + "<th>FD ↓</th><th>classifier IS ↑</th><th>classes present</th><th>rarest class</th>"
+            + "<th>FD ↓ (classifier)</th><th>classifier IS ↑</th><th>classes present</th><th>rarest class</th>"
             + ("<th>class asked for ↑</th>" if conditional else "")
             + "".join(f"<th>{_e(title)}</th>" for key, title, _ in EXTRA_COLUMNS if key in evals)
             + "<th>samples</th><th>seconds</th></tr>")
@@ -187,13 +191,21 @@ def _eval_table(evals: pd.DataFrame) -> str:
     note = ""
     if "note" in evals and len(evals):
         note = f"<p class='muted'>{_e(evals['note'].iloc[0])}</p>"
-    return f"<div class='wide'><table>{head}{''.join(rows)}</table></div>{note}{_evaluation_notes(evals)}"
+    spaces = ("<p class='muted'>Feature spaces: FD, KID, IS, precision, recall, density and coverage without a "
+              "prefix are in the domain classifier's features (labelled data only); “SSL” columns in the "
+              "self-supervised encoder's, learned from the real images without labels (every dataset: read these "
+              "for unlabelled data, and to compare datasets); “Inception” columns in Inception-v3's.</p>")
+    return (f"<div class='wide'><table>{head}{''.join(rows)}</table></div>{note}{spaces}"
+            f"{_evaluation_notes(evals)}")
 
 
-# Issue #5's metrics, shown when the table has them: (column, heading, decimals).
+# Issue #5's metrics and the self-supervised space's, shown when the table has them: (column, heading, decimals).
 EXTRA_COLUMNS = [
     ("kid_mean", "KID ↓", 4), ("precision", "precision ↑", 3), ("recall", "recall ↑", 3),
-    ("density", "density", 3), ("coverage", "coverage ↑", 3), ("inception_fid", "Inception FID ↓", 2),
+    ("density", "density", 3), ("coverage", "coverage ↑", 3),
+    ("ssl_fd", "SSL FD ↓", 3), ("ssl_kid_mean", "SSL KID ↓", 4), ("ssl_precision", "SSL precision ↑", 3),
+    ("ssl_recall", "SSL recall ↑", 3), ("ssl_coverage", "SSL coverage ↑", 3),
+    ("inception_fid", "Inception FID ↓", 2),
     ("inception_is_mean", "Inception IS ↑", 2), ("memorisation_fraction", "closer than real", 3),
 ]
 
@@ -205,7 +217,7 @@ def _evaluation_notes(evals: pd.DataFrame) -> str:
     best = evals[evals["best"]].iloc[-1]
     parts = []
     floors = [(title, best.get(f"{key}_floor"), digits) for key, title, digits in
-              [("fd", "FD", 3), *EXTRA_COLUMNS[:5], ("inception_fid", "Inception FID", 2)]]
+              [("fd", "FD", 3), *EXTRA_COLUMNS[:10], ("inception_fid", "Inception FID", 2)]]
     shown = [f"{title.rstrip(' ↑↓')} {_fmt(float(value), digits)}" for title, value, digits in floors
              if value is not None and pd.notna(value)]
     if shown:

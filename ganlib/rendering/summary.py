@@ -50,7 +50,7 @@ def build_summary(cfg: RunConfig, train: dict[str, Any], eval_table: pd.DataFram
         "best": {
             "checkpoint": str(best["checkpoint"]),
             "step": int(best["step"]),
-            "fd": float(best["fd"]),
+            "fd": float(best["fd"]),  # NaN on unlabelled data (no domain classifier): see ssl_fd
             "is_mean": float(best["is_mean"]),
             "is_std": float(best["is_std"]),
             "classes_present": int(best["classes_present"]),
@@ -58,9 +58,11 @@ def build_summary(cfg: RunConfig, train: dict[str, Any], eval_table: pd.DataFram
             **scores,
         },
         "selection": selection,
+        "spaces": SCORE_SPACES,
         "reference": {
             "real_is": float(best["real_is"]),
             "classifier_holdout_accuracy": float(best["classifier_holdout_accuracy"]),
+            "ssl_view_match": _plain(float(best.get("ssl_view_match", float("nan")))),
             "floor": floors,
         },
         "gallery": gallery,
@@ -69,14 +71,25 @@ def build_summary(cfg: RunConfig, train: dict[str, Any], eval_table: pd.DataFram
     }
 
 
+# Which feature space each score of ``best`` (and of eval.parquet) is in, by its name.
+SCORE_SPACES = {
+    "fd, kid_*, is_*, precision, recall, density, coverage, class_*": "domain-classifier: a CNN trained on the "
+    "real images' labels (labelled data only)",
+    "ssl_*": "self-supervised: a contrastive encoder trained on the real images without labels (every dataset)",
+    "inception_*": "inception-v3: torch-fidelity's ImageNet network (when its weights are there)",
+    "memorisation_*": "the space named by memorisation_space",
+}
+
 # Scores of the best row reported beside FD/IS (issue #5's metrics), when the table has them.
 SUMMARY_SCORES = (
     "kid_mean", "kid_std", "precision", "recall", "density", "coverage", "class_accuracy",
+    "ssl_fd", "ssl_kid_mean", "ssl_kid_std", "ssl_precision", "ssl_recall", "ssl_density", "ssl_coverage",
     "inception_fid", "inception_kid_mean", "inception_kid_std", "inception_is_mean", "inception_is_std",
     "inception_precision", "inception_recall", "inception_density", "inception_coverage",
     "memorisation_fraction", "memorisation_median_distance", "memorisation_real_median_distance",
 )
-FLOOR_SCORES = ("fd", "kid_mean", "is_mean", "precision", "recall", "density", "coverage", "inception_fid",
+FLOOR_SCORES = ("fd", "kid_mean", "is_mean", "precision", "recall", "density", "coverage", "ssl_fd", "ssl_kid_mean",
+                "ssl_precision", "ssl_recall", "ssl_density", "ssl_coverage", "inception_fid",
                 "inception_kid_mean", "inception_is_mean", "inception_precision", "inception_recall",
                 "inception_density", "inception_coverage")
 
@@ -122,12 +135,18 @@ def _num(value: Any, digits: int = 3) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def _percent(value: Any, digits: int = 1) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.{digits}f}%"
+
+
 def _metrics_lines(summary: dict[str, Any]) -> list[str]:
     """The further metrics of the best checkpoint and their floors, as Markdown (empty for old summaries)."""
     best, floor = summary["best"], (summary["reference"].get("floor") or {})
     if "precision" not in best:
         return []
-    rows = [("domain features", "fd", "kid_mean", "is_mean", "precision", "recall", "density", "coverage"),
+    rows = [("domain classifier", "fd", "kid_mean", "is_mean", "precision", "recall", "density", "coverage"),
+            ("self-supervised", "ssl_fd", "ssl_kid_mean", "", "ssl_precision", "ssl_recall", "ssl_density",
+             "ssl_coverage"),
             ("Inception-v3", "inception_fid", "inception_kid_mean", "inception_is_mean", "inception_precision",
              "inception_recall", "inception_density", "inception_coverage")]
     lines = ["| space | FD | KID | IS | precision | recall | density | coverage |", "|---|---|---|---|---|---|---|---|"]
@@ -135,13 +154,16 @@ def _metrics_lines(summary: dict[str, Any]) -> list[str]:
         if all(best.get(k) is None and floor.get(k) is None for k in keys):
             continue  # a space that was not computed (the Inception status below says why)
         cells = [f"{_num(best.get(k), 4 if 'kid' in k else 3)} (floor {_num(floor.get(k), 4 if 'kid' in k else 3)})"
-                 for k in keys]
+                 if k else "–" for k in keys]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     selection = summary.get("selection") or {}
     lines += [
         "",
         f"Floors: {floor.get('num_samples', '?')} held-out real images scored against the reference; no generator "
         f"can expect to beat them at these sample counts. Inception: {best.get('inception_status', '–')}.",
+        "",
+        "Spaces: the domain classifier's features need class labels; the self-supervised encoder's are learned "
+        "from the real images alone, so every dataset has them (read them for unlabelled data).",
         "",
         f"Memorisation ({best.get('memorisation_space', '–')}): {_num(best.get('memorisation_fraction'), 3)} of the "
         "samples are closer to a training image than the median held-out real image is (about 0.5 is healthy; "
@@ -208,14 +230,15 @@ def summary_markdown(summary: dict[str, Any], inline_images: bool = False) -> st
         "",
         "## Best checkpoint",
         "",
-        "| checkpoint | step | FD | classifier IS | classes present | rarest class |",
-        "|---|---|---|---|---|---|",
-        f"| `{best['checkpoint']}` | {best['step']} | {best['fd']:.3f} "
-        f"| {best['is_mean']:.3f} ± {best['is_std']:.3f} | {best['classes_present']} "
-        f"| {100 * best['rarest_class_fraction']:.1f}% |",
+        "| checkpoint | step | FD (classifier space) | FD (self-supervised space) | classifier IS | classes present "
+        "| rarest class |",
+        "|---|---|---|---|---|---|---|",
+        f"| `{best['checkpoint']}` | {best['step']} | {_num(best['fd'])} | {_num(best.get('ssl_fd'))} "
+        f"| {_num(best['is_mean'])} ± {_num(best['is_std'])} | {best['classes_present']} "
+        f"| {_percent(best['rarest_class_fraction'])} |",
         "",
-        f"Reference: real images score IS {ref['real_is']:.3f}; the classifier's held-out accuracy is "
-        f"{100 * ref['classifier_holdout_accuracy']:.2f}%.",
+        f"Reference: real images score IS {_num(ref['real_is'])}; the classifier's held-out accuracy is "
+        f"{_percent(ref['classifier_holdout_accuracy'], 2)}.",
         "",
         *_metrics_lines(summary),
         _training_line(train),

@@ -190,6 +190,10 @@ class CacheDir:
         """A trained domain classifier: ``classifiers/<name>``."""
         return self.root / "classifiers" / name
 
+    def ssl_encoder(self, name: str) -> Path:
+        """A trained self-supervised (contrastive) encoder: ``ssl-encoders/<name>``."""
+        return self.root / "ssl-encoders" / name
+
     def eval_reference(self, name: str) -> Path:
         """Cached real-image statistics of one feature space: ``eval-reference/<name>``."""
         return self.root / "eval-reference" / name

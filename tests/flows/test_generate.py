@@ -25,7 +25,8 @@ def run(tmp_path_factory):
         "run_id": "gen", "out": str(tmp_path_factory.mktemp("generate") / "out"), "device": "cpu",
         "data": {"dataset": "digits", "num_images": 400}, "model": {"name": "dcgan", "ngf": 8, "ndf": 8},
         "train": {"steps": 12, "batch_size": 32, "checkpoint_every": 6, "log_every": 4},
-        "eval": {"num_samples": 200, "classifier_steps": 30, "batch_size": 100}, "gallery": {"num_samples": 50},
+        "eval": {"num_samples": 200, "classifier_steps": 30, "batch_size": 100, "ssl_steps": 10},
+        "gallery": {"num_samples": 50},
     }).resolved()
     train(cfg, prepare_dataset(cfg.data, cfg.out))
     pd.DataFrame({"step": [6, 12], "checkpoint": ["step_000006.pt", "step_000012.pt"], "fd": [1.0, 2.0],

@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 SETTINGS = {
     "device": "cpu", "data": {"dataset": "digits", "num_images": 400}, "model": {"name": "mlp", "hidden_dim": 64},
     "train": {"steps": 2000, "batch_size": 32, "checkpoint_every": 1000, "log_every": 50},
-    "eval": {"num_samples": 200, "classifier_steps": 30, "batch_size": 100}, "gallery": {"num_samples": 50},
+    "eval": {"num_samples": 200, "classifier_steps": 30, "batch_size": 100, "ssl_steps": 10},
+    "gallery": {"num_samples": 50},
 }
 
 

@@ -20,7 +20,9 @@ ALLOWED = {
     "sampling": {"errors", "config", "runs", "models"},
     "data": {"errors", "config", "runs"},
     "rendering": {"errors", "config", "runs", "models", "sampling", "data"},
-    "evaluation": {"errors", "config", "runs", "models", "sampling", "data", "rendering"},
+    # evaluation sits above training: its self-supervised encoder trains on the augmentations D sees
+    # (training.augment); training never imports evaluation.
+    "evaluation": {"errors", "config", "runs", "models", "sampling", "data", "rendering", "training"},
     "training": {"errors", "config", "runs", "models", "sampling", "data"},
     "preflight": {"errors", "config", "runs", "models", "data", "evaluation"},
     "sweep": {"errors", "config", "runs"},

@@ -37,7 +37,7 @@ def test_labelled_rgb_source_trains_and_is_scored(tiny, tmp_path, make):
     assert json.loads((cfg.run_dir / "data" / "manifest.json").read_text())["class_histogram"]["3"] == 20
 
 
-def test_unlabelled_folder_trains_and_evaluation_marks_the_newest_checkpoint(tiny, tmp_path, make):
+def test_unlabelled_folder_trains_and_is_scored_in_the_self_supervised_space(tiny, tmp_path, make):
     for i in range(64):
         make.save(make.pattern(40, 36, 3, i), tmp_path / "flat" / f"{i:03d}.png")
     data = {"dataset": "folder", "data_root": str(tmp_path / "flat"), "image_size": 32}
@@ -45,10 +45,12 @@ def test_unlabelled_folder_trains_and_evaluation_marks_the_newest_checkpoint(tin
     store = prepare_dataset(cfg.data, cfg.out)
     train(cfg, store)
     table = evaluate_run(cfg, store)
-    assert table["step"].tolist() == [6, 6, 12, 12] and table["best"].tolist() == [False, False, False, True]
-    assert table["fd"].isna().all() and table["is_mean"].isna().all()
-    assert table["note"].iloc[0].startswith("not scored: unlabelled dataset")
-    assert best_checkpoint(table, cfg.run_dir).name == "step_000012.pt"
+    assert table["step"].tolist() == [6, 6, 12, 12] and table["best"].sum() == 1
+    assert table["fd"].isna().all() and table["is_mean"].isna().all()  # no classes: no domain classifier
+    assert table["note"].iloc[0].startswith("unlabelled dataset, so there is no domain classifier")
+    assert table["ssl_fd"].notna().all() and (table["select_metric"] == "ssl_fd").all()
+    ema = table[table["generator"] == "ema"]
+    assert best_checkpoint(table, cfg.run_dir).name == ema.loc[ema["ssl_fd"].idxmin(), "checkpoint"]
     assert pd.read_parquet(cfg.run_dir / "metrics" / "eval.parquet").shape == table.shape
 
 
@@ -72,7 +74,8 @@ def test_command_line_on_an_unlabelled_folder(tmp_path, make):
     assert "done:" in output and "FD nan" in output
     run = out / "cli"
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["best"]["checkpoint"] == "step_000004.pt" and math.isnan(summary["best"]["fd"])
+    assert summary["selection"]["metric"] == "ssl_fd" and math.isnan(summary["best"]["fd"])
+    assert summary["best"]["ssl_fd"] is not None
     assert summary["data"]["shape"] == [1, 28, 28]
     for rel in ("data/real_grid.png", "data/manifest.json", "gallery/grid_5x5.png", "metrics/eval.parquet"):
         assert (run / rel).is_file(), rel

@@ -29,6 +29,7 @@ from ganlib.evaluation.evaluate import (
     real_split,
     score_images,
     select_best,
+    ssl_reference,
 )
 from ganlib.evaluation.inception import InceptionNet
 from ganlib.sampling import fixed_noise, generate, load_generator
@@ -41,12 +42,13 @@ METRICS = ["fd", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recal
 @pytest.fixture(scope="module")
 def trained_out(tmp_path_factory, tiny_settings):
     """An output root holding one tiny trained run ('ev', checkpoints at steps 6 and 12, with an EMA),
-    its prepared store and its domain classifier (trained by a first evaluation)."""
+    its prepared store, its domain classifier and its self-supervised encoder."""
     out = tmp_path_factory.mktemp("evaluate") / "out"
     cfg = build_config({"run_id": "ev", "out": str(out), **copy.deepcopy(tiny_settings)})
     store = prepare_dataset(cfg.data, cfg.out)
     train(cfg, store)
     domain_reference(load_store(store), cfg.out, cfg.eval, cfg.seed, torch.device("cpu"))
+    ssl_reference(load_store(store), cfg.out, cfg.eval, torch.device("cpu"))
     return out
 
 
@@ -74,7 +76,11 @@ def test_one_row_per_checkpoint_and_generator_with_every_metric(run):
     assert ((table["precision"] >= 0) & (table["precision"] <= 1)).all()
     assert (table["num_samples"] == 200).all() and (table["num_real"] == 200).all()
     assert (table["feature_space"] == "domain-classifier").all()
-    assert (table["feature_spaces"] == "domain-classifier").all()
+    assert (table["feature_spaces"] == "domain-classifier,self-supervised").all()
+    # The self-supervised space is computed for labelled data too, with its floors.
+    ssl = ["ssl_fd", "ssl_kid_mean", "ssl_precision", "ssl_recall", "ssl_density", "ssl_coverage", "ssl_fd_floor",
+           "ssl_precision_floor", "ssl_view_match"]
+    assert table[ssl].notna().all().all() and "ssl_is_mean" not in table
     # Offline defaults on a CPU: Inception is not attempted, and the table says why instead of a number.
     assert table["inception_status"].str.startswith("skipped: eval.inception 'auto'").all()
     assert table["inception_fid"].isna().all() and table["inception_kid_mean"].isna().all()
@@ -127,7 +133,8 @@ def test_reference_statistics_are_cached_per_dataset_space_and_count(run, monkey
     cfg, store = run()
     evaluate_run(cfg, store)
     cached = sorted(p.name for p in (cfg.out / "_cache" / "eval-reference").iterdir())
-    assert len(cached) == 2 and any("-pixels-n200-" in n for n in cached) and all("-n200-k3-" in n for n in cached)
+    assert len(cached) == 3 and any("-pixels-n200-" in n for n in cached) and all("-n200-k3-" in n for n in cached)
+    assert any("-ssl-v1-" in n for n in cached)
     reference = torch.load(next((cfg.out / "_cache" / "eval-reference").glob("*-seed7-*")), weights_only=True)
     assert reference["mu"].dtype == torch.float64 and reference["sigma"].dtype == torch.float64
     assert reference["num_real"] == 200 and set(reference["floor"]) >= {"fd", "kid_mean", "precision"}
@@ -137,6 +144,22 @@ def test_reference_statistics_are_cached_per_dataset_space_and_count(run, monkey
 
     monkeypatch.setattr(ev, "knn_radii", fail)  # only the reference's radii come from here
     evaluate_run(cfg, store, rescore=True)  # scores the checkpoints again from the cached reference
+
+
+def test_the_self_supervised_space_changes_no_other_number(run):
+    with_ssl = evaluate_run(*run())
+    cfg, store = run(ssl_space=False)
+    without = evaluate_run(cfg, store)
+    assert without["ssl_fd"].isna().all() and (without["feature_spaces"] == "domain-classifier").all()
+    other = [c for c in without.columns if c not in ("seconds", "settings_key", "feature_spaces")
+             and not c.startswith("ssl_")]
+    pd.testing.assert_frame_equal(with_ssl[other], without[other])
+
+
+def test_memorisation_in_the_self_supervised_space(run):
+    table = evaluate_run(*run(memorisation="ssl"))
+    assert (table["memorisation_space"] == "ssl").all() and table["memorisation_fraction"].between(0, 1).all()
+    assert (table["settings_key"] != evaluate_run(*run())["settings_key"]).all()
 
 
 def test_real_split_is_deterministic_and_disjoint():
@@ -173,6 +196,10 @@ def test_select_best_directions_generators_and_fallbacks():
     by_recall = select_best(table, "recall", "auto", "raw")
     assert by_recall.loc[by_recall["best"], "fd"].tolist() == [1.0]
     assert select_best(table, "fd", "max", "raw").loc[lambda t: t["best"], "fd"].item() == 9.0
+    # Unlabelled data has no fd: the default falls back to the self-supervised space's and says so.
+    unlabelled = select_best(table.assign(fd=np.nan, ssl_fd=[4.0, 2.0, 1.0, 3.0]), "fd", "auto", "ema")
+    assert unlabelled.loc[unlabelled["best"], ["step", "generator"]].values.tolist() == [[1, "ema"]]
+    assert unlabelled["select_metric"].iloc[0] == "ssl_fd" and "chose by ssl_fd" in unlabelled["select_note"].iloc[0]
     newest = select_best(table.assign(fd=np.nan), "inception_fid", "auto", "ema")
     assert newest.loc[newest["best"], ["step", "generator"]].values.tolist() == [[2, "ema"]]
     assert newest["select_metric"].iloc[0] == "newest" and "newest checkpoint" in newest["select_note"].iloc[0]
@@ -205,7 +232,7 @@ def test_inception_metrics_fill_their_columns_when_a_network_is_there(run, monke
     inception = ["inception_fid", "inception_kid_mean", "inception_is_mean", "inception_precision",
                  "inception_recall", "inception_density", "inception_coverage", "inception_fid_floor"]
     assert table[inception].notna().all().all() and (table["inception_status"] == "ok").all()
-    assert (table["feature_spaces"] == "domain-classifier,inception-v3").all()
+    assert (table["feature_spaces"] == "domain-classifier,self-supervised,inception-v3").all()
     assert table.loc[table["best"], "inception_kid_mean"].item() == table.loc[
         table["generator"] == "ema", "inception_kid_mean"].min()
     assert any("-inception-abababababab-n200-" in p.name for p in (cfg.out / "_cache" / "eval-reference").iterdir())
@@ -266,3 +293,32 @@ def test_a_run_without_an_ema_is_scored_by_its_raw_generator(tiny):
     assert (table["select_generator"] == "raw").all() and best_generator(table) == "raw"
     both = evaluate_run(tiny(run_id="noema", train__ema_decay=0.0), store)
     pd.testing.assert_frame_equal(table, both)  # the same rows, reused
+
+
+def test_an_unlabelled_folder_is_scored_in_the_self_supervised_space(tiny, tmp_path, caplog):
+    """A flat folder of PNGs (no classes): finite FD, KID, precision, recall, coverage and memorisation in the
+    self-supervised space for every checkpoint, and the best checkpoint chosen by its FD."""
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(300):  # coloured squares on a dark background
+        image = np.full((32, 32, 3), 20, np.uint8)
+        y, x = rng.integers(0, 20, 2)
+        image[y: y + 12, x: x + 12] = rng.integers(60, 255, 3)
+        Image.fromarray(image).save(folder / f"img{i:03d}.png")
+    cfg = tiny(run_id="flat", data__dataset="folder", data__data_root=str(folder), data__image_size=32,
+               eval__memorisation="domain")
+    store = prepare_dataset(cfg.data, cfg.out)
+    train(cfg, store)
+    with caplog.at_level(logging.WARNING, logger="ganlib"):
+        table = evaluate_run(cfg, store)
+    assert len(table) == 4 and table["fd"].isna().all()  # no classes, no domain classifier
+    ssl = ["ssl_fd", "ssl_kid_mean", "ssl_precision", "ssl_recall", "ssl_density", "ssl_coverage",
+           "memorisation_fraction", "ssl_fd_floor"]
+    assert np.isfinite(table[ssl].to_numpy()).all()
+    # eval.memorisation 'domain' on unlabelled data: the feature space it has.
+    assert (table["memorisation_space"] == "ssl (no domain classifier)").all()
+    assert (table["select_metric"] == "ssl_fd").all()
+    assert table.loc[table["best"], "ssl_fd"].item() == table.loc[table["generator"] == "ema", "ssl_fd"].min()
+    assert "read the self-supervised space's ssl_* columns" in table["note"].iloc[0]
+    assert sum("chose by ssl_fd" in r.getMessage() for r in caplog.records) == 1

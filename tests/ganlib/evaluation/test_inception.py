@@ -105,6 +105,27 @@ def test_images_become_uint8_rgb_as_saved_images_are():
     assert converted[0, 2].flatten().tolist() == [0, 128, 255, 255]
 
 
+def test_features_on_a_slow_device_print_progress_with_the_time_left(monkeypatch, caplog):
+    import ganlib.evaluation.inception as inception
+
+    class Pool(torch.nn.Module):  # stands in for the network: (pool, logits) of uint8 RGB
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            pool = x.float().mean(dim=(2, 3)) * self.scale
+            return pool, pool[:, :2]
+
+    monkeypatch.setattr(inception, "PROGRESS_EVERY_S", 0)
+    with caplog.at_level(logging.INFO, logger="ganlib"):
+        pool, logits = inception_features(Pool(), torch.zeros(10, 1, 4, 4), batch_size=4)
+    assert pool.shape == (10, 3) and logits.shape == (10, 2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and lines[0].startswith("evaluation: Inception features 4/10 images on cpu (")
+    assert "s left)" in lines[0] and "8/10" in lines[1]
+
+
 def test_the_pipeline_checks_the_weights_file_before_any_work(tiny, tmp_path):
     from ganlib.preflight import check_run
 

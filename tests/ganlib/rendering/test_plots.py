@@ -73,7 +73,7 @@ def test_training_plot_of_a_diverged_run_and_of_nothing(tmp_path):
 
 def test_evaluation_plot_marks_the_best_checkpoint(tmp_path):
     pixels = _pixels(plot_evaluation(eval_table(), tmp_path / "eval.png"))
-    assert pixels.shape == (640, 1000, 3)
+    assert pixels.shape == (960, 1000, 3)
     assert _has_colour(pixels, RED)
     # Without a best row there is no red marker: the red comes from the best-checkpoint marks.
     no_best = eval_table().assign(best=False)
@@ -83,15 +83,23 @@ def test_evaluation_plot_marks_the_best_checkpoint(tmp_path):
 def test_evaluation_plot_of_an_unscored_run(tmp_path):
     table = eval_table((np.nan, np.nan)).assign(is_mean=np.nan, is_std=np.nan, rarest_class_fraction=np.nan,
                                                 classes_present=0, note="not scored: unlabelled dataset")
-    assert Image.open(plot_evaluation(table, tmp_path / "eval.png")).size == (1000, 640)
-    assert Image.open(plot_evaluation(eval_table((50.0,)), tmp_path / "single.png")).size == (1000, 640)
+    assert Image.open(plot_evaluation(table, tmp_path / "eval.png")).size == (1000, 960)
+    assert Image.open(plot_evaluation(eval_table((50.0,)), tmp_path / "single.png")).size == (1000, 960)
+
+
+def test_evaluation_plot_of_an_unlabelled_run_draws_the_self_supervised_space(tmp_path):
+    table = eval_table((np.nan, np.nan)).assign(
+        is_mean=np.nan, is_std=np.nan, rarest_class_fraction=np.nan, classes_present=0, ssl_fd=[3.0, 2.0],
+        ssl_coverage=[0.2, 0.4], ssl_fd_floor=0.5, ssl_coverage_floor=0.9, note="unlabelled dataset")
+    pixels = _pixels(plot_evaluation(table, tmp_path / "eval.png"))
+    assert pixels.shape == (960, 1000, 3) and _has_colour(pixels, (31, 119, 180))  # the curves are drawn
 
 
 def test_evaluation_plot_adds_the_class_accuracy_of_conditional_runs(tmp_path):
     table = eval_table().assign(class_accuracy=float("nan"), class_accuracy_note="not a class column")
-    assert Image.open(plot_evaluation(table, tmp_path / "plain.png")).size == (1000, 640)  # NaN: no panel
+    assert Image.open(plot_evaluation(table, tmp_path / "plain.png")).size == (1000, 960)  # NaN: no panel
     table["class_accuracy"] = [0.2, 0.5, 0.8, 0.7]
-    assert Image.open(plot_evaluation(table, tmp_path / "cond.png")).size == (1000, 960)  # a third row
+    assert Image.open(plot_evaluation(table, tmp_path / "cond.png")).size == (1000, 1280)  # a fourth row
 
 
 def test_throughput_plot(tmp_path):
