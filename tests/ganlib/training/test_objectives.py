@@ -134,7 +134,7 @@ def test_linear_lr_decay_follows_its_schedule_and_resumes_bit_exact(tiny):
     store = prepare_dataset(whole.data, whole.out)
     train(whole, store)
     calls = iter(range(100))
-    train(tiny(run_id="part", **settings), store, should_stop=lambda: next(calls) == 2)  # stops at step 6
+    train(tiny(run_id="part", **settings), store, should_stop=lambda: next(calls) == 5)  # asked each step: stops at 6
     assert max(step for step, _ in list_checkpoints(whole.out / "part" / "checkpoints")) == 6
     train(tiny(run_id="part", **settings), store)
     a = load_checkpoint(whole.run_dir / "checkpoints" / "step_000012.pt")
