@@ -90,7 +90,9 @@ def test_eval_flags_say_their_default_is_the_runs(capsys):
         main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--num-seeds NUM_SEEDS Latent seeds per checkpoint; " in help_text
-    assert help_text.count("(default: the run's)") == 13  # 12 eval fields and --device
+    from flows.evaluate import EVAL_FIELDS
+
+    assert help_text.count("(default: the run's)") == len(EVAL_FIELDS) + 1  # the eval fields and --device
 
 
 @pytest.mark.slow
