@@ -160,7 +160,8 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
     while state.step < num_steps:
         # (1) Real images and latents: every rank draws the global latents and keeps its rows.
         batches, indices = zip(*(images.next_batch(state.order) for _ in range(objective.d_steps)))
-        real = to_unit_range(torch.cat(batches).contiguous(memory_format=state.memory_format))
+        real = batches[0] if len(batches) == 1 else torch.cat(batches)  # no copy for the usual one D update
+        real = to_unit_range(real.contiguous(memory_format=state.memory_format))
         y = labels[torch.cat(indices)] if labels is not None else None
         z = ctx.local_rows(torch.randn(batch * objective.d_steps, cfg.model.noise_dim, device=device,
                                        generator=state.noise), objective.d_steps)
