@@ -15,7 +15,9 @@ Sources: ``digits`` (generated), ``mnist``/``fashion-mnist``/``kmnist`` (IDX pai
 layout or flat), ``idx`` (one IDX images file, optional labels beside it), ``npz`` (.npz or .npy
 uint8 arrays, optional labels), ``cifar10`` (the python batches), ``celeba`` (img_align_celeba)
 and ``folder`` (any directory of images; sub-folders are classes, as in torchvision's
-ImageFolder, or flat without labels). torchvision's classes are used to download their datasets
+ImageFolder, or flat without labels; a single class sub-folder is read as unlabelled images, since
+one class gives nothing to learn or score by; what a folder gave and what it did not is in the
+manifest's ``source`` and in one log line). torchvision's classes are used to download their datasets
 (``download_dataset``); reading is done here, so a partial copy (the MNIST test pair alone, one
 CIFAR batch) works too.
 """
@@ -350,12 +352,51 @@ def _locate_celeba(cfg: DataConfig, root: Path) -> Located:
     return Located("celeba", root, inputs, {"images_dir": images_dir, "names": names, "split": cfg.split})
 
 
+def _class_dirs(root: Path, names: list[str]) -> tuple[list[str], dict[str, str], list[dict[str, str]]]:
+    """(class folders taken, {symlinked one: its target}, [{"path", "reason"} of those not taken]).
+
+    Real sub-folders are classes. A symlinked one is followed (as torchvision's ImageFolder does) and
+    named in the manifest, unless it leads to data_root itself, a folder above it, or a class already
+    taken (its images would count twice, under two labels).
+    """
+    real_root = os.path.realpath(root)
+    taken: dict[str, str] = {}  # real path -> class name
+    links: dict[str, str] = {}
+    not_taken: list[dict[str, str]] = []
+    for name in sorted(names, key=lambda n: (root / n).is_symlink()):  # real folders first
+        real = os.path.realpath(root / name)
+        if real == real_root or real_root.startswith(real + os.sep):
+            not_taken.append({"path": name, "reason": f"a symlink to {real}, which holds data_root itself; "
+                              "not followed"})
+            continue
+        owner = next((c for r, c in taken.items() if real == r or real.startswith(r + os.sep)), None)
+        if owner is not None:
+            not_taken.append({"path": name, "reason": f"a symlink into class folder {owner!r} (taken already: "
+                              "its images would count twice); not followed"})
+            continue
+        taken[real] = name
+        if (root / name).is_symlink():
+            links[name] = real
+    return sorted(taken.values()), links, not_taken
+
+
+def _broken_links(root: Path) -> list[dict[str, str]]:
+    """Symlinks in ``root`` whose target does not exist (neither files nor folders, so else unmentioned)."""
+    with contextlib.suppress(OSError), os.scandir(root) as entries:
+        broken = sorted(e.name for e in entries
+                        if not e.name.startswith(".") and e.is_symlink() and not os.path.exists(e.path))
+        return [{"path": name, "reason": "a symlink whose target does not exist"} for name in broken]
+    return []
+
+
 def _locate_folder(cfg: DataConfig, root: Path) -> Located:
     _need_dir(root, "folder")
-    top_files, class_dirs = _list_dir(root)
-    if not top_files and not class_dirs:
+    top_files, sub_dirs = _list_dir(root)
+    if not top_files and not sub_dirs:
         raise DataError(f"data.data_root: {root} is empty; put images there ({_EXTENSIONS_TEXT}), "
                         "flat or one sub-folder per class")
+    class_dirs, links, not_taken = _class_dirs(root, sub_dirs)
+    not_taken += _broken_links(root)
     by_class: dict[str, list[str]] = {}
     others = [name for name in top_files if not is_image_file(name)]
     stray: list[str] = []
@@ -374,9 +415,15 @@ def _locate_folder(cfg: DataConfig, root: Path) -> Located:
         example = f", e.g. {others[0]}" if others else ""
         raise DataError(f"data.data_root: {root} has no image files ({_EXTENSIONS_TEXT}); found "
                         f"{len(others)} other files{example}")
-    layout = "class sub-folders" if class_dirs else "flat"
+    with_images = [c for c, files in by_class.items() if files]
+    if not class_dirs:
+        layout = "flat"
+    elif len(with_images) == 1 and not cfg.classes:
+        layout = "one class sub-folder"  # read as unlabelled: one class gives nothing to learn or score by
+    else:
+        layout = "class sub-folders"
     return Located("folder", root, inputs, {"by_class": by_class, "stray": stray, "others": others,
-                                            "layout": layout})
+                                            "layout": layout, "links": links, "not_taken": not_taken})
 
 
 def locate(cfg: DataConfig) -> Located:
@@ -402,7 +449,8 @@ class Source:
     ``count`` candidate images (after the class filter) come out of ``tasks(rows)`` in order, as
     (index of the first candidate, task) with at most ``rows`` candidates per task. ``labels`` is
     int64 (count,) or None; ``class_names`` names label k; ``name(i)`` says what candidate i is in
-    messages. ``skipped``/``warnings``: problems found while listing.
+    messages. ``skipped``/``warnings``: problems found while listing; ``summary``: one line saying what
+    was taken and what was not (folders).
     """
 
     kind: str
@@ -416,6 +464,7 @@ class Source:
     native_size: tuple[int, int] | None = None
     skipped: list[dict[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    summary: str = ""  # one line: what the source gave and what it did not (folders)
 
 
 def resolve_classes(wanted: list[str] | None, names: list[str] | None, dataset: str) -> list[int] | None:
@@ -667,26 +716,59 @@ def _folder_classes(cfg: DataConfig, located: Located) -> tuple[list[str], list[
     return [c for c, files in by_class.items() if files], warnings
 
 
+def _folder_summary(located: Located, classes: list[str], count: int, labelled: bool) -> str:
+    """The one line saying what a folder gave and what it did not (also in the manifest)."""
+    extra = located.extra
+    by_class: dict[str, list[str]] = extra["by_class"]
+    if extra["layout"] == "flat":
+        taken = f"took {count} image files at its top level, unlabelled"
+    elif not labelled:
+        taken = (f"took {count} image files of its one class sub-folder {classes[0]!r} as unlabelled images (one "
+                 "class gives no labels to learn or score by: evaluation reads the self-supervised ssl_* space)")
+    else:
+        shown = ", ".join(f"{c} ({len(by_class[c])})" for c in classes[:10]) + (" ..." if len(classes) > 10 else "")
+        taken = f"took {count} image files in {len(classes)} classes, one per sub-folder: {shown}"
+    if extra["links"]:
+        taken += "; followed symlinked class folders " + ", ".join(f"{n} -> {t}" for n, t in extra["links"].items())
+    not_taken = []
+    if extra["stray"]:
+        not_taken.append(f"{len(extra['stray'])} image files at the top level, outside the class sub-folders "
+                         f"(e.g. {extra['stray'][0]}; listed under 'skipped')")
+    empty = [c for c, files in by_class.items() if not files]
+    if empty:
+        not_taken.append(f"class folders without images: {', '.join(empty)}")
+    not_taken += [f"{e['path']} ({e['reason']})" for e in extra["not_taken"]]
+    if extra["others"]:
+        not_taken.append(f"{len(extra['others'])} files that are not images (e.g. {extra['others'][0]})")
+    return (f"folder {located.root}: {taken}; not taken: " + ("; ".join(not_taken) if not_taken else "nothing")
+            + " (manifest.json: source)")
+
+
 def _open_folder(cfg: DataConfig, located: Located) -> Source:
     by_class: dict[str, list[str]] = located.extra["by_class"]
     root: Path = located.root  # type: ignore[assignment]
     skipped = [{"file": name, "reason": "outside the class sub-folders (every sub-folder of data_root is a "
                 "class; move it into one)"} for name in located.extra["stray"]]
     info = {"kind": "image-folder", **located.summary(), "layout": located.extra["layout"],
-            "ignored_non_image_files": len(located.extra["others"])}
-    if located.extra["layout"] == "flat":
+            "ignored_non_image_files": len(located.extra["others"]),
+            "symlinked_class_folders": located.extra["links"], "not_taken": located.extra["not_taken"]}
+    if located.extra["layout"] != "class sub-folders":  # flat, or one class sub-folder: unlabelled
         resolve_classes(cfg.classes, None, "folder")
-        names = by_class[""]
+        classes, warnings = _folder_classes(cfg, located) if located.extra["layout"] != "flat" else ([""], [])
+        names = by_class[classes[0]]
+        info["summary"] = _folder_summary(located, classes, len(names), labelled=False)
         return Source("files", len(names), None, None, info, _file_tasks(root, names), names.__getitem__,
-                      skipped=skipped)
+                      skipped=skipped, warnings=warnings, summary=info["summary"])
     classes, warnings = _folder_classes(cfg, located)
     keep = resolve_classes(cfg.classes, classes, "folder")
     if keep is not None:
         classes = [classes[k] for k in keep]
     names, labels = _interleave([by_class[c] for c in classes])
     info["classes"] = classes
+    info["summary"] = _folder_summary(located, classes, len(names), labelled=True)
     return Source("files", len(names), np.asarray(labels, dtype=np.int64), classes, info,
-                  _file_tasks(root, names), names.__getitem__, skipped=skipped, warnings=warnings)
+                  _file_tasks(root, names), names.__getitem__, skipped=skipped, warnings=warnings,
+                  summary=info["summary"])
 
 
 def open_source(cfg: DataConfig, located: Located) -> Source:
@@ -718,7 +800,7 @@ def check_source(cfg: DataConfig) -> None:
         return
     located = locate(cfg)
     names = KNOWN_CLASS_NAMES.get(cfg.dataset)
-    if cfg.dataset == "folder" and located.extra["layout"] != "flat":
+    if cfg.dataset == "folder" and located.extra["layout"] == "class sub-folders":
         names, _ = _folder_classes(cfg, located)
     if cfg.classes is None:
         return

@@ -169,6 +169,8 @@ def _build(cfg: DataConfig, source: sources.Source, key: str, tmp: Path, workers
     """Stream ``source`` through the transforms into ``tmp``; validate; return the manifest written."""
     t0 = time.perf_counter()
     _check_strict(cfg, source.skipped, source.count + len(source.skipped))
+    if source.summary:
+        say(f"dataset: {source.summary}")
     for warning in source.warnings:
         say(f"dataset: warning: {warning}")
     capacity = min(source.count, cfg.limit or source.count)
