@@ -198,10 +198,11 @@ def config_data(args: argparse.Namespace, fields: Iterable[str]) -> dict[str, An
     return data
 
 
-def add_run_flags(parser: argparse.ArgumentParser, run_id_help: str) -> None:
-    """``--run-id`` (required) and ``--out``: the existing run a command works on."""
+def add_run_flags(parser: argparse.ArgumentParser, run_id_help: str, *, required: bool = True) -> None:
+    """``--run-id`` (required unless ``required=False``: the command then checks it) and ``--out``: the
+    existing run a command works on."""
     out = config_field("out")
-    parser.add_argument("--run-id", required=True, help=run_id_help)
+    parser.add_argument("--run-id", required=required, help=run_id_help)
     parser.add_argument("--out", type=Path, default=out.default, help=field_help(out))
 
 

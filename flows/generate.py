@@ -7,6 +7,7 @@ Run it:
     python flows/generate.py --run-id digits-long --checkpoint 2000 --seed 123
     python flows/generate.py --run-id digits-long --checkpoint latest --dest /tmp/samples.npz
     python flows/generate.py --run-id digits-long -n 500 --dry-run      # the plan as JSON; nothing is written
+    python flows/generate.py --model-file step_010000-ema.onnx -n 500  # from an exported generator (flows/export.py)
 
 The latent seed is recorded with the images (``seed`` in the npz, ``meta.json`` in the folder):
 ``ganlib.rendering.gallery.fixed_noise(n, noise_dim, seed)`` gives the same latents on any machine, and the
@@ -15,6 +16,10 @@ with the images of ``gallery/samples.npz`` and the 5x5 grid. Class-conditional r
 get balanced labels (image i is class i mod K; ``--per-class M`` asks for M of each) and, as
 PNGs, one folder per class. By default the images go to ``<run>/generated/``.
 
+``--model-file FILE`` samples from an exported generator (a ``.pt`` or ``.onnx`` of ``flows/export.py``)
+instead of a run, on the CPU, as an npz (default: ``generated/`` next to the file); its default seed is
+the one its run's default samples use (the model card's ``sample_seed``), so the images are the same.
+
 Like ``flows/train.py``, with no ``PREFECT_API_URL`` set it starts a temporary Prefect server.
 ``--dry-run`` makes the same checks and prints the plan (checkpoint, destination, number of images,
 seed, ...) as JSON.
@@ -22,6 +27,7 @@ seed, ...) as JSON.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,9 +46,11 @@ from prefect import flow, runtime
 
 from flows.server import temporary_server
 from ganlib.errors import ConfigError
+from ganlib.export import load_exported
 from ganlib.rendering.gallery import GALLERY_NOISE_OFFSET, resolve_checkpoint
 from ganlib.runs.checkpoint import list_checkpoints
 from ganlib.runs.paths import RunDir
+from tasks.export import sample_exported_task
 from tasks.gallery import generate_task
 
 DEFAULT_NUM_SAMPLES = 10_000  # as in the tutorial
@@ -88,6 +96,34 @@ def plan_generation(run_dir: Path | str, checkpoint: str = "best", num_samples: 
             "class_names": manifest.get("class_names"), "use_ema": getattr(config.eval, "use_ema", True)}
 
 
+def plan_file_generation(model_file: Path | str, num_samples: int = DEFAULT_NUM_SAMPLES, fmt: str = "npz",
+                         seed: int | None = None, dest: Path | str | None = None, per_class: int | None = None,
+                         batch_size: int = 500, overwrite: bool = False) -> dict[str, Any]:
+    """``plan_generation`` for an exported generator file (``flows/export.py``): the arguments of
+    ``sample_exported_task`` (model_file, dest, num_samples, seed, batch_size); ``GanlibError`` if wrong."""
+    card = load_exported(model_file).card
+    if fmt != "npz":
+        raise ConfigError(f"--format {fmt}: an exported generator writes npz files only; use --format npz, "
+                          "or --run-id for PNGs")
+    if per_class is not None:
+        if not card["conditional"]:
+            raise ConfigError(f"--per-class: {model_file} is not class-conditional; use -n instead")
+        num_samples = per_class * int(card["num_classes"])
+    if num_samples < 1:
+        raise ConfigError(f"num_samples: must be at least 1 (got {num_samples})")
+    if seed is None:
+        seed = card.get("sample_seed") or 0
+    model_file = Path(model_file)
+    default_name = f"{model_file.stem}-seed{seed}-n{num_samples}.npz"
+    dest = model_file.parent / "generated" / default_name if dest is None else Path(dest)
+    if dest.is_dir():
+        dest = dest / default_name
+    if dest.exists() and not overwrite:
+        raise ConfigError(f"--dest: {dest} exists; add --overwrite to replace it, or choose another --dest")
+    return {"model_file": str(model_file), "dest": str(dest), "num_samples": num_samples, "seed": seed,
+            "batch_size": batch_size}
+
+
 def _check_destination(dest: Path, run: RunDir, overwrite: bool) -> None:
     """A one-line ``ConfigError`` for a destination that would destroy something."""
     where = dest.resolve()
@@ -117,12 +153,26 @@ def generate_samples(run_dir: str, checkpoint: str = "best", num_samples: int = 
     return record
 
 
+@flow(name="generate-from-file", log_prints=True)
+def generate_from_file(model_file: str, num_samples: int = DEFAULT_NUM_SAMPLES, seed: int | None = None,
+                       dest: str | None = None, per_class: int | None = None,
+                       overwrite: bool = False) -> dict[str, Any]:
+    """Generate ``num_samples`` images from an exported generator file (.pt or .onnx) into an npz."""
+    plan = plan_file_generation(model_file, num_samples, "npz", seed, dest, per_class, overwrite=overwrite)
+    record = sample_exported_task(**plan)
+    print(f"wrote {record['num_samples']} images to {record['path']} ({Path(model_file).name}, "
+          f"step {record['step']}, seed {record['seed']})")
+    return record
+
+
 # --- command line -------------------------------------------------------------------------------
 
 
 def _main(argv: list[str] | None) -> int:
     parser = cli_parser(__doc__)
-    add_run_flags(parser, "the run to sample from")
+    add_run_flags(parser, "the run to sample from (or --model-file)", required=False)
+    parser.add_argument("--model-file", help="an exported generator (.pt or .onnx, flows/export.py) to sample "
+                        "from instead of a run")
     parser.add_argument("--checkpoint", default="best",
                         help="best (default), latest, a step (2000), a file name or a path")
     parser.add_argument("-n", "--num-samples", type=int, default=DEFAULT_NUM_SAMPLES,
@@ -138,6 +188,10 @@ def _main(argv: list[str] | None) -> int:
     add_device_flag(parser)
     add_dry_run(parser, "the plan (checkpoint, destination, number of images, seed, device, ...)")
     args = parser.parse_args(argv)
+    if (args.run_id is None) == (args.model_file is None):
+        parser.error("give --run-id (a run's checkpoint) or --model-file (an exported generator), one of them")
+    if args.model_file is not None:
+        return _main_from_file(args)
     run_dir = str(Path(args.out) / args.run_id)
     # Checked here first: a mistake fails in a second, not after the Prefect server has started.
     plan = plan_generation(run_dir, args.checkpoint, args.num_samples, args.format, args.seed, args.dest,
@@ -149,6 +203,18 @@ def _main(argv: list[str] | None) -> int:
                                   args.dest, args.per_class, args.device, overwrite=args.overwrite)
     print(f"done: {record['path']}  {record['num_samples']} images  seed {record['seed']}  "
           f"step {record['step']}")
+    return 0
+
+
+def _main_from_file(args: argparse.Namespace) -> int:
+    plan = plan_file_generation(args.model_file, args.num_samples, args.format, args.seed, args.dest,
+                                args.per_class, overwrite=args.overwrite)
+    if args.dry_run:
+        return print_json(plan)
+    with temporary_server():
+        record = generate_from_file(args.model_file, args.num_samples, args.seed, args.dest, args.per_class,
+                                    overwrite=args.overwrite)
+    print(f"done: {record['path']}  {record['num_samples']} images  seed {record['seed']}  step {record['step']}")
     return 0
 
 
