@@ -84,7 +84,7 @@ def append_csv(path: Path, row: dict[str, Any]) -> None:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The fields of ``ganlib.config.ModelConfig`` that ``build_models`` reads, with its defaults."""
+    """The fields of ``ganlib.config.ModelConfig`` that ``build_models`` reads, with the mlp preset's defaults."""
 
     name: str = "mlp"
     conditional: bool = False
@@ -92,6 +92,7 @@ class ModelSpec:
     hidden_dim: int = 512
     ngf: int = 32
     ndf: int = 32
+    blocks: int = 1
     spectral_norm: bool = False
 
 

@@ -75,6 +75,7 @@ def gan_pipeline(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B0
     with run_lock(config.run_dir):  # the same run id started twice at once is refused
         remove_temporary_files(config.run_dir)  # left by a killed attempt; nobody else writes here
         store = prepare_dataset_task(config.data, str(config.out))
+        config = config.resolved(channels=store["shape"][0])  # model 'auto': the preset for these images
         trained = train_task(config, store["store_dir"])
         evaluation = evaluate_task(config, store["store_dir"])
         return gallery_task(config, evaluation["best_checkpoint"], trained)
@@ -94,7 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_config(argv: list[str] | None = None) -> tuple[RunConfig, bool]:
     """The validated config from the command line (``--config FILE.json``, flags on top) and ``--dry-run``."""
     args = build_parser().parse_args(argv)
-    return build_config(config_data(args, RUN_FIELDS)).resolved(), args.dry_run
+    config = build_config(config_data(args, RUN_FIELDS))
+    choice = config.preset_choice()
+    if choice:  # which preset 'auto' takes, and why (on stderr: --dry-run's stdout is the config alone)
+        print(choice, file=sys.stderr)
+    return config.resolved(), args.dry_run
 
 
 def _main(argv: list[str] | None) -> int:

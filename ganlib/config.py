@@ -22,7 +22,7 @@ from ganlib.errors import CheckpointError, ConfigError
 DatasetName = Literal[
     "digits", "mnist", "fashion-mnist", "kmnist", "cifar10", "celeba", "folder", "npz", "idx"]
 DATASETS: tuple[str, ...] = get_args(DatasetName)
-MODELS = ("mlp", "dcgan", "resnet")
+MODELS = ("auto", "mlp", "dcgan", "resnet", "r3gan")
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$"
 DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d{1,4}|mps)$"
 
@@ -73,8 +73,8 @@ class DataConfig(_Section):
     num_images: int = Field(
         20_000, ge=100, le=1_000_000, description="digits: how many images to generate.")
     seed: int = Field(7, ge=0, le=2**63 - 1, description="digits: generator seed (independent of the run seed).")
-    image_size: Literal[28, 32, 64, 128] = Field(
-        28, description="Side of the prepared square images, pixels (128: dcgan and mlp only; the embedded "
+    image_size: Literal[28, 32, 64, 128, 256] = Field(
+        28, description="Side of the prepared square images, pixels (resnet: 32 and up; the embedded "
         "digits are drawn at 28, 32 and 64).")
     limit: int | None = Field(
         None, ge=1, description="Keep at most this many images (the first N readable ones).")
@@ -114,18 +114,26 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     """Generator and discriminator architecture."""
 
-    name: Literal["mlp", "dcgan", "resnet"] = Field(
-        "mlp", description="'mlp' (default: on the CPU the best samples per minute of training, see "
-        "bench/RESULTS.md): the tutorial's MLP done right; 'dcgan': conv nets with batch norm; "
-        "'resnet': SNGAN-style residual nets (32 and 64 px).")
+    name: Literal["auto", "mlp", "dcgan", "resnet", "r3gan"] = Field(
+        "auto", description="'auto' (default): chosen from the prepared images: 'mlp' for 28-px grey images "
+        "(the best digits per minute of CPU training, bench/RESULTS.md), 'r3gan' for RGB or larger ones. "
+        "'mlp': the tutorial's MLP done right; 'dcgan': conv nets with batch norm; 'resnet': SNGAN-style "
+        "residual nets (32 px and up); 'r3gan': the modern baseline of Huang et al. 2024 (norm-free ResNets, "
+        "relativistic loss with R1 + R2, adaptive augmentation). See docs/models.md.")
     conditional: bool = Field(
         False, description="Class-conditional G (conditional batch norm) and D (projection); needs labels.")
     noise_dim: int = Field(100, ge=1, le=4096, description="Length of the latent vector z.")
     hidden_dim: int = Field(
         512, ge=8, le=8192, description="mlp: width of the hidden layers (G: noise -> hidden -> 2*hidden -> "
         "image; D mirrors it). 512 beat 256 at equal training time on MNIST (bench/RESULTS.md).")
-    ngf: int = Field(32, ge=4, le=1024, description="dcgan: generator width (channels of the last block).")
-    ndf: int = Field(32, ge=4, le=1024, description="dcgan: discriminator width (channels of the first block).")
+    ngf: int | None = Field(
+        None, ge=4, le=1024, description="Conv generators' width: dcgan's last block, resnet's /4, r3gan's at the "
+        "image resolution (doubling per halving of the side, up to 8x). Default: the preset's (32; r3gan 16, "
+        "sized for a CPU at 32 px: give 64 or more on a GPU).")
+    ndf: int | None = Field(
+        None, ge=4, le=1024, description="Conv discriminators' width: dcgan's first block, resnet's /4, r3gan's at "
+        "the image resolution. Default: the preset's (32; r3gan 16).")
+    blocks: int = Field(1, ge=1, le=16, description="r3gan: residual blocks per resolution stage (the paper: 2).")
     spectral_norm: bool = Field(False, description="Spectral normalisation of D's weight layers (Miyato et al. 2018).")
 
 
@@ -147,19 +155,41 @@ class TrainConfig(_Section):
         "linearly to 0 at the last step (SNGAN/BigGAN-style annealing).")
     lr_decay_start: float = Field(
         0.5, ge=0, lt=1, description="linear decay: the fraction of train.steps after which the rates decay.")
-    beta1: float = Field(0.5, ge=0, lt=1, description="Adam beta1 of G and D (0.5, as in DCGAN).")
-    beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2 of G and D.")
-    loss: Literal["ns", "hinge", "wgan-gp", "ls"] = Field(
-        "ns", description="'ns': non-saturating (BCE on logits); 'hinge'; 'wgan-gp': Wasserstein with "
-        "gradient penalty; 'ls': least squares.")
+    beta1: float | None = Field(
+        None, ge=0, lt=1, description="Adam beta1 of G and D (default: the preset's; 0.5 as in DCGAN, r3gan 0).")
+    beta2: float | None = Field(None, ge=0, lt=1, description="Adam beta2 of G and D (default: the preset's; "
+                                "0.999, r3gan 0.99).")
+    loss: Literal["auto", "ns", "hinge", "wgan-gp", "ls", "rpgan"] = Field(
+        "auto", description="'ns': non-saturating (BCE on logits); 'hinge'; 'wgan-gp': Wasserstein with "
+        "gradient penalty; 'ls': least squares; 'rpgan': relativistic pairing (Jolicoeur-Martineau 2019, with "
+        "R1 + R2 as in R3GAN). 'auto': the preset's (rpgan for r3gan, else ns).")
     d_steps: int = Field(1, ge=1, le=100, description="Discriminator updates per generator update.")
     gp_weight: float = Field(10.0, ge=0, description="wgan-gp: weight of the gradient penalty.")
-    r1: float = Field(0.0, ge=0, description="R1 penalty weight gamma on D's gradient at real images (0 = off).")
-    r1_every: int = Field(1, ge=1, description="Apply R1 every this many D updates (lazy regularisation).")
-    diffaug: list[Literal["color", "translation", "cutout"]] = Field(
-        default_factory=lambda: ["translation"], description="Differentiable augmentation of everything D "
-        "sees ('translation,cutout' on the command line; 'none' = off). Default translation: on 10,000 "
-        "MNIST digits it kept D from memorising the training set (bench/RESULTS.md).")
+    r1: float | None = Field(
+        None, ge=0, description="R1 penalty weight gamma on D's gradient at real images (0 = off; default: the "
+        "preset's, r3gan 0.05, else 0).")
+    r2: float | None = Field(
+        None, ge=0, description="R2 penalty weight gamma on D's gradient at generated images (0 = off; default: "
+        "the preset's, r3gan 0.05, else 0).")
+    r1_every: int | None = Field(
+        None, ge=1, description="Apply R1 (and R2) every this many D updates, scaled up to the same average strength "
+        "(lazy regularisation, StyleGAN2). Default: the preset's (1; r3gan 8: the penalties' double backward is "
+        "most of a step's time on a CPU).")
+    diffaug: list[Literal["color", "translation", "cutout"]] | None = Field(
+        None, description="Differentiable augmentation of everything D sees ('translation,cutout' on the command "
+        "line; 'none' = off). Default: the preset's: translation (on 10,000 MNIST digits it kept D from "
+        "memorising the training set, bench/RESULTS.md); none for r3gan, which uses ADA.")
+    ada: Literal["auto", "on", "off"] = Field(
+        "auto", description="Adaptive discriminator augmentation (Karras et al. 2020): flips, 90-degree rotations, "
+        "translations, scaling, rotation and colour transforms of everything D sees, each with a probability p "
+        "that follows D's overfitting. 'auto': the preset's (on for r3gan).")
+    ada_target: float = Field(
+        0.6, gt=0, lt=1, description="ADA: the overfitting signal r_t = E[sign(D(real))] (rpgan: E[sign(D(real) - "
+        "D(fake))]) that p is steered to.")
+    ada_kimg: float = Field(
+        100.0, gt=0, le=10**6, description="ADA: thousands of images over which p can move from 0 to 1 (the paper: "
+        "500, for runs of millions of images).")
+    ada_interval: int = Field(4, ge=1, le=10**4, description="ADA: steps between adjustments of p.")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="'bf16': autocast G and D to bfloat16 (with TF32 matmuls on CUDA). On a CPU with "
         "native bf16 (AMX, AVX512-BF16) it trained 1.5-2.3x faster here (bench/RESULTS.md); elsewhere it is "
@@ -208,6 +238,29 @@ class TrainConfig(_Section):
 
 
 DEFAULT_STEPS = 10_000
+
+# What each preset uses where the config leaves it to the preset ('auto' or None), by dotted field. The
+# older presets keep the settings this project always had; r3gan follows its paper (Huang et al. 2024:
+# Adam betas (0, 0.99), relativistic pairing loss, R1 and R2 with gamma 0.05 as for CIFAR-10) with ADA,
+# lazy penalties and widths that train on a CPU at 32 px (bench/RESULTS.md).
+_CLASSIC = {"model.ngf": 32, "model.ndf": 32, "train.loss": "ns", "train.beta1": 0.5, "train.beta2": 0.999,
+            "train.r1": 0.0, "train.r2": 0.0, "train.r1_every": 1, "train.diffaug": ["translation"],
+            "train.ada": "off"}
+PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mlp": _CLASSIC, "dcgan": _CLASSIC, "resnet": _CLASSIC,
+    "r3gan": {"model.ngf": 16, "model.ndf": 16, "train.loss": "rpgan", "train.beta1": 0.0, "train.beta2": 0.99,
+              "train.r1": 0.05, "train.r2": 0.05, "train.r1_every": 8, "train.diffaug": [], "train.ada": "on"},
+}
+
+
+def choose_preset(channels: int, image_size: int) -> tuple[str, str]:
+    """``model.name auto``: (preset, why) for prepared images of ``channels`` x ``image_size`` px. Grey 28-px
+    images (digits) get the MLP, the best samples per minute of CPU training there (bench/RESULTS.md); RGB
+    or larger images get r3gan, the conv preset built for them (an MLP cannot model them)."""
+    if channels == 1 and image_size == 28:
+        return "mlp", "28-px grey images: the MLP trains the best digits per minute"
+    kind = "RGB" if channels == 3 else "grey"
+    return "r3gan", f"{image_size}-px {kind} images: the modern conv preset (an MLP cannot model them)"
 
 
 class EvalConfig(_Section):
@@ -326,6 +379,16 @@ class DistConfig(_Section):
         return self
 
 
+class TrackingConfig(_Section):
+    """Experiment tracking in MLflow (optional: pip install mlflow); never changes what the run learns."""
+
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking server URI (http://host:5000, sqlite:///mlflow.db, a folder): log "
+        "the config, metrics, pictures and the best generator there. Default: the MLFLOW_TRACKING_URI "
+        "environment variable; neither: no tracking. A tracker that is down only costs a warning.")
+    mlflow_experiment: str = Field("ganlib", min_length=1, description="MLflow experiment the run is logged in.")
+
+
 class RunConfig(_Section):
     """A whole run: data, model, training, evaluation, gallery, and where it all goes."""
 
@@ -345,6 +408,7 @@ class RunConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     gallery: GalleryConfig = Field(default_factory=GalleryConfig)
     dist: DistConfig = Field(default_factory=DistConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("out", mode="before")
     @classmethod
@@ -363,12 +427,52 @@ class RunConfig(_Section):
                 f"use a multiple of {world}")
         return self
 
-    def resolved(self) -> RunConfig:
-        """A copy with the run id filled in (a timestamped default when none was given)."""
-        if self.run_id is not None:
-            return self
+    def resolved(self, channels: int | None = None) -> RunConfig:
+        """A copy with the run id filled in (a timestamped default when none was given) and the preset's
+        settings in place of 'auto' (``for_data``) where they are known before the data is prepared.
+
+        ``channels``: of the prepared images, when known (training passes it; then nothing stays 'auto').
+        """
+        cfg = self.for_data(channels if channels is not None else self.known_channels())
+        if cfg.run_id is not None:
+            return cfg
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        return self.model_copy(update={"run_id": f"{self.data.dataset}-{self.model.name}-{stamp}"})
+        return cfg.model_copy(update={"run_id": f"{cfg.data.dataset}-{cfg.model.name}-{stamp}"})
+
+    def known_channels(self) -> int | None:
+        """Channels of the prepared images where the config alone says (None: the source decides)."""
+        if self.data.channels != "auto":
+            return 1 if self.data.channels == "grayscale" else 3
+        return {"digits": 1, "mnist": 1, "fashion-mnist": 1, "kmnist": 1, "idx": 1, "cifar10": 3,
+                "celeba": 3}.get(self.data.dataset)
+
+    def preset_choice(self, channels: int | None = None) -> str | None:
+        """One line saying which preset ``model.name auto`` picks and why (None when a model is named)."""
+        if self.model.name != "auto":
+            return None
+        channels = channels if channels is not None else self.known_channels()
+        if channels is None and self.data.image_size == 28:
+            return "model auto: chosen once the images are prepared: mlp if they are grey, r3gan if they are RGB"
+        name, why = choose_preset(channels or 3, self.data.image_size)
+        return f"model auto: {name} ({why})"
+
+    def for_data(self, channels: int | None) -> RunConfig:
+        """``model.name auto`` replaced by the preset for images of ``channels`` (``choose_preset``; left
+        'auto' while ``channels`` is None and the size alone does not decide), then every training setting
+        left to the preset ('auto', or None) filled from ``PRESET_DEFAULTS``."""
+        name = self.model.name
+        if name == "auto" and (channels is not None or self.data.image_size != 28):
+            name, _ = choose_preset(channels or 3, self.data.image_size)
+        if name == "auto":
+            return self
+        updates: dict[str, dict[str, Any]] = {"model": {"name": name}, "train": {}}
+        for dotted, value in PRESET_DEFAULTS[name].items():
+            section, field = dotted.split(".")
+            if getattr(getattr(self, section), field) in (None, "auto"):
+                updates[section][field] = value
+        if name == self.model.name and not updates["train"] and len(updates["model"]) == 1:
+            return self
+        return self.model_copy(update={s: getattr(self, s).model_copy(update=u) for s, u in updates.items()})
 
     @property
     def gallery_seed(self) -> int:
@@ -397,6 +501,7 @@ RESUMABLE_CHANGES = {
     # The global batch (train.batch_size) is what the run learns from; how many processes share it is not.
     "dist.nproc_per_node", "dist.nnodes", "dist.node_rank", "dist.rdzv_endpoint", "dist.backend",
     "dist.timeout_minutes",
+    "tracking.mlflow_uri", "tracking.mlflow_experiment",  # where the run is reported, not what it learns
 }
 
 
@@ -412,6 +517,8 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
             for key in sorted(set(a) | set(b)):
                 if key in a and key in b:  # a field the saved config predates cannot block a resume
                     walk(a[key], b[key], f"{prefix}.{key}" if prefix else key)
+        elif b in (None, "auto") and a not in (None, "auto"):
+            pass  # left to the preset, which the run's resolved config already names (training compares those)
         elif a != b and prefix not in RESUMABLE_CHANGES and not prefix.startswith(("eval.", "gallery.")):
             diffs.append(f"{prefix}: {a!r} -> {b!r}")
 

@@ -39,7 +39,7 @@ __all__ = [
     "load_classifier",
 ]
 
-SUPPORTED_IMAGE_SIZES = (28, 32, 64, 128)
+SUPPORTED_IMAGE_SIZES = (28, 32, 64, 128, 256)
 SUPPORTED_CHANNELS = (1, 3)
 
 # Identifies classifier files so that a GAN checkpoint or an unrelated tensor file passed by

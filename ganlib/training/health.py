@@ -16,7 +16,8 @@ from ganlib.runs.paths import RunDir
 
 log = logging.getLogger("ganlib")
 
-METRIC_COLUMNS = ("d_loss", "g_loss", "d_real", "d_fake", "fake_std")  # what train_step returns, in order
+# What train_step returns, in order; r_t: the overfitting signal, ada_p: the ADA probability (0 without ADA).
+METRIC_COLUMNS = ("d_loss", "g_loss", "d_real", "d_fake", "fake_std", "r_t", "ada_p")
 SATURATION = 0.99  # D(x) above and D(G(z)) below 1 - this, averaged over a flush: D wins outright
 COLLAPSE_FRACTION = 0.1  # sample spread below this fraction of its best so far: G collapsed
 

@@ -112,12 +112,15 @@ def train(
 
 def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, should_stop,
            health: dict[str, Any] | None) -> TrainResult:
-    from ganlib.config import check_resumable, total_steps  # here: the step and models import without pydantic
+    from ganlib.config import check_resumable, total_steps  # here: the step imports without pydantic
     from ganlib.data.store import copy_real_grid, load_store
 
     # --- Data, models, optimizers --------------------------------------------------------------
     run, device, t = RunDir(cfg.run_dir), ctx.device, cfg.train
     store = load_store(store_dir)
+    if cfg.model.name == "auto" and ctx.is_writer:
+        log.info(cfg.preset_choice(int(store.images.shape[1])))
+    cfg = cfg.resolved(channels=int(store.images.shape[1]))  # 'auto' settings: the preset's, for these images
     images = BatchSource(store.images, device, cfg.data.resident_limit_mb)  # on the device if it fits
     labels = torch.from_numpy(store.labels).to(device) if cfg.model.conditional else None
     num_images, image_shape = len(images), tuple(store.images.shape[1:])
@@ -170,8 +173,10 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
 
         # (2) Update D, then G.
         window[filled] = train_step(step_g, step_d, state.opt_g, state.opt_d, real, z, objective, state.step,
-                                    state.ema, ctx.step_noise(state.noise, cfg.seed, state.step), y)
+                                    state.ema, ctx.step_noise(state.noise, cfg.seed, state.step), y, state.ada)
         filled, state.step = filled + 1, state.step + 1
+        if state.ada is not None and state.step % t.ada_interval == 0:
+            state.ada.adjust(ctx.mean_over_ranks)  # p follows r_t, the same on every rank
         last = state.step == num_steps
         stop_requested = should_stop is not None and should_stop()  # a Python flag: no sync
 

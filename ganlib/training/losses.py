@@ -13,6 +13,9 @@ float logits in, scalar out:
 - ``wgan-gp``: D minimises D(G(z)) - D(x) (+ the gradient penalty, applied by the training step),
   G minimises -D(G(z)) (Gulrajani et al. 2017).
 - ``ls``: least squares with targets 1/0 (Mao et al. 2017), on the raw outputs.
+- ``rpgan``: relativistic pairing (Jolicoeur-Martineau 2019; with R1 and R2 the objective of R3GAN, Huang
+  et al. 2024): D minimises softplus(D(G(z)) - D(x)) over pairs of a real and a fake, G the reverse,
+  softplus(D(x) - D(G(z))); its G loss needs the real logits too (``RELATIVISTIC``).
 """
 
 from __future__ import annotations
@@ -52,12 +55,22 @@ def g_loss_least_squares(fake_logits: torch.Tensor) -> torch.Tensor:
     return 0.5 * ((fake_logits - 1.0) ** 2).mean()
 
 
+def d_loss_relativistic(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    return F.softplus(fake_logits - real_logits).mean()
+
+
+def g_loss_relativistic(fake_logits: torch.Tensor, real_logits: torch.Tensor) -> torch.Tensor:
+    return F.softplus(real_logits - fake_logits).mean()
+
+
 OBJECTIVES = {
     "ns": (d_loss_nonsaturating, g_loss_nonsaturating),
     "hinge": (d_loss_hinge, g_loss_critic),
     "wgan-gp": (d_loss_wasserstein, g_loss_critic),
     "ls": (d_loss_least_squares, g_loss_least_squares),
+    "rpgan": (d_loss_relativistic, g_loss_relativistic),
 }
+RELATIVISTIC = frozenset({"rpgan"})  # G's loss takes (fake_logits, real_logits)
 
 
 def gradient_penalty(discriminator, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None,
@@ -71,5 +84,19 @@ def gradient_penalty(discriminator, real: torch.Tensor, fake: torch.Tensor, gene
 
 def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """R1 (Mescheder et al. 2018): E[||grad D(x)||^2] at real images; ``real`` must require grad."""
-    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
-    return grad.flatten(1).pow(2).sum(dim=1).mean()
+    return real_fake_penalties(real_logits, real_logits, real, None)[0]
+
+
+def real_fake_penalties(real_logits: torch.Tensor, fake_logits: torch.Tensor, real: torch.Tensor | None,
+                        fake: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R1, R2): E[||grad D||^2] at the real and at the generated images (R2: Roth et al. 2017, as in
+    R3GAN), each 0 where its input is None. The inputs given must require grad; one backward pass
+    serves both (D scores each image from its own input alone)."""
+    inputs, outputs = [], []
+    for x, logits in ((real, real_logits), (fake, fake_logits)):
+        if x is not None:
+            inputs.append(x)
+            outputs.append(logits.sum())
+    grads = iter(torch.autograd.grad(sum(outputs), inputs, create_graph=True))
+    zero = real_logits.new_zeros(())
+    return tuple(next(grads).flatten(1).pow(2).sum(dim=1).mean() if x is not None else zero for x in (real, fake))

@@ -3,7 +3,7 @@
 Saving and resuming both go through this object, so the keys written and the keys read cannot drift.
 Everything that decides the rest of a run is here or a pure function of it:
 
-- G, its EMA, D and both Adam states;
+- G, its EMA, D, both Adam states and the ADA probability p with its controller;
 - the data order: a permutation derived from (seed, epoch), and the position (a batch index);
 - the latent noise: a dedicated ``torch.Generator`` whose state is saved;
 - Python's, NumPy's and torch's global RNG states;
@@ -23,6 +23,7 @@ from torch import nn
 from ganlib.data.loader import BatchOrder
 from ganlib.models import build_models
 from ganlib.runs import checkpoint as ckpt
+from ganlib.training.ada import AdaptiveAugment
 from ganlib.training.distributed import ProcessContext
 from ganlib.training.step import base_learning_rates, make_optimizers, use_channels_last, with_adam_kernel
 
@@ -56,6 +57,9 @@ class TrainingState:
         self.order = BatchOrder(num_images, cfg.train.batch_size, cfg.seed, device, ctx.rank, ctx.world_size)
         self.health: dict[str, Any] = health or {"rollbacks": 0, "lr_scale": 1.0}
         self.opt_g, self.opt_d = make_optimizers(cfg, self.generator, self.discriminator, self.health["lr_scale"])
+        t = cfg.train
+        self.ada = (AdaptiveAugment(t.ada_target, t.ada_kimg, t.ada_interval, t.batch_size, device)
+                    if t.ada == "on" else None)
         self.step = 0
 
     def set_learning_rates(self, factor: float) -> None:
@@ -78,6 +82,7 @@ class TrainingState:
             "opt_d": self.opt_d.state_dict(),
             "data": self.order.state_dict(),
             "health": self.health,
+            **({"ada": self.ada.state_dict()} if self.ada is not None else {}),
             "rng": {"noise": self.noise.get_state(), "global": ckpt.capture_rng_state()},
         }
 
@@ -95,4 +100,6 @@ class TrainingState:
         self.noise.set_state(state["rng"]["noise"])
         ckpt.restore_rng_state(state["rng"]["global"])
         self.order.load_state_dict(state["data"])
+        if self.ada is not None:
+            self.ada.load_state_dict(state["ada"])
         self.step = int(state["step"])

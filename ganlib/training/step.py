@@ -17,8 +17,9 @@ from torch import nn
 
 from ganlib.errors import ConfigError
 from ganlib.models import BATCH_INDEPENDENT_DISCRIMINATORS
+from ganlib.training.ada import AdaptiveAugment
 from ganlib.training.augment import diff_augment
-from ganlib.training.losses import OBJECTIVES, gradient_penalty, r1_penalty
+from ganlib.training.losses import OBJECTIVES, RELATIVISTIC, gradient_penalty, real_fake_penalties
 
 if TYPE_CHECKING:
     from ganlib.config import RunConfig, TrainConfig
@@ -34,6 +35,7 @@ class Objective:
     d_steps: int = 1
     gp_weight: float = 10.0
     r1: float = 0.0
+    r2: float = 0.0
     r1_every: int = 1
     ema_decay: float = 0.0
     diffaug: tuple[str, ...] = ()
@@ -42,8 +44,11 @@ class Objective:
 
     @classmethod
     def from_config(cls, cfg: RunConfig, device: torch.device | None = None) -> Objective:
-        t = cfg.train
-        return cls(loss=t.loss, d_steps=t.d_steps, gp_weight=t.gp_weight, r1=t.r1, r1_every=t.r1_every,
+        t = cfg.resolved().train
+        if t.loss == "auto":
+            raise ConfigError("train.loss: 'auto' follows the preset, which follows the prepared images: pass the "
+                              "config through RunConfig.resolved(channels=...) first, or name --model")
+        return cls(loss=t.loss, d_steps=t.d_steps, gp_weight=t.gp_weight, r1=t.r1, r2=t.r2, r1_every=t.r1_every,
                    ema_decay=t.ema_decay, diffaug=tuple(t.diffaug),
                    bf16=t.precision == "bf16" and (device is None or device.type in ("cuda", "cpu")),
                    joint_d=cfg.model.name in BATCH_INDEPENDENT_DISCRIMINATORS)
@@ -75,53 +80,76 @@ def train_step(
     ema: nn.Module | None = None,
     noise: torch.Generator | None = None,
     y: torch.Tensor | None = None,
+    ada: AdaptiveAugment | None = None,
 ) -> torch.Tensor:
     """``objective.d_steps`` D updates, then one G update. Returns the step's scalars on the device.
 
     real: (d_steps * N, C, H, W) float in [-1, 1], one batch of N per D update; z: (d_steps * N,
     noise_dim). The G update reuses the last D update's fakes (G has not changed since). ``step``
-    (0-based) schedules lazy R1 and the EMA ramp-up; ``noise`` draws the gradient penalty's
-    interpolation weights; ``y`` (d_steps * N,) int64 labels of the real images for conditional
-    models (the fakes are made for the same labels, so both follow the data's class balance).
-    Returns float32 (d_loss, g_loss, D(x), D(G(z))), the D outputs as mean sigmoid of the last D
-    update; nothing here synchronises with the host.
+    (0-based) schedules lazy R1/R2 and the EMA ramp-up; ``noise`` draws the augmentations and the
+    gradient penalty's interpolation weights; ``y`` (d_steps * N,) int64 labels of the real images for
+    conditional models (the fakes are made for the same labels, so both follow the data's class balance).
+    ``ada``: adaptive augmentation (before DiffAugment) of everything D sees; it observes r_t here.
+    Returns float32 (d_loss, g_loss, D(x), D(G(z)), fake_std, r_t, ada_p) as in ``METRIC_COLUMNS``, the D
+    outputs as mean sigmoid of the last D update (relativistic: of D(x) - D(G(z)) and its negative);
+    nothing here synchronises with the host.
     """
     d_loss_fn, g_loss_fn = OBJECTIVES[objective.loss]
-    aug = (lambda x: diff_augment(x, objective.diffaug, noise)) if objective.diffaug else (lambda x: x)  # noqa: E731
+    relativistic = objective.loss in RELATIVISTIC
+
+    def aug(x: torch.Tensor) -> torch.Tensor:
+        if ada is not None:
+            x = ada.augment(x, noise)
+        return diff_augment(x, objective.diffaug, noise) if objective.diffaug else x
+
+    def score(real_x: torch.Tensor, fake_x: torch.Tensor, y_i: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """D's fp32 logits of the augmented real and fake batches."""
+        if objective.joint_d:  # one pass over both batches: the same logits, faster (taller matrices)
+            both = discriminator(torch.cat([aug(real_x), aug(fake_x)]), None if y_i is None else torch.cat([y_i, y_i]))
+            return both.float().chunk(2)
+        # separate passes: D's batch norm normalises each batch with its own statistics
+        return discriminator(aug(real_x), y_i).float(), discriminator(aug(fake_x), y_i).float()
+
     amp = (lambda: torch.autocast(real.device.type, dtype=torch.bfloat16)) if objective.bf16 else nullcontext
     ys = y.chunk(objective.d_steps) if y is not None else [None] * objective.d_steps
     for i, (real_i, z_i, y_i) in enumerate(zip(real.chunk(objective.d_steps), z.chunk(objective.d_steps), ys)):
         # Update D on one batch.
         d_index = step * objective.d_steps + i
-        use_r1 = objective.r1 > 0 and d_index % objective.r1_every == 0
+        lazy = d_index % objective.r1_every == 0
+        use_r1, use_r2 = objective.r1 > 0 and lazy, objective.r2 > 0 and lazy
         if use_r1:
             real_i = real_i.detach().requires_grad_(True)
         with amp():
             fake = generator(z_i, y_i)
-            if objective.joint_d:  # one pass over both batches: the same logits, faster (taller matrices)
-                both = discriminator(torch.cat([aug(real_i), aug(fake.detach())]),
-                                     None if y_i is None else torch.cat([y_i, y_i])).float()
-                real_logits, fake_logits = both.chunk(2)
-            else:  # separate passes: D's batch norm normalises each batch with its own statistics
-                real_logits = discriminator(aug(real_i), y_i).float()
-                fake_logits = discriminator(aug(fake.detach()), y_i).float()
+            fake_in = fake.detach().requires_grad_(True) if use_r2 else fake.detach()
+            real_logits, fake_logits = score(real_i, fake_in, y_i)
         d_loss = d_loss_fn(real_logits, fake_logits)
         d_total = d_loss
         if objective.loss == "wgan-gp" and objective.gp_weight > 0:
             d_total = d_total + objective.gp_weight * gradient_penalty(discriminator, real_i.detach(), fake.detach(),
                                                                        noise, y_i)
-        if use_r1:  # lazy R1: every r1_every updates, scaled up to keep the same average strength
-            d_total = d_total + (objective.r1 / 2) * objective.r1_every * r1_penalty(real_logits, real_i)
+        if use_r1 or use_r2:  # lazy: every r1_every updates, scaled up to keep the same average strength
+            r1, r2 = real_fake_penalties(real_logits, fake_logits, real_i if use_r1 else None,
+                                         fake_in if use_r2 else None)
+            d_total = d_total + objective.r1_every * (objective.r1 / 2 * r1 + objective.r2 / 2 * r2)
         opt_d.zero_grad(set_to_none=True)
         d_total.backward()
         opt_d.step()
+        with torch.no_grad():  # the overfitting signal: sign of D(x) (relativistic: of D(x) - D(G(z)))
+            margin = (real_logits - fake_logits if relativistic else real_logits).detach()
+            signs = torch.sign(margin)
+            if ada is not None:
+                ada.observe(signs)
 
     # Update G against the updated D. D's weight gradients are not needed here, so they are not
     # computed (about a third of the backward pass through D).
     discriminator.requires_grad_(False)
     with amp():
-        g_logits = discriminator(aug(fake), y_i).float()
-    g_loss = g_loss_fn(g_logits)
+        if relativistic:  # G's loss pairs its fakes with real images, scored by the updated D
+            g_real, g_logits = score(real_i.detach(), fake, y_i)
+        else:
+            g_logits = discriminator(aug(fake), y_i).float()
+    g_loss = g_loss_fn(g_logits, g_real) if relativistic else g_loss_fn(g_logits)
     opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
     opt_g.step()
@@ -135,8 +163,10 @@ def train_step(
         flat = fake.detach().flatten(1).float()
         flat = flat - flat.mean(dim=0)
         spread = flat.square().sum(dim=0).div_(max(len(flat) - 1, 1)).sqrt_().mean()
-        return torch.stack([d_loss.detach(), g_loss.detach(), torch.sigmoid(real_logits.detach()).mean(),
-                            torch.sigmoid(fake_logits).mean(), spread])
+        d_real = torch.sigmoid(margin if relativistic else real_logits.detach()).mean()
+        d_fake = 1 - d_real if relativistic else torch.sigmoid(fake_logits.detach()).mean()
+        p = ada.p if ada is not None else torch.zeros((), device=spread.device)
+        return torch.stack([d_loss.detach(), g_loss.detach(), d_real, d_fake, spread, signs.mean(), p])
 
 
 def adam_implementation(setting: str, device: torch.device) -> dict[str, bool]:
@@ -200,7 +230,7 @@ def base_learning_rates(t: TrainConfig) -> tuple[float, float]:
 def make_optimizers(cfg: RunConfig, generator: nn.Module, discriminator: nn.Module, lr_scale: float = 1.0):
     """Adam for G and D on the device of their parameters (fused or foreach: ``adam_implementation``)."""
     t = cfg.train
-    betas = (t.beta1, t.beta2)
+    betas = (t.beta1 if t.beta1 is not None else 0.5, t.beta2 if t.beta2 is not None else 0.999)
     impl = adam_implementation(t.fused_optimizer, next(generator.parameters()).device)
     return tuple(torch.optim.Adam(module.parameters(), lr=lr * lr_scale, betas=betas, **impl)
                  for module, lr in zip((generator, discriminator), base_learning_rates(t)))

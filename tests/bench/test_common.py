@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bench import common
-from ganlib.config import ModelConfig
+from ganlib.config import build_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,9 +21,9 @@ def bench_module(name: str, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", f"bench.{name}", *argv], cwd=REPO, capture_output=True, text=True)
 
 
-def test_model_spec_has_model_configs_fields_and_defaults():
+def test_model_spec_has_model_configs_fields_and_the_mlp_presets_defaults():
     spec = {f.name: f.default for f in dataclasses.fields(common.ModelSpec)}
-    assert spec == ModelConfig().model_dump()
+    assert spec == build_config({"model": {"name": "mlp"}}).resolved().model.model_dump()
 
 
 def test_benchmarks_import_without_pydantic_or_prefect():

@@ -5,8 +5,8 @@ from ganlib.errors import ConfigError
 
 
 def test_defaults_follow_the_tutorial():
-    cfg = RunConfig()
-    assert cfg.model.noise_dim == 100
+    cfg = RunConfig().resolved()  # the digits: 28-px grey images, so the mlp preset and its settings
+    assert cfg.model.name == "mlp" and cfg.model.noise_dim == 100
     assert cfg.train.lr == 2e-4 and (cfg.train.beta1, cfg.train.beta2) == (0.5, 0.999)
     assert cfg.train.batch_size == 128 and cfg.seed == 7
     assert cfg.data.dataset == "digits"
@@ -14,7 +14,7 @@ def test_defaults_follow_the_tutorial():
 
 @pytest.mark.parametrize(("data", "message"), [
     ({"train": {"lr": -1}}, "train.lr: Input should be greater than 0 (got -1)"),
-    ({"model": {"name": "vae"}}, "model.name: Input should be 'mlp', 'dcgan' or 'resnet' (got 'vae')"),
+    ({"model": {"name": "vae"}}, "model.name: Input should be 'auto', 'mlp', 'dcgan', 'resnet' or 'r3gan' (got 'vae')"),
     ({"data": {"dataset": "imagenet"}}, "data.dataset: Input should be 'digits', 'mnist', 'fashion-mnist', 'kmnist', "
                                           "'cifar10', 'celeba', 'folder', 'npz' or 'idx' (got 'imagenet')"),
     ({"train": {"steps": 5, "epochs": 1}}, "train: give steps or epochs, not both"),
@@ -23,7 +23,7 @@ def test_defaults_follow_the_tutorial():
     ({"device": "gpu"}, "device: String should match pattern"),
     ({"data": {"dataset": "mnist"}}, "dataset 'mnist' needs data_root"),
     ({"trian": {}}, "trian: unknown field"),
-    ({"data": {"image_size": 30}}, "data.image_size: Input should be 28, 32, 64 or 128 (got 30)"),
+    ({"data": {"image_size": 30}}, "data.image_size: Input should be 28, 32, 64, 128 or 256 (got 30)"),
 ])
 def test_invalid_values_give_one_line_naming_the_field(data, message):
     with pytest.raises(ConfigError) as err:
@@ -47,14 +47,50 @@ def test_total_steps_from_steps_epochs_or_default():
 
 
 def test_config_differences_ignore_length_and_output_but_not_the_model():
-    a = build_config({"run_id": "x"}).model_dump(mode="json")
-    b = build_config({"run_id": "x", "train": {"steps": 9000}, "eval": {"num_samples": 500}}).model_dump(mode="json")
+    a = build_config({"run_id": "x"}).resolved().model_dump(mode="json")
+    b = build_config({"run_id": "x", "train": {"steps": 9000}, "eval": {"num_samples": 500}}).resolved().model_dump(
+        mode="json")
     assert config_differences(a, b) == []
-    c = build_config({"run_id": "x", "model": {"ngf": 64}}).model_dump(mode="json")
+    c = build_config({"run_id": "x", "model": {"ngf": 64}}).resolved().model_dump(mode="json")
     assert config_differences(a, c) == ["model.ngf: 32 -> 64"]
 
 
 def test_diffaug_defaults_to_translation_and_none_turns_it_off():
-    assert build_config({}).train.diffaug == ["translation"]
+    assert build_config({}).train.diffaug is None  # the preset's
+    assert build_config({}).resolved().train.diffaug == ["translation"]
+    assert build_config({"data": {"image_size": 32}}).resolved().train.diffaug == []  # r3gan: ADA instead
     assert build_config({"train": {"diffaug": "none"}}).train.diffaug == []
     assert build_config({"train": {"diffaug": "translation,cutout"}}).train.diffaug == ["translation", "cutout"]
+
+
+@pytest.mark.parametrize(("data", "channels", "model"), [
+    ({}, None, "mlp"),  # the digits: 28-px grey
+    ({"data": {"dataset": "cifar10", "data_root": "x", "image_size": 32}}, None, "r3gan"),
+    ({"data": {"image_size": 64}}, None, "r3gan"),  # larger than 28: r3gan whatever the channels
+    ({"data": {"dataset": "folder", "data_root": "x"}}, None, "auto"),  # 28 px, channels unknown until prepared
+    ({"data": {"dataset": "folder", "data_root": "x"}}, 1, "mlp"),
+    ({"data": {"dataset": "folder", "data_root": "x"}}, 3, "r3gan"),
+    ({"data": {"dataset": "folder", "data_root": "x", "channels": "rgb"}}, None, "r3gan"),
+    ({"model": {"name": "dcgan"}, "data": {"image_size": 64}}, 3, "dcgan"),  # named: kept
+])
+def test_model_auto_follows_the_data(data, channels, model):
+    assert build_config(data).resolved(channels=channels).model.name == model
+
+
+def test_the_presets_settings_fill_only_what_the_user_left_to_them():
+    r3 = build_config({"model": {"name": "r3gan"}, "data": {"image_size": 32}, "train": {"beta2": 0.9}}).resolved()
+    t = r3.train
+    assert (t.loss, t.beta1, t.beta2, t.r1, t.r2, t.diffaug, t.ada) == ("rpgan", 0.0, 0.9, 0.05, 0.05, [], "on")
+    assert (r3.model.ngf, r3.model.ndf) == (16, 16)
+    classic = build_config({"model": {"name": "dcgan"}, "train": {"loss": "hinge"}}).resolved()
+    assert (classic.train.loss, classic.train.beta1, classic.train.ada, classic.model.ngf) == ("hinge", 0.5, "off", 32)
+    # Resolving is idempotent, and a resolved config (config.json) round-trips unchanged.
+    assert r3.resolved() == r3 and build_config(r3.model_dump(mode="json")).resolved() == r3
+
+
+def test_the_presets_widths_agree_with_the_models_fallback():
+    from ganlib.config import PRESET_DEFAULTS
+    from ganlib.models import PRESETS
+
+    for name, preset in PRESETS.items():
+        assert PRESET_DEFAULTS[name]["model.ngf"] == PRESET_DEFAULTS[name]["model.ndf"] == preset.width

@@ -61,7 +61,39 @@ def test_dcgan_refuses_sizes_it_cannot_make():
 
 def test_init_is_reproducible_with_the_seed():
     torch.manual_seed(0)
-    g1, _ = build_models(ModelConfig(), 1, 28)
+    g1, _ = build_models(ModelConfig(name="mlp"), 1, 28)
     torch.manual_seed(0)
-    g2, _ = build_models(ModelConfig(), 1, 28)
+    g2, _ = build_models(ModelConfig(name="mlp"), 1, 28)
     assert all(torch.equal(a, b) for a, b in zip(g1.state_dict().values(), g2.state_dict().values()))
+
+
+@pytest.mark.parametrize("size", [28, 32, 64, 128, 256])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_r3gan_makes_every_size_and_starts_as_identity_blocks(size, channels):
+    from ganlib.models.r3gan import ResidualBlock
+
+    g, d = build_models(ModelConfig(name="r3gan", ngf=4, ndf=4), channels, size)
+    x = g(torch.randn(3, 100))
+    assert x.shape == (3, channels, size, size) and x.abs().max() <= 1
+    assert d(x).shape == (3,)
+    block = next(m for m in g.modules() if isinstance(m, ResidualBlock))
+    h = torch.randn(2, block.expand.in_channels, 4, 4)
+    assert torch.equal(block(h), h)  # fix-up: the residual branch starts at zero
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm, torch.nn.LayerNorm)) for m in g.modules())
+
+
+def test_r3gan_is_conditional_and_bf16_safe():
+    g, d = build_models(ModelConfig(name="r3gan", ngf=4, ndf=4, conditional=True), 3, 32, num_classes=5)
+    y = torch.tensor([0, 1, 4])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = d(g(torch.randn(3, 100), y), y)
+    assert logits.shape == (3,) and torch.isfinite(logits.float()).all()
+    a, b = g(torch.zeros(1, 100), torch.tensor([0])), g(torch.zeros(1, 100), torch.tensor([1]))
+    assert not torch.equal(a, b)  # the label changes the image
+
+
+@pytest.mark.parametrize("name", ["dcgan", "resnet"])
+def test_conv_presets_make_256_px(name):
+    g, d = build_models(ModelConfig(name=name, ngf=4, ndf=4), 3, 256)
+    x = g(torch.randn(2, 100))
+    assert x.shape == (2, 3, 256, 256) and d(x).shape == (2,)

@@ -270,3 +270,23 @@ def test_a_stop_request_is_served_at_the_step_it_arrives_in_one_process(tiny):
     result = train(cfg, prepare_dataset(cfg.data, cfg.out), should_stop=should_stop)
     assert result.stopped_early and result.final_step == 7
     assert [p.rsplit("/", 1)[-1] for p in result.checkpoints] == ["step_000007.pt"]
+
+
+def test_r3gan_with_ada_and_lazy_r1_r2_resumes_bit_identically(tiny):
+    """The modern preset's state (ADA's p and its sums, the lazy-penalty phase) survives a resume exactly."""
+    settings = dict(model__name="r3gan", model__ngf=4, model__ndf=4, data__image_size=32, data__channels="rgb",
+                    train__ada_kimg=0.5, train__ada_interval=2, train__r1_every=4, train__checkpoint_every=7)
+    whole = tiny(run_id="whole-r3", **settings).resolved()
+    store = prepare_dataset(whole.data, whole.out)
+    train(whole, store)
+    train(tiny(run_id="part-r3", **{**settings, "train__steps": 7}), store)
+    resumed = train(tiny(run_id="part-r3", **settings), store)
+    assert resumed.resumed_from_step == 7 and resumed.final_step == 12
+    a = load_checkpoint(whole.run_dir / "checkpoints" / "step_000012.pt")
+    b = load_checkpoint(whole.out / "part-r3" / "checkpoints" / "step_000012.pt")
+    for key in ("generator", "generator_ema", "discriminator"):
+        assert all(torch.equal(a[key][n], b[key][n]) for n in a[key]), key
+    assert all(torch.equal(a["ada"][k], b["ada"][k]) for k in a["ada"]) and a["ada"]["p"] > 0
+    ta = pd.read_parquet(whole.run_dir / "metrics" / "train.parquet").drop(columns="images_per_sec")
+    tb = pd.read_parquet(whole.out / "part-r3" / "metrics" / "train.parquet").drop(columns="images_per_sec")
+    pd.testing.assert_frame_equal(ta, tb)

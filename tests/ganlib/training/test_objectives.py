@@ -300,7 +300,7 @@ def test_conditional_needs_labels():
 def test_resnet_refuses_28_px():
     from ganlib.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"data.image_size: resnet makes \(32, 64\) px images, not 28"):
+    with pytest.raises(ConfigError, match=r"data.image_size: resnet makes 32, 64, 128, 256 px images, not 28; use --image-size 32"):
         build_models(ModelConfig(name="resnet"), 1, 28)
 
 
@@ -366,3 +366,22 @@ def test_discriminator_saturation_is_detected(tiny, monkeypatch):
     train(cfg, prepare_dataset(cfg.data, cfg.out))
     events = pd.read_parquet(cfg.run_dir / "metrics" / "health.parquet")
     assert events["event"].tolist() == ["d-saturation"] and events["step"].item() == 6  # flushes at 4 and 6
+
+
+def test_the_relativistic_loss_depends_only_on_the_difference_and_r1_r2_match_separate_gradients():
+    from ganlib.training.losses import OBJECTIVES, real_fake_penalties
+
+    d_loss, g_loss = OBJECTIVES["rpgan"]
+    r, f = torch.randn(8), torch.randn(8)
+    assert torch.allclose(d_loss(r + 5, f + 5), d_loss(r, f)) and torch.allclose(g_loss(f + 5, r + 5), g_loss(f, r))
+    assert torch.allclose(d_loss(r, f), torch.nn.functional.softplus(f - r).mean())
+
+    d = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 1))
+    real, fake = torch.randn(4, 3, 2, 2, requires_grad=True), torch.randn(4, 3, 2, 2, requires_grad=True)
+    rl, fl = d(real).view(-1), d(fake).view(-1)
+    r1, r2 = real_fake_penalties(rl, fl, real, fake)
+    (g_real,) = torch.autograd.grad(d(real).sum(), real)
+    (g_fake,) = torch.autograd.grad(d(fake).sum(), fake)
+    assert torch.allclose(r1, g_real.flatten(1).pow(2).sum(1).mean())
+    assert torch.allclose(r2, g_fake.flatten(1).pow(2).sum(1).mean())
+    assert real_fake_penalties(rl, fl, None, fake)[0] == 0

@@ -1,0 +1,172 @@
+"""Adaptive discriminator augmentation (ADA; Karras et al. 2020, "Training Generative Adversarial Networks
+with Limited Data"), written here from the paper.
+
+Everything D sees (real and generated images, in the D and the G update) goes through the same random
+pipeline; each transform is applied to each image with probability ``p``:
+
+- geometric, composed into one affine map per image and applied by one bilinear ``grid_sample`` with
+  reflection padding: x-flip, 90-degree rotation, integer translation (up to 1/8 of the side), isotropic
+  scaling (log-normal, sigma 0.2 ln 2), arbitrary rotation (probability 1 - sqrt(1 - p), so the two
+  rotations together happen with p), anisotropic scaling, fractional translation (normal, sigma 1/8);
+- colour, composed into one 3x3 matrix and offset per image: brightness (normal, sigma 0.2), contrast
+  (log-normal, sigma 0.5 ln 2), luma flip, hue rotation about the grey axis, saturation (log-normal,
+  sigma ln 2). Grey images take brightness and contrast only.
+
+Every op is differentiable, so G learns through it, and its randomness comes from the generator passed in
+(the run's saved noise generator), so a resumed run augments exactly as the uninterrupted one.
+
+``p`` follows the overfitting signal r_t = E[sign(D(real))] (for the relativistic loss, whose logits
+have no fixed zero: E[sign(D(real) - D(fake))]): every ``interval`` steps, p moves up if r_t is above
+``target`` and down if below, by the amount that would take it from 0 to 1 in ``kimg`` thousand images.
+p, the running sums and the last r_t are tensors on the device (no host sync) and are saved in
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+LN2 = math.log(2.0)
+
+
+def _coin(p: torch.Tensor, n: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    """(n,) float: 1 with probability p, else 0."""
+    return (torch.rand(n, device=device, generator=generator) < p).float()
+
+
+def _randn(n: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(n, device=device, generator=generator)
+
+
+def _uniform(n: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    """(n,) uniform in [-1, 1)."""
+    return torch.rand(n, device=device, generator=generator) * 2 - 1
+
+
+def _affine(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor, tx: torch.Tensor,
+            ty: torch.Tensor) -> torch.Tensor:
+    """(n, 3, 3) matrices [[a, b, tx], [c, d, ty], [0, 0, 1]]."""
+    zero, one = torch.zeros_like(a), torch.ones_like(a)
+    return torch.stack([a, b, tx, c, d, ty, zero, zero, one], dim=1).view(-1, 3, 3)
+
+
+def _rotation(theta: torch.Tensor) -> torch.Tensor:
+    zero = torch.zeros_like(theta)
+    return _affine(theta.cos(), -theta.sin(), theta.sin(), theta.cos(), zero, zero)
+
+
+def _scaling(sx: torch.Tensor, sy: torch.Tensor) -> torch.Tensor:
+    zero = torch.zeros_like(sx)
+    return _affine(sx, zero, zero, sy, zero, zero)
+
+
+def _translation(tx: torch.Tensor, ty: torch.Tensor) -> torch.Tensor:
+    one, zero = torch.ones_like(tx), torch.zeros_like(tx)
+    return _affine(one, zero, zero, one, tx, ty)
+
+
+def geometric_matrices(n: int, size: int, p: torch.Tensor, device: torch.device,
+                       generator: torch.Generator | None) -> torch.Tensor:
+    """(n, 3, 3) maps from output to input positions in grid_sample's [-1, 1] coordinates.
+
+    The transforms' distributions are symmetric, so the map and its inverse are equally likely: drawing
+    the sampling map directly is drawing the augmentation.
+    """
+    def coin() -> torch.Tensor:
+        return _coin(p, n, device, generator)
+
+    m = torch.eye(3, device=device).expand(n, 3, 3)
+    flip = 1 - 2 * coin() * torch.randint(0, 2, (n,), device=device, generator=generator).float()
+    m = m @ _scaling(flip, torch.ones_like(flip))
+    quarter = coin() * torch.randint(0, 4, (n,), device=device, generator=generator).float()
+    m = m @ _rotation(quarter * (math.pi / 2))
+    # Integer translation: whole pixels, up to 1/8 of the side (2 / size is one pixel in [-1, 1]).
+    shift = [coin() * torch.round(_uniform(n, device, generator) * 0.125 * size) * (2.0 / size) for _ in range(2)]
+    m = m @ _translation(*shift)
+    iso = torch.exp2(coin() * _randn(n, device, generator) * 0.2)
+    m = m @ _scaling(iso, iso)
+    p_rot = 1 - torch.sqrt((1 - p).clamp(min=0))
+    m = m @ _rotation(_coin(p_rot, n, device, generator) * _uniform(n, device, generator) * math.pi)
+    aniso = torch.exp2(coin() * _randn(n, device, generator) * 0.2)
+    m = m @ _scaling(aniso, 1 / aniso)
+    m = m @ _rotation(_coin(p_rot, n, device, generator) * _uniform(n, device, generator) * math.pi)
+    frac = [coin() * _randn(n, device, generator) * 0.125 * 2 for _ in range(2)]
+    return m @ _translation(*frac)
+
+
+def colour_transforms(n: int, channels: int, p: torch.Tensor, device: torch.device,
+                      generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """((n, C, C) matrices, (n, C) offsets) of the colour transforms for images in [-1, 1]."""
+    def coin() -> torch.Tensor:
+        return _coin(p, n, device, generator)
+
+    eye = torch.eye(channels, device=device)
+    brightness = coin() * _randn(n, device, generator) * 0.2
+    contrast = torch.exp2(coin() * _randn(n, device, generator) * 0.5)
+    mat = eye * contrast.view(n, 1, 1)
+    off = brightness.view(n, 1).expand(n, channels) * contrast.view(n, 1)
+    if channels == 3:
+        v = torch.full((3, 1), 1 / math.sqrt(3), device=device)
+        vvt = v @ v.T
+        flip = coin() * torch.randint(0, 2, (n,), device=device, generator=generator).float()
+        m = eye - 2 * vvt * flip.view(n, 1, 1)  # luma flip: mirror the grey component
+        theta = (coin() * _uniform(n, device, generator) * math.pi).view(n, 1, 1)
+        cross = torch.tensor([[0.0, -1, 1], [1, 0, -1], [-1, 1, 0]], device=device) / math.sqrt(3)  # [v]_x
+        m = (theta.cos() * eye + theta.sin() * cross + (1 - theta.cos()) * vvt) @ m  # hue: rotate about grey
+        sat = torch.exp2(coin() * _randn(n, device, generator)).view(n, 1, 1)
+        m = (vvt + (eye - vvt) * sat) @ m
+        mat, off = m @ mat, (m @ off.unsqueeze(2)).squeeze(2)
+    return mat, off
+
+
+def augment(x: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Images (N, C, S, S) in [-1, 1], each transform applied with probability ``p`` (a 0-d tensor)."""
+    n, c, h, w = x.shape
+    device = x.device
+    mats = geometric_matrices(n, w, p, device, generator)
+    grid = F.affine_grid(mats[:, :2, :], [n, c, h, w], align_corners=False).to(x.dtype)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    mat, off = colour_transforms(n, c, p, device, generator)
+    x = torch.einsum("nij,njhw->nihw", mat.to(x.dtype), x) + off.to(x.dtype).view(n, c, 1, 1)
+    return x
+
+
+class AdaptiveAugment:
+    """The probability ``p`` and its controller; ``augment`` applies the pipeline at the current p.
+
+    ``observe(signs)`` after each D update adds the update's signs of D's real outputs (or of the
+    real-minus-fake differences); ``adjust(reduce)`` every ``interval`` steps turns their mean r_t into a
+    step of p. ``reduce`` sums over the data-parallel ranks (identity alone), so every rank keeps one p.
+    """
+
+    def __init__(self, target: float, kimg: float, interval: int, batch_size: int, device: torch.device):
+        self.target, self.interval = target, interval
+        self.speed = batch_size * interval / (kimg * 1000)  # change of p per adjustment
+        self.p = torch.zeros((), device=device)
+        self.sums = torch.zeros(2, device=device)  # (sum of signs, count) since the last adjustment
+        self.r_t = torch.zeros((), device=device)  # the last adjustment's r_t, for the log
+
+    def augment(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return augment(x, self.p, generator)
+
+    @torch.no_grad()
+    def observe(self, signs: torch.Tensor) -> None:
+        self.sums += torch.stack([signs.sum(), torch.tensor(float(signs.numel()), device=signs.device)])
+
+    @torch.no_grad()
+    def adjust(self, reduce=lambda t: t) -> None:  # noqa: ANN001 (a collective)
+        sums = reduce(self.sums)
+        self.r_t = sums[0] / sums[1].clamp(min=1)
+        self.p = (self.p + torch.sign(self.r_t - self.target) * self.speed).clamp(0, 1)
+        self.sums.zero_()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"p": self.p.clone(), "sums": self.sums.clone(), "r_t": self.r_t.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self.p.device
+        self.p, self.sums, self.r_t = (state[k].to(device) for k in ("p", "sums", "r_t"))
