@@ -3,6 +3,7 @@
 With ``dist.nproc_per_node`` (or ``dist.nnodes``) above 1 the task launches torchrun through
 ``ganlib.training.launch.launch``, streams the processes' output into its log, and fails (so it is
 retried, resuming) when any of them fails; the launcher kills them all on timeout or cancellation.
+SIGTERM and Ctrl-C (``StopSignals``) stop either kind of training politely at a checkpointed step.
 """
 
 from __future__ import annotations
@@ -37,17 +38,18 @@ def train_task(config: RunConfig, store_dir: str) -> dict:
             update_progress_artifact(progress_id, 100.0 * record["step"] / record["total_steps"])
             last_update = now
 
-    if config.dist.world_size > 1:
-        result = launch(config, Path(store_dir), on_line=get_run_logger().info, on_progress=on_progress)
-        if not result:  # a machine other than 0: rank 0's machine reports the run
-            return {}
-    else:
-        configure_backends(config.train.precision, resolve_device(config.device))
-        with StopSignals().installed() as stop:
+    with StopSignals().installed() as stop:
+        if config.dist.world_size > 1:  # the launcher forwards a stop to the ranks, which agree on the step
+            result = launch(config, Path(store_dir), on_line=get_run_logger().info, on_progress=on_progress,
+                            should_stop=stop.requested)
+        else:
+            configure_backends(config.train.precision, resolve_device(config.device))
             result = train(config, Path(store_dir), on_progress=on_progress, should_stop=stop.requested).to_dict()
-        if stop.signum is not None and result["stopped_early"]:
-            raise RunInterrupted(f"interrupted by {signal.Signals(stop.signum).name}: checkpointed at step "
-                                 f"{result['final_step']} of {result['total_steps']}; run again with --run-id "
-                                 f"{config.run_id} to resume from there", stop.signum)
+    if not result:  # a machine other than 0: rank 0's machine reports the run
+        return {}
+    if stop.signum is not None:  # also when the stop came with the last step: the run stops, as asked
+        raise RunInterrupted(f"interrupted by {signal.Signals(stop.signum).name}: checkpointed at step "
+                             f"{result['final_step']} of {result['total_steps']}; run again with --run-id "
+                             f"{config.run_id} to resume from there", stop.signum)
     update_progress_artifact(progress_id, 100.0 * result["final_step"] / result["total_steps"])
     return result

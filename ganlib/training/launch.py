@@ -12,6 +12,11 @@
   first lets torchrun stop its workers (SIGTERM), then SIGKILLs torchrun's group and, on Linux, every
   process still carrying this launch's id in its environment. Workers also die with torchrun
   (``PR_SET_PDEATHSIG``, Linux) and exit when the launcher itself disappears (a watchdog thread).
+- **A polite stop** (``should_stop``, e.g. SIGTERM or Ctrl-C caught by the launching process) is
+  forwarded as a file, ``stop``, in the launch's work directory, which every rank polls between steps
+  (not a signal: torchrun answers SIGTERM by killing its workers). The ranks agree at the next metrics
+  flush, all stop at the same step, checkpoint it and exit normally; rank 0's result says
+  ``stopped_early``.
 """
 
 from __future__ import annotations
@@ -63,6 +68,26 @@ ENV_LAUNCH_ID = "GANLIB_LAUNCH_ID"  # marks every process of one launch (torchru
 
 
 WATCHDOG_S = 1.0
+
+
+STOP_FILE = "stop"  # in the work directory: the launcher asks the ranks to stop politely
+
+
+STOP_POLL_S = 0.2  # how often the launcher polls should_stop, and a rank the stop file
+
+
+def _stop_file_poller(path: Path) -> Callable[[], bool]:
+    """``should_stop`` for a rank: whether ``path`` exists, looked at most every ``STOP_POLL_S`` (a stat
+    per step would cost little, but the loop asks after every step)."""
+    seen, next_look = False, 0.0
+
+    def requested() -> bool:
+        nonlocal seen, next_look
+        if not seen and time.monotonic() >= next_look:
+            seen, next_look = path.exists(), time.monotonic() + STOP_POLL_S
+        return seen
+
+    return requested
 
 
 class DistributedError(GanlibError):
@@ -165,7 +190,9 @@ def worker_main(argv: list[str] | None = None) -> int:
                 print(PROGRESS_PREFIX + json.dumps({k: record[k] for k in ("step", "total_steps")}), flush=True)
 
             launched = args.work_dir is not None  # by ganlib.training.launch.launch, which reads the progress lines
-            result = train(cfg, store, on_progress=progress if rank == 0 and launched else None, ctx=context)
+            stop = _stop_file_poller(args.work_dir / STOP_FILE) if launched else None
+            result = train(cfg, store, on_progress=progress if rank == 0 and launched else None, should_stop=stop,
+                           ctx=context)
             if rank == 0 and args.work_dir is not None:
                 atomic_write_json(args.work_dir / "result.json", result.to_dict())
             # Leave together: a rank that tears its gloo group down while a peer is still in its last
@@ -235,13 +262,16 @@ def launch(
     *,
     on_line: Callable[[str], None] = print,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
     timeout_s: float | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` with ``cfg.dist.nproc_per_node`` processes here (and ``nnodes`` machines) via torchrun.
 
     Returns rank 0's ``TrainResult.to_dict()`` (on machine 0; other machines return ``{}``).
     ``on_line`` receives every line the processes print (rank-prefixed), ``on_progress`` rank 0's
-    progress records (``step``, ``total_steps``). ``timeout_s`` (default ``cfg.dist.timeout_minutes``):
+    progress records (``step``, ``total_steps``). ``should_stop`` (polled every ``STOP_POLL_S``): once it
+    returns True, every rank finishes its step, all stop together at the next metrics flush and
+    checkpoint that step; the result then has ``stopped_early``. ``timeout_s`` (default ``cfg.dist.timeout_minutes``):
     kill everything after it. Any failure raises: the rank's own ``GanlibError`` type when it raised
     one (a bad config is not worth retrying), else ``DistributedError``. Whatever ends the call
     (an exception in a callback, a cancellation, a timeout), every process started is killed.
@@ -271,12 +301,20 @@ def launch(
         reader = threading.Thread(target=_read_lines, args=(proc, lines), name="ganlib-torchrun-output", daemon=True)
         reader.start()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        stop_forwarded = False
         try:
             while True:
-                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not stop_forwarded and should_stop is not None and should_stop():
+                    (work_dir / STOP_FILE).touch()
+                    stop_forwarded = True
+                    log.info("stop requested: the training processes finish their step and stop together at "
+                             "the next metrics flush (train.log_every), checkpointing it")
+                wait = STOP_POLL_S if deadline is None else min(STOP_POLL_S, max(0.0, deadline - time.monotonic()))
                 try:
                     line = lines.get(timeout=wait)
                 except queue.Empty:
+                    if deadline is None or time.monotonic() < deadline:
+                        continue
                     raise DistributedError(
                         f"distributed training timed out after {timeout_s / 60:g} min (dist.timeout_minutes); "
                         "killed all its processes; running again resumes from the newest checkpoint") from None

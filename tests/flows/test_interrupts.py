@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import psutil
 import pytest
 import torch
@@ -81,3 +82,106 @@ def test_a_signal_checkpoints_the_step_exits_politely_and_the_resume_is_exact(re
     assert f"resuming run r from step_{stopped_at:06d}.pt" in log.read_text()
     mine, theirs = (_tensors(d / "checkpoints" / "step_004000.pt") for d in (tmp_path / "out" / "r", reference))
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+# --- data-parallel: the launcher forwards the stop to its ranks -----------------------------------------
+
+DDP_SETTINGS = {
+    **SETTINGS, "dist": {"nproc_per_node": 2},
+    # No DiffAugment: the runs compared must be one sample path. The ranks agree on a stop at a flush
+    # (every 20 steps), so it lands between the checkpoints at 1000 and 2000.
+    "train": {**SETTINGS["train"], "steps": 2000, "checkpoint_every": 1000, "log_every": 20, "diffaug": []},
+}
+
+
+def _start_ddp(tmp: Path, run_id: str) -> tuple[subprocess.Popen, Path]:
+    config = tmp / "ddp.json"
+    config.write_text(json.dumps(DDP_SETTINGS))
+    log = tmp / f"{run_id}.log"
+    proc = subprocess.Popen([sys.executable, "flows/train.py", "--config", str(config), "--run-id", run_id,
+                             "--out", str(tmp / "out")], cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    return proc, log
+
+
+def _descendants(pid: int) -> list[int]:
+    """Linux, without psutil: every process below ``pid`` (parent links read from /proc/*/stat)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (/proc/<pid>/stat's state field)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _launched_by(pid: int) -> list[int]:
+    """Processes whose environment names ``pid`` as their launcher (torchrun and its ranks), wherever they are."""
+    marker = f"GANLIB_LAUNCHER_PID={pid}:".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "environ").read_bytes() and _running(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp-reference")
+    proc, log = _start_ddp(tmp, "ref")
+    assert proc.wait(timeout=600) == 0, log.read_text()[-2000:]
+    return tmp / "out" / "ref"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_rank_at_one_checkpointed_step_and_the_resume_is_exact(ddp_reference, tmp_path):
+    """Issue #22: under torchrun the stop was not forwarded; the ranks were killed and the steps since the
+    last checkpoint lost."""
+    proc, log = _start_ddp(tmp_path, "r")
+    deadline = time.monotonic() + 300
+    while "step 20/2000" not in log.read_text():  # the ranks are training
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.05)
+    time.sleep(random.Random(3).uniform(0.0, 1.0))
+    family = _descendants(proc.pid)
+    assert len(family) >= 4  # the Prefect server, torchrun and its two ranks (and the server's own children)
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    code = proc.wait(timeout=60)
+    assert code == 143 and time.monotonic() - sent < 30, log.read_text()[-3000:]
+    last = log.read_text().strip().splitlines()[-1]
+    assert last.startswith("interrupted by SIGTERM: checkpointed at step ") and "--run-id r to resume" in last, last
+    stopped_at = int(last.split("checkpointed at step ")[1].split()[0])
+    assert 0 < stopped_at < 2000 and stopped_at % 20 == 0  # a flush, where the ranks agree
+    assert (tmp_path / "out" / "r" / "checkpoints" / f"step_{stopped_at:06d}.pt").is_file()
+    while [pid for pid in family if _running(pid)] or _launched_by(proc.pid):
+        assert time.monotonic() - sent < 30, f"processes of the run outlived it: {_launched_by(proc.pid)}"
+        time.sleep(0.1)
+
+    resumed, log = _start_ddp(tmp_path, "r")
+    assert resumed.wait(timeout=600) == 0, log.read_text()[-2000:]
+    assert f"resuming run r from step_{stopped_at:06d}.pt" in log.read_text()
+    mine, theirs = (_tensors(d / "checkpoints" / "step_002000.pt") for d in (tmp_path / "out" / "r", ddp_reference))
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    tables = [pd.read_parquet(d / "metrics" / "train.parquet").drop(columns="images_per_sec")
+              for d in (tmp_path / "out" / "r", ddp_reference)]
+    pd.testing.assert_frame_equal(*tables)  # every step once, the same values
