@@ -52,6 +52,7 @@ RUN_FIELDS: tuple[str, ...] = (
     "eval.num_samples",
     "gallery.num_samples",
     "dist.nproc_per_node", "dist.nnodes", "dist.rdzv_endpoint", "dist.backend", "dist.timeout_minutes",
+    "tracking.mlflow_uri", "tracking.mlflow_experiment",
     "run_id", "out", "device", "seed",
 )
 RUN_FLAG_NAMES: dict[str, str] = {

@@ -44,6 +44,7 @@ from ganlib.config import RUN_ID_PATTERN, RunConfig, build_config
 from ganlib.preflight import check_run
 from ganlib.runs.files import remove_temporary_files
 from ganlib.runs.lock import run_lock
+from ganlib.tracking import track_run
 from tasks.evaluate import evaluate_task
 from tasks.gallery import gallery_task
 from tasks.prepare import prepare_dataset_task
@@ -72,7 +73,9 @@ def gan_pipeline(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B0
         config = config.model_copy(update={"run_id": name}) if name and re.fullmatch(RUN_ID_PATTERN, name) else config
     config = config.resolved()
     check_run(config)
-    with run_lock(config.run_dir):  # the same run id started twice at once is refused
+    tags = {"prefect.flow_run_id": str(runtime.flow_run.id), "prefect.flow_run_name": str(runtime.flow_run.name)}
+    # the same run id started twice at once is refused; MLflow tracking when asked (--mlflow-uri), else nothing
+    with run_lock(config.run_dir), track_run(config, tags):
         remove_temporary_files(config.run_dir)  # left by a killed attempt; nobody else writes here
         store = prepare_dataset_task(config.data, str(config.out))
         config = config.resolved(channels=store["shape"][0])  # model 'auto': the preset for these images

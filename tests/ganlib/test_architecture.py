@@ -26,6 +26,9 @@ ALLOWED = {
     "training": {"errors", "config", "runs", "models", "sampling", "data"},
     "preflight": {"errors", "config", "runs", "models", "data", "evaluation"},
     "sweep": {"errors", "config", "runs"},
+    "export": {"errors", "config", "runs", "models", "sampling", "rendering"},
+    # tracking exports the best generator; it is the only module that imports mlflow (lazily)
+    "tracking": {"errors", "config", "runs", "sampling", "rendering", "export"},
     "__init__": set(),
 }
 
