@@ -44,7 +44,7 @@ from ganlib.config import RUN_ID_PATTERN, RunConfig, build_config
 from ganlib.preflight import check_run
 from ganlib.runs.files import remove_temporary_files
 from ganlib.runs.lock import run_lock
-from ganlib.tracking import track_run
+from ganlib.tracking import check_tracking, track_run
 from tasks.evaluate import evaluate_task
 from tasks.gallery import gallery_task
 from tasks.prepare import prepare_dataset_task
@@ -110,6 +110,7 @@ def _main(argv: list[str] | None) -> int:
     if dry_run:
         return print_json(config)
     check_run(config)  # fail in a second, not after the Prefect server has started
+    check_tracking(config)  # --mlflow-uri without mlflow installed
     with temporary_server():
         summary = gan_pipeline(config)
     best = summary["best"]

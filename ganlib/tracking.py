@@ -161,14 +161,15 @@ class MlflowTracker:
 
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items() if v])
 
-    def finish(self, succeeded: bool) -> None:
-        """A last sync; on success the pictures, report and best generator too; then the run's status."""
+    def finish(self, status: str = "FINISHED") -> None:
+        """A last sync; after a success (``status`` FINISHED) the pictures, report and best generator too; then
+        the MLflow run's status (FINISHED, FAILED or KILLED)."""
         self.sync()
-        if succeeded:
+        if status == "FINISHED":
             self._call("logging artifacts", self._log_artifacts)
             self._call("registering the best generator", self._register_best)
         if self.run_id is not None:
-            self._call("ending the run", self.client.set_terminated, self.run_id, "FINISHED" if succeeded else "FAILED")
+            self._call("ending the run", self.client.set_terminated, self.run_id, status)
 
     # --- what is logged --------------------------------------------------------------------------------------
     def sync(self) -> None:
@@ -304,14 +305,17 @@ def track_run(cfg: RunConfig, tags: Mapping[str, str] | None = None) -> Iterator
 
     thread = threading.Thread(target=poll, name="mlflow-tracking", daemon=True)
     thread.start()
-    succeeded = False
+    status = "FINISHED"
     try:
         yield tracker
-        succeeded = True
+    except BaseException as err:
+        # Ctrl-C, SIGTERM (a stage that stopped politely carries its signal number): KILLED; else FAILED
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) or getattr(err, "signum", None) else "FAILED"
+        raise
     finally:
         stop.set()
         thread.join(timeout=60)
-        tracker.finish(succeeded)
+        tracker.finish(status)
 
 
 def _installed(module: str) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.train import main  # at collection: prefect's log handlers must not bind to a test's captured stderr
 from ganlib.config import build_config, check_resumable
 from ganlib.data.store import prepare_dataset
 from ganlib.errors import ConfigError
@@ -90,10 +91,15 @@ def test_tracking_settings_never_block_a_resume(tmp_path):
     check_resumable(_config(tmp_path, "r").model_dump(mode="json"), _config(tmp_path, "r", mlflow_uri="x"))
 
 
-def test_asking_for_mlflow_without_it_installed_is_one_line(tmp_path, monkeypatch):
+def test_asking_for_mlflow_without_it_installed_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "mlflow", None)
     with pytest.raises(ConfigError, match="needs the mlflow package: pip install mlflow"):
         check_tracking(_config(tmp_path, "m", mlflow_uri="http://127.0.0.1:1"))
+    # The command line says so before any work (no Prefect server, no run directory).
+    assert main(["--run-id", "m", "--out", str(tmp_path / "out"), "--mlflow-uri", "http://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: tracking.mlflow_uri: ") and "pip install mlflow" in err
+    assert not (tmp_path / "out" / "m").exists()
 
 
 def test_flatten_gives_dotted_params():
@@ -134,8 +140,6 @@ def test_a_tracker_that_fails_mid_run_stops_tracking_not_the_run(mlflow_server, 
 @pytest.mark.slow
 def test_a_tracked_pipeline_run_and_its_resume(mlflow_server, prefect_harness, tmp_path, capsys):
     from mlflow import MlflowClient
-
-    from flows.train import main
 
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY))
