@@ -153,3 +153,23 @@ def test_arguments_are_checked_with_one_line(runs, tmp_path, monkeypatch):
         load_exported(tmp_path / "nope.onnx")
     with pytest.raises(CheckpointError, match="not a TorchScript file"):
         load_exported(runs[False][1])  # a checkpoint is not an exported generator
+
+
+@pytest.mark.slow  # trains each preset for 2 steps
+@pytest.mark.parametrize(("preset", "size"), [("mlp", 28), ("resnet", 32), ("r3gan", 32)])
+def test_every_preset_exports_and_matches(tmp_path, preset, size):
+    cfg = build_config({
+        "run_id": preset, "out": str(tmp_path / "out"), "device": "cpu",
+        "data": {"dataset": "digits", "num_images": 400, "image_size": size},
+        "model": {"name": preset, "ngf": 8, "ndf": 8, "hidden_dim": 16, "conditional": True},
+        "train": {"steps": 2, "batch_size": 16, "checkpoint_every": 2, "log_every": 2},
+    }).resolved()
+    train(cfg, prepare_dataset(cfg.data, cfg.out))
+    checkpoint = cfg.run_dir / "checkpoints" / "step_000002.pt"
+    record = export_generator(checkpoint, tmp_path / "export")
+    generator, _ = load_generator(checkpoint)
+    z, labels = fixed_noise(5, 100, seed=3), torch.arange(5) % 10
+    with torch.no_grad():
+        expected = generator(z, labels)
+    for fmt in ("onnx", "torchscript"):
+        torch.testing.assert_close(load_exported(record["files"][fmt])(z, labels), expected, atol=1e-5, rtol=1e-4)
