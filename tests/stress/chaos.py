@@ -4,6 +4,10 @@
     .venv/bin/python tests/stress/chaos.py --cycles 50 --seed 7 --out /tmp/chaos --keep
     .venv/bin/python -m pytest tests/stress                          # a short run as a test (marked slow, stress)
 
+SIGKILL only, and ganlib's own calls (no Prefect): for the command line as people run it,
+``python flows/train.py`` stopped by SIGKILL, SIGTERM and SIGINT in every stage (preparation included)
+with a check for leftover processes after each, see ``tests/stress/chaos_flow.py``.
+
 A stress test, not a benchmark: it lives with the tests (``tests/stress/test_chaos.py`` runs it) and
 is run as a file, because ``tests/`` is not an importable package (torch-fidelity installs a
 top-level package named ``tests`` that would shadow it). It imports nothing but ganlib, from the
