@@ -4,15 +4,24 @@
     python -m bench.quality --minutes 15 --only dcgan-ns-ema  # one row, the issue's 15-minute budget
     python -m bench.quality --minutes 15 --only mlp-ns-ema-bf16-b384  # the unconditional IS >= 9.0 run
     python -m bench.quality --minutes 2 --only dcgan-ns-ema --set train.lr_d=4e-4 --label lr-d-4e-4
+    # RGB, unlabelled (python -m bench.rgb_data emoji --dest DIR first): the presets at 32 px, 20 minutes each
+    python -m bench.quality --minutes 20 --only r3gan,dcgan,resnet --dataset folder --data-root DIR/emoji \
+        --image-size 32
+    # limited data, ADA against none at equal steps (python -m bench.rgb_data tuxpaint --dest DIR)
+    python -m bench.quality --steps 3000 --only r3gan,r3gan-noada --dataset folder --data-root DIR/tuxpaint \
+        --image-size 64
 
 Each row trains one configuration for ``--minutes`` of wall-clock training on the real MNIST
 test digits (10,000 images, ``../shared/data/mnist``), one run after another so each has the
 whole machine, then scores its checkpoints with the project's evaluator (the domain classifier:
 classifier Inception Score, Fréchet distance in its features, class histogram; class accuracy
-for conditional rows). It calls ganlib directly (no Prefect), so it also runs on a GPU machine.
+for conditional rows) and, for every dataset, in the self-supervised space learned from the real images
+(``ssl_*``: the only scores an unlabelled folder has). It calls ganlib directly (no Prefect), so it
+also runs on a GPU machine.
 
 Prints a table and appends every row to ``bench/results/quality.csv`` with the date, device,
-commit and settings; runs are kept under ``bench/results/quality-runs/``.
+commit and settings; runs are kept under ``bench/results/quality-runs/``, each with the 10x10 grid of
+its best checkpoint (by classifier FD on labelled data, else ssl FD) in ``bench-grid/grid_10x10.png``.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from bench.common import append_csv, commit, device_name
 from ganlib.config import RunConfig, build_config, set_dotted
 from ganlib.data.store import prepare_dataset
 from ganlib.evaluation.evaluate import evaluate_run
+from ganlib.rendering.gallery import make_gallery
 from ganlib.runs.device import resolve_device
 from ganlib.runs.paths import RunDir
 from ganlib.training.loop import train
@@ -55,6 +65,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                             "train.beta1": 0.0, "train.beta2": 0.9},
     "mlp-ns-ema-cond": {"model.name": "mlp", "model.conditional": True},
     "dcgan-ns-ema-cond": {"model.name": "dcgan", "model.conditional": True},
+    # The presets with their own defaults (ganlib.config.PRESET_DEFAULTS), for RGB folders; checkpoints
+    # spaced for about 5 to 10 of them in 20 minutes of this CPU.
+    "r3gan": {"model.name": "r3gan", "train.checkpoint_every": 250},
+    "r3gan-noada": {"model.name": "r3gan", "train.ada": "off", "train.checkpoint_every": 250},
+    "dcgan": {"model.name": "dcgan", "train.checkpoint_every": 2500},
+    "resnet": {"model.name": "resnet", "train.checkpoint_every": 100},
 }
 
 
@@ -91,13 +107,15 @@ def seconds_to_reach(run_dir: Path, table: pd.DataFrame, target: float = IS_TARG
     return float((batch / upto["images_per_sec"]).sum())
 
 
-def run_one(label: str, settings: dict[str, Any], minutes: float, data: dict[str, Any], device: str,
-            out: Path, checkpoint_every: int) -> dict[str, Any]:
-    """Train one configuration for ``minutes``, then score it (``score_run``)."""
+def run_one(label: str, settings: dict[str, Any], minutes: float | None, data: dict[str, Any], device: str,
+            out: Path, checkpoint_every: int, steps: int | None = None) -> dict[str, Any]:
+    """Train one configuration for ``minutes`` (or ``steps``), then score it (``score_run``)."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = {"out": str(out), "run_id": f"{label}-{minutes:g}m-{stamp}", "device": device, "data": dict(data),
-            "train": {"steps": 1_000_000, "max_minutes": minutes, "checkpoint_every": checkpoint_every,
-                                                           "log_every": 20}}
+    budget = f"{steps}steps" if steps else f"{minutes:g}m"
+    base = {"out": str(out), "run_id": f"{label}-{budget}-{stamp}", "device": device, "data": dict(data),
+            "eval": {"generators": "selected"},
+            "train": {"steps": steps or 1_000_000, "max_minutes": None if steps else minutes,
+                      "checkpoint_every": checkpoint_every, "log_every": 20}}
     merged = _nested(settings)
     for section, values in merged.items():
         if isinstance(values, dict):
@@ -117,9 +135,16 @@ def score_run(cfg: RunConfig, store_dir: Path, label: str, settings: dict[str, A
         table = table[table["generator"] == ("ema" if cfg.train.ema_decay > 0 else "raw")]
     table = table.reset_index(drop=True)
     final = table.iloc[-1]  # the checkpoint at the end of the budget
-    peak = table.loc[table["is_mean"].idxmax()]
+    labelled = table["is_mean"].notna().any()
+    peak = table.loc[table["is_mean"].idxmax()] if labelled else final
+    best = table.loc[table["fd" if labelled else "ssl_fd"].idxmin()]
     steps = pd.read_parquet(cfg.run_dir / "metrics" / "train.parquet")
     train_seconds = float((cfg.train.batch_size / steps["images_per_sec"]).sum())
+    checkpoint = cfg.run_dir / "checkpoints" / str(best["checkpoint"])
+    grid = make_gallery(checkpoint, cfg.run_dir / "bench-grid", 100, cfg.seed, use_ema=cfg.train.ema_decay > 0)
+    ssl = {f"ssl_{m}_{which}": round(float(row.get(f"ssl_{m}", float("nan"))), 4)
+           for m in ("fd", "kid_mean", "precision", "recall", "coverage") for which, row in
+           (("final", final), ("best", best))}
     return {
         "date": dt.datetime.now().isoformat(timespec="seconds"), "device": device_name(resolve_device(cfg.device)),
         "commit": commit(), "label": label, "minutes": cfg.train.max_minutes,
@@ -133,6 +158,11 @@ def score_run(cfg: RunConfig, store_dir: Path, label: str, settings: dict[str, A
         "is_best": round(float(peak["is_mean"]), 3), "is_best_step": int(peak["step"]),
         f"seconds_to_is{IS_TARGET:g}": round(seconds_to_reach(cfg.run_dir, table), 1),
         "real_is": round(float(final["real_is"]), 3), "run_dir": str(cfg.run_dir),
+        "model": cfg.model.name, "image_size": cfg.data.image_size, **ssl, "best_step": int(best["step"]),
+        "ssl_fd_floor": round(float(final.get("ssl_fd_floor", float("nan"))), 4),
+        "memorisation_final": round(float(final.get("memorisation_fraction", float("nan"))), 4),
+        "ada_p_final": round(float(steps["ada_p"].iloc[-1]), 4) if "ada_p" in steps else 0.0,
+        "grid": grid["grid_10x10"],
     }
 
 
@@ -140,6 +170,8 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=4.0, help="training wall-clock budget of each row")
+    p.add_argument("--steps", type=int, default=None, help="train each row this many steps instead of --minutes")
+    p.add_argument("--image-size", type=int, default=28, help="data.image_size of every row")
     p.add_argument("--only", default="", help="comma-separated preset names (default: all)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra setting for every row, e.g. train.lr_d=4e-4 (repeatable)")
@@ -165,28 +197,33 @@ def main() -> None:
         if not sep:
             p.error(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr_d=4e-4")
         extra[key] = _parse_value(value)
-    data = {"dataset": args.dataset} | ({"data_root": args.data_root} if args.dataset != "digits" else {})
+    data = ({"dataset": args.dataset, "image_size": args.image_size}
+            | ({"data_root": args.data_root} if args.dataset != "digits" else {}))
 
     rows = []
     jobs = [(PRESETS[n] | extra, n + (f"-{args.label}" if args.label else "")) for n in names]
     if args.rescore:
         jobs = [(None, Path(d)) for d in args.rescore]
     header = (f"{'label':<34} {'steps':>6} {'img/s':>6} {'IS':>6} {'FD':>7} {'cls':>3} {'rarest':>6} "
-              f"{'cond acc':>8} {'best IS':>7}")
+              f"{'cond acc':>8} {'best IS':>7} {'sslFD':>7} {'best':>7} {'floor':>7} {'memo':>5} {'ada p':>5}")
     for settings, label in jobs:
         if settings is None:  # --rescore: the run directory says everything
             cfg = RunDir(label).load_config()
             row = score_run(cfg, prepare_dataset(cfg.data, cfg.out), label.name, {})
         else:
-            row = run_one(label, settings, args.minutes, data, args.device, Path(args.out), args.checkpoint_every)
+            row = run_one(label, settings, args.minutes, data, args.device, Path(args.out), args.checkpoint_every,
+                          args.steps)
         rows.append(row)
         append_csv(RESULTS, row)
         print(header)
         for r in rows:
             print(f"{r['label']:<34} {r['steps']:>6} {r['images_per_sec']:>6.0f} {r['is_final']:>6.2f} "
                   f"{r['fd_final']:>7.1f} {r['classes_final']:>3} {r['rarest_final']:>6.3f} "
-                  f"{r['class_accuracy_final']:>8.3f} {r['is_best']:>7.2f}", flush=True)
-    print(f"appended to {RESULTS} (real digits: IS {rows[-1]['real_is']})")
+                  f"{r['class_accuracy_final']:>8.3f} {r['is_best']:>7.2f} {r['ssl_fd_final']:>7.3f} "
+                  f"{r['ssl_fd_best']:>7.3f} {r['ssl_fd_floor']:>7.3f} {r['memorisation_final']:>5.2f} "
+                  f"{r['ada_p_final']:>5.2f}", flush=True)
+    print(f"appended to {RESULTS} (real images: classifier IS {rows[-1]['real_is']}); grids: "
+          + ", ".join(r["grid"] for r in rows))
 
 
 if __name__ == "__main__":

@@ -79,6 +79,8 @@ def gan_pipeline(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B0
         remove_temporary_files(config.run_dir)  # left by a killed attempt; nobody else writes here
         store = prepare_dataset_task(config.data, str(config.out))
         config = config.resolved(channels=store["shape"][0])  # model 'auto': the preset for these images
+        if config.preset_note:  # chosen only now (a flow run's parameters name 'auto')
+            print(config.preset_note)
         trained = train_task(config, store["store_dir"])
         evaluation = evaluate_task(config, store["store_dir"])
         return gallery_task(config, evaluation["best_checkpoint"], trained)
@@ -98,18 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_config(argv: list[str] | None = None) -> tuple[RunConfig, bool]:
     """The validated config from the command line (``--config FILE.json``, flags on top) and ``--dry-run``."""
     args = build_parser().parse_args(argv)
-    config = build_config(config_data(args, RUN_FIELDS))
-    choice = config.preset_choice()
-    if choice:  # which preset 'auto' takes, and why (on stderr: --dry-run's stdout is the config alone)
-        print(choice, file=sys.stderr)
-    return config.resolved(), args.dry_run
+    return build_config(config_data(args, RUN_FIELDS)).resolved(), args.dry_run
 
 
 def _main(argv: list[str] | None) -> int:
     config, dry_run = parse_config(argv)
     if dry_run:
+        if config.preset_note:  # which preset 'auto' took, and why (stderr: stdout is the config alone)
+            print(config.preset_note, file=sys.stderr)
         return print_json(config)
     check_run(config)  # fail in a second, not after the Prefect server has started
+    if config.preset_note:
+        print(config.preset_note)
     check_tracking(config)  # --mlflow-uri without mlflow installed
     with temporary_server():
         summary = gan_pipeline(config)

@@ -15,7 +15,16 @@ import json
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ganlib.errors import CheckpointError, ConfigError
 
@@ -408,6 +417,8 @@ class RunConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     gallery: GalleryConfig = Field(default_factory=GalleryConfig)
     dist: DistConfig = Field(default_factory=DistConfig)
+    # Which preset 'auto' took and why, once resolved here (not saved: config.json names the preset itself).
+    _preset_choice: str | None = PrivateAttr(None)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("out", mode="before")
@@ -472,7 +483,15 @@ class RunConfig(_Section):
                 updates[section][field] = value
         if name == self.model.name and not updates["train"] and len(updates["model"]) == 1:
             return self
-        return self.model_copy(update={s: getattr(self, s).model_copy(update=u) for s, u in updates.items()})
+        cfg = self.model_copy(update={s: getattr(self, s).model_copy(update=u) for s, u in updates.items()})
+        if self.model.name == "auto":
+            cfg._preset_choice = self.preset_choice(channels)
+        return cfg
+
+    @property
+    def preset_note(self) -> str | None:
+        """``preset_choice``'s line when this config's preset was chosen by 'auto' (None otherwise)."""
+        return self._preset_choice
 
     @property
     def gallery_seed(self) -> int:

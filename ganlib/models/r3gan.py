@@ -74,8 +74,8 @@ class ResidualBlock(nn.Module):
         self.reduce = _init(nn.Conv2d(expanded, channels, 1, bias=False), 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.leaky_relu(self.expand(x), SLOPE)
-        h = F.leaky_relu(self.conv(h), SLOPE)
+        h = F.leaky_relu(self.expand(x), SLOPE, inplace=True)  # in place: the conv's output is not kept for
+        h = F.leaky_relu(self.conv(h), SLOPE, inplace=True)    # its backward, and memory traffic is the cost
         return x + self.reduce(h)
 
 

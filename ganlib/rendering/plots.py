@@ -54,11 +54,12 @@ def _note(ax, text: str) -> None:
     ax.text(0.5, 0.5, textwrap.fill(text, 40), transform=ax.transAxes, ha="center", va="center", color="0.4")
 
 
-LOSS_NAMES = {"ns": "non-saturating", "hinge": "hinge", "wgan-gp": "Wasserstein + GP", "ls": "least squares"}
+LOSS_NAMES = {"ns": "non-saturating", "hinge": "hinge", "wgan-gp": "Wasserstein + GP", "ls": "least squares",
+              "rpgan": "relativistic pairing + R1/R2"}
 
 
 def plot_training(train: pd.DataFrame, path: Path, events: pd.DataFrame | None = None,
-                  loss: str | None = None) -> Path:
+                  loss: str | None = None, ada_target: float = 0.6) -> Path:
     """Losses and discriminator outputs over steps, from ``metrics/train.parquet``.
 
     Top: ``d_loss`` and ``g_loss``. Bottom: ``d_real`` = D(x) and ``d_fake`` = D(G(z)), mean
@@ -67,9 +68,13 @@ def plot_training(train: pd.DataFrame, path: Path, events: pd.DataFrame | None =
     (``events``: ``metrics/health.parquet`` rows with a ``step``, e.g. rollbacks) by dashed purple
     ones. What healthy looks like: both losses level off without one going to 0, D(x) stays above
     D(G(z)) without D(G(z)) collapsing to 0. ``loss``: the run's ``train.loss``, named on the axis.
+    With adaptive augmentation (``ada_p`` above 0 somewhere) a third panel shows ADA's p and the
+    overfitting signal r_t it follows, against ``ada_target`` (dashed): p rising means D was memorising.
     """
-    fig = Figure(figsize=(9, 6.2), layout="constrained")
-    top, bottom = fig.subplots(2, 1, sharex=True)
+    ada = "ada_p" in train and len(train) and bool((train["ada_p"] > 0).any())
+    fig = Figure(figsize=(9, 8.4 if ada else 6.2), layout="constrained")
+    axes = fig.subplots(3 if ada else 2, 1, sharex=True)
+    top, bottom = axes[0], axes[1]
     steps = train["step"].to_numpy() if len(train) else np.array([])
     span = smoothing_span(len(train))
     pairs = [(top, [("d_loss", "D loss", REAL_COLOUR), ("g_loss", "G loss", FAKE_COLOUR)]),
@@ -100,7 +105,19 @@ def plot_training(train: pd.DataFrame, path: Path, events: pd.DataFrame | None =
     bottom.set_ylim(-0.02, 1.02)
     bottom.set_ylabel("mean D probability")
     bottom.set_xlabel("step")
-    for ax in (top, bottom):
+    if ada:
+        third = axes[2]
+        for column, label, colour in (("ada_p", "ADA p", BEST_COLOUR), ("r_t", "r_t, the overfitting signal", "0.35")):
+            if column in train:
+                third.plot(steps, smooth(train[column], span) if column == "r_t" else train[column].to_numpy(float),
+                           color=colour, linewidth=1.6, label=label)
+        third.axhline(ada_target, color="0.5", linestyle="--", linewidth=1, label=f"target {ada_target:g}")
+        third.set_ylim(-1.02, 1.02)
+        third.set_ylabel("ADA")
+        third.grid(alpha=0.3)
+        bottom.set_xlabel("")
+        third.set_xlabel("step")
+    for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             # Right-centre of the D panel is the band around 0.5 that the curves rarely cross.
             ax.legend(loc="upper right" if ax is top else "center right", fontsize=9)
@@ -225,9 +242,10 @@ def plot_run(run_dir: Path, plots_dir: Path | None = None) -> dict[str, str]:
     made: dict[str, str] = {}
     train = run.read_table(run.train_metrics)
     if train is not None:
-        loss = (run.read_saved_config().get("train") or {}).get("loss")
+        saved = run.read_saved_config().get("train") or {}
         events = run.read_table(run.health_metrics)
-        made["training"] = str(plot_training(train, plots_dir / "training.png", events, loss))
+        made["training"] = str(plot_training(train, plots_dir / "training.png", events, saved.get("loss"),
+                                             saved.get("ada_target", 0.6)))
         made["throughput"] = str(plot_throughput(train, plots_dir / "throughput.png"))
     evals = run.read_table(run.eval_metrics)
     if evals is not None:

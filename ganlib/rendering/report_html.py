@@ -150,6 +150,9 @@ def _cards(config: dict, summary: dict, train: pd.DataFrame | None, evals: pd.Da
         tail = train.tail(max(1, len(train) // 20))  # the last 5% of the run, where it ended up
         cards.append((f"{tail['d_real'].mean():.2f} / {tail['d_fake'].mean():.2f}",
                       "D(x) / D(G(z)), last 5% of steps"))
+        if "ada_p" in train and (train["ada_p"] > 0).any():
+            cards.append((f"{train['ada_p'].iloc[-1]:.2f}", "ADA probability p at the end (max "
+                          f"{train['ada_p'].max():.2f})"))
         speed = train["images_per_sec"].median() if "images_per_sec" in train else float("nan")
         if pd.notna(speed):
             cards.append((f"{speed:,.0f}", "images/s (median)"))

@@ -53,7 +53,7 @@ def test_the_flags_of_before_are_all_still_there():
 
 def test_no_flags_is_the_configs_defaults():
     """An absent flag leaves its field alone: no argparse default can shadow the config's."""
-    assert parse_config(["--run-id", "x"]) == (build_config({"run_id": "x"}), False)
+    assert parse_config(["--run-id", "x"]) == (build_config({"run_id": "x"}).resolved(), False)
     assert all(a.default is None for a in build_parser()._actions if a.dest in RUN_FIELDS)
 
 
@@ -125,7 +125,21 @@ def test_dry_run_prints_the_resolved_config(capsys):
     assert main(["--dry-run", "--steps", "5", "--run-id", "dry"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["run_id"] == "dry" and printed["train"]["steps"] == 5
-    assert build_config(printed) == parse_config(["--steps", "5", "--run-id", "dry"])[0]  # --config takes it back
+    again = parse_config(["--steps", "5", "--run-id", "dry"])[0]
+    assert build_config(printed).model_dump() == again.model_dump()  # --config takes it back
+
+
+def test_dry_run_says_which_preset_model_auto_takes_and_why(capsys):
+    assert main(["--dry-run", "--image-size", "32", "--run-id", "dry"]) == 0
+    out, err = capsys.readouterr()
+    printed = json.loads(out)
+    assert err.startswith("model auto: r3gan (32-px grey images")
+    assert printed["model"]["name"] == "r3gan" and printed["train"]["loss"] == "rpgan" and printed["train"]["ada"] == "on"
+    assert main(["--dry-run", "--run-id", "dry"]) == 0  # the digits at 28 px: the MLP, as always
+    out, err = capsys.readouterr()
+    assert json.loads(out)["model"]["name"] == "mlp" and err.startswith("model auto: mlp (28-px grey images")
+    assert main(["--dry-run", "--model", "dcgan", "--run-id", "dry"]) == 0  # a named model: nothing to say
+    assert capsys.readouterr().err == ""
 
 
 def test_a_config_file_that_is_not_an_object_is_one_line(tmp_path, capsys):
@@ -228,7 +242,7 @@ def test_train_help_as_a_script_sets_the_prefect_defaults_first(tmp_path):
 @pytest.mark.parametrize(("argv", "message"), [
     (["--lr", "-1"], "error: invalid config: train.lr: Input should be greater than 0 (got -1.0)"),
     (["--model", "gan9000"],
-     "error: invalid config: model.name: Input should be 'mlp', 'dcgan' or 'resnet' (got 'gan9000')"),
+     "error: invalid config: model.name: Input should be 'auto', 'mlp', 'dcgan', 'resnet' or 'r3gan' (got 'gan9000')"),
     (["--steps", "x"], "error: argument --steps: invalid int value: 'x' (see --help)"),
     (["--dataset", "mnist", "--data-root", "/nonexistent"], "error: data.data_root: /nonexistent is not a directory"),
     (["--run-id", "../up"], "error: invalid config: run_id: String should match pattern"),

@@ -61,6 +61,15 @@ def test_training_plot(tmp_path):
     assert _has_colour(pixels, (31, 119, 180)) and _has_colour(pixels, (255, 127, 14))  # both curves drawn
 
 
+def test_training_plot_adds_the_ada_panel_only_when_ada_ran(tmp_path):
+    table = train_table()
+    table["r_t"], table["ada_p"] = 0.5, 0.0
+    assert _pixels(plot_training(table, tmp_path / "off.png")).shape == (620, 900, 3)  # ADA off: two panels
+    table["ada_p"] = np.linspace(0, 0.3, len(table))
+    pixels = _pixels(plot_training(table, tmp_path / "on.png"))
+    assert pixels.shape == (840, 900, 3) and _has_colour(pixels, RED)  # a third panel, p in red
+
+
 def test_training_plot_of_a_diverged_run_and_of_nothing(tmp_path):
     table = train_table(100)
     table.loc[50:, ["d_loss", "g_loss"]] = np.nan
