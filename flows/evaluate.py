@@ -7,6 +7,8 @@ Run it:
     python flows/evaluate.py --run-id digits-long --select-metric precision --select-generator raw
     python flows/evaluate.py --run-id digits-long --inception on \\
         --inception-weights weights-inception-2015-12-05-6726825d.pth --inception-weights-sha256 HEX
+    python flows/evaluate.py --run-id digits-long --dinov2 on \\
+        --dinov2-weights dinov2_vits14_pretrain.pth --dinov2-weights-sha256 HEX --select-metric dinov2_fd
     python flows/evaluate.py --run-id digits-long --rescore --no-gallery  # score everything again, table only
     python flows/evaluate.py --run-id digits-long --num-seeds 3 --dry-run # the config it would use, as JSON
 
@@ -47,6 +49,7 @@ from ganlib.config import RunConfig
 from ganlib.data.sources import check_source
 from ganlib.data.store import store_path
 from ganlib.errors import RunError
+from ganlib.evaluation import dinov2
 from ganlib.evaluation.inception import check_weights_file
 from ganlib.runs import checkpoint as ckpt
 from ganlib.runs.device import resolve_device
@@ -76,6 +79,8 @@ def plan_evaluation(run_dir: Path | str, eval_settings: dict[str, Any] | None = 
         check_source(config.data)  # the prepared store is gone: it is rebuilt from the source
     if config.eval.inception_weights is not None and config.eval.inception != "off":
         check_weights_file(config.eval.inception_weights, config.eval.inception_weights_sha256 or "")
+    if config.eval.dinov2_weights is not None and config.eval.dinov2 != "off":
+        dinov2.check_weights_file(config.eval.dinov2_weights, config.eval.dinov2_weights_sha256 or "")
     check_not_running(config.run_dir)
     return config
 
@@ -117,7 +122,8 @@ def evaluate_existing_run(run_dir: str, eval_settings: dict[str, Any] | None = N
 # The EvalConfig fields the command line sets, each a flag of the field's own name (--num-seeds).
 EVAL_FIELDS = ("eval.num_samples", "eval.num_real", "eval.num_seeds", "eval.generators", "eval.select_metric",
                "eval.select_direction", "eval.inception", "eval.inception_weights", "eval.inception_weights_sha256",
-               "eval.memorisation", "eval.nearest_k", "eval.batch_size", "eval.ssl_space", "eval.ssl_steps")
+               "eval.dinov2", "eval.dinov2_weights", "eval.dinov2_weights_sha256", "eval.memorisation",
+               "eval.nearest_k", "eval.batch_size", "eval.ssl_space", "eval.ssl_steps")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

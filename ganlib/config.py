@@ -305,6 +305,16 @@ class EvalConfig(_Section):
     inception_weights_sha256: str | None = Field(
         None, pattern=r"^[0-9a-fA-F]{64}$", description="sha256 of inception_weights (required with it; "
         "`sha256sum FILE` prints it).")
+    dinov2: Literal["auto", "on", "off"] = Field(
+        "auto", description="DINOv2 ViT FD/KID/precision/recall (the dinov2_* columns; Stein et al. 2023 recommend "
+        "FD in these features): 'auto' computes them on a GPU when dinov2_weights is given, 'on' on any device "
+        "(slow on a CPU), 'off' never. Without the file they are skipped, with the reason in dinov2_status.")
+    dinov2_weights: Path | None = Field(
+        None, description="Meta's DINOv2 backbone file (ViT-S/B/L/14, with or without registers), e.g. "
+        "dinov2_vits14_pretrain.pth from dl.fbaipublicfiles.com/dinov2/dinov2_vits14/; never downloaded.")
+    dinov2_weights_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-fA-F]{64}$", description="sha256 of dinov2_weights (required with it; "
+        "`sha256sum FILE` prints it).")
     ssl_space: bool = Field(
         True, description="Also score in a feature space learned from the real images without labels (a small "
         "contrastive encoder trained once per dataset, about a minute on a CPU): the ssl_* columns, the ones "
@@ -320,6 +330,7 @@ class EvalConfig(_Section):
         "ssl_fd", "ssl_kid_mean", "ssl_precision", "ssl_recall", "ssl_density", "ssl_coverage",
         "inception_fid", "inception_kid_mean", "inception_is_mean", "inception_precision", "inception_recall",
         "inception_density", "inception_coverage",
+        "dinov2_fd", "dinov2_kid_mean", "dinov2_precision", "dinov2_recall", "dinov2_density", "dinov2_coverage",
     ] = Field("fd", description="Metric that chooses the best checkpoint (a column of metrics/eval.parquet; "
               "on unlabelled data 'fd' falls back to ssl_fd).")
     select_direction: Literal["auto", "min", "max"] = Field(
@@ -331,6 +342,16 @@ class EvalConfig(_Section):
         if self.inception_weights is not None and self.inception_weights_sha256 is None:
             raise ValueError("inception_weights needs inception_weights_sha256 (the file's sha256; "
                              "`sha256sum FILE` prints it)")
+        if self.dinov2_weights is not None and self.dinov2_weights_sha256 is None:
+            raise ValueError("dinov2_weights needs dinov2_weights_sha256 (the file's sha256; "
+                             "`sha256sum FILE` prints it)")
+        return self
+
+    @model_validator(mode="after")
+    def _dinov2_choices_need_the_space(self) -> EvalConfig:
+        if self.select_metric.startswith("dinov2_") and (self.dinov2 == "off" or self.dinov2_weights is None):
+            raise ValueError(f"select_metric {self.select_metric!r} needs the DINOv2 space: eval.dinov2 'auto' "
+                             "or 'on' and an eval.dinov2_weights file; give them or choose another metric")
         return self
 
     @model_validator(mode="after")

@@ -6,6 +6,7 @@ from ganlib.config import RunConfig, check_resumable
 from ganlib.data.digits import check_digits_size
 from ganlib.data.loader import check_batch_size
 from ganlib.data.sources import check_source
+from ganlib.evaluation import dinov2
 from ganlib.evaluation.inception import check_weights_file
 from ganlib.models import check_image_size
 from ganlib.runs.device import resolve_device
@@ -27,6 +28,8 @@ def check_run(cfg: RunConfig) -> None:
     check_source(cfg.data)  # the source exists and looks right; no images are read
     if cfg.eval.inception_weights is not None and cfg.eval.inception != "off":  # before training, not after it
         check_weights_file(cfg.eval.inception_weights, cfg.eval.inception_weights_sha256 or "")
+    if cfg.eval.dinov2_weights is not None and cfg.eval.dinov2 != "off":
+        dinov2.check_weights_file(cfg.eval.dinov2_weights, cfg.eval.dinov2_weights_sha256 or "")
     count = _known_image_count(cfg)
     if count is not None:
         check_batch_size(cfg.train.batch_size, count)

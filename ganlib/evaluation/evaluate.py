@@ -17,6 +17,9 @@ of the space:
 - **inception-v3** (torch-fidelity's network and weights, ``ganlib.evaluation.inception``): the standard
   ``inception_fid``, ``inception_kid_mean``/``_std``, ``inception_is_mean``/``_std`` and the same
   four k-NN metrics. ``inception_status`` says whether they were computed, or why not.
+- **dinov2** (Meta's DINOv2 ViT from a weights file the user supplies, ``ganlib.evaluation.dinov2``;
+  Stein et al. 2023 recommend FD in it): ``dinov2_fd``, ``dinov2_kid_mean``/``_std`` and the four
+  k-NN metrics (no IS: no classes). ``dinov2_status`` says whether they were computed, or why not.
 - **memorisation** (``ganlib.evaluation.memorisation``): the share of samples nearer a training image than
   the median held-out real image is (``memorisation_fraction``, about 0.5 for a generator that
   does not copy), and a picture of the 16 closest pairs in ``<run>/eval/``.
@@ -54,6 +57,8 @@ from ganlib.errors import DataError
 from ganlib.evaluation.classifier import DomainClassifier, classify, load_classifier, save_classifier, train_classifier
 from ganlib.evaluation.contrastive import ContrastiveEncoder, load_encoder, save_encoder, train_encoder
 from ganlib.evaluation.contrastive import embed as ssl_embed
+from ganlib.evaluation.dinov2 import FEATURE_SPACE as DINOV2_SPACE
+from ganlib.evaluation.dinov2 import Dinov2Net, dinov2_features, load_dinov2
 from ganlib.evaluation.inception import FEATURE_SPACE as INCEPTION_SPACE
 from ganlib.evaluation.inception import InceptionNet, inception_features, load_inception
 from ganlib.evaluation.memorisation import memorisation_scores, nearest_training, pixel_vectors, save_closest_pairs
@@ -103,28 +108,30 @@ SELECT_DIRECTIONS: dict[str, str] = {
     "inception_fid": "min", "inception_kid_mean": "min", "inception_is_mean": "max",
     "inception_precision": "max", "inception_recall": "max", "inception_density": "max",
     "inception_coverage": "max",
+    "dinov2_fd": "min", "dinov2_kid_mean": "min", "dinov2_precision": "max", "dinov2_recall": "max",
+    "dinov2_density": "max", "dinov2_coverage": "max",
 }
 _MAIN_METRICS = ("fd", "kid_mean", "is_mean", "precision", "recall", "density", "coverage")
 # Metrics whose spread over latent seeds is reported (<metric>_seed_std) when eval.num_seeds > 1.
 SEED_STD_METRICS = (*_MAIN_METRICS, "class_accuracy", "rarest_class_fraction", "memorisation_fraction",
                     *(f"inception_{'fid' if m == 'fd' else m}" for m in _MAIN_METRICS),
-                    *(f"ssl_{m}" for m in _MAIN_METRICS if m != "is_mean"))
-SPACE_KINDS = ("domain", "ssl", "inception")
+                    *(f"{kind}_{m}" for kind in ("ssl", "dinov2") for m in _MAIN_METRICS if m != "is_mean"))
+SPACE_KINDS = ("domain", "ssl", "inception", "dinov2")
 
 
 def space_metrics(space_kind: str) -> tuple[str, ...]:
-    """The metrics a space computes: ``SPACE_METRICS``, less IS for the self-supervised space (no classes)."""
-    return tuple(m for m in SPACE_METRICS if not (space_kind == "ssl" and m.startswith("is_")))
+    """The metrics a space computes: ``SPACE_METRICS``, less IS for the spaces without classes (ssl, dinov2)."""
+    return tuple(m for m in SPACE_METRICS if not (space_kind in ("ssl", "dinov2") and m.startswith("is_")))
 
 
 def column(space_kind: str, metric: str) -> str:
     """The eval-table column of a space's metric: domain metrics unprefixed, ``fd`` -> ``ssl_fd``,
-    ``inception_fid``."""
+    ``inception_fid``, ``dinov2_fd``."""
     if space_kind == "domain":
         return metric
-    if space_kind == "ssl":
-        return f"ssl_{metric}"
-    return f"inception_{'fid' if metric == 'fd' else metric}"
+    if space_kind == "inception":
+        return f"inception_{'fid' if metric == 'fd' else metric}"
+    return f"{space_kind}_{metric}"
 
 
 # --- the real data: split, feature spaces, cached references ---------------------------------------
@@ -140,10 +147,10 @@ def real_split(num_images: int, num_real: int) -> tuple[np.ndarray, np.ndarray]:
 @dataclass
 class Space:
     """A feature space: ``embed`` maps images (N, C, H, W) float in [-1, 1] to (features (N, D), aux),
-    aux being class probabilities (domain), Inception logits (inception) or empty (N, 0) (ssl)."""
+    aux being class probabilities (domain), Inception logits (inception) or empty (N, 0) (ssl, dinov2)."""
 
-    kind: str  # "domain", "ssl" or "inception"
-    name: str  # FEATURE_SPACE, SSL_SPACE or INCEPTION_SPACE
+    kind: str  # "domain", "ssl", "inception" or "dinov2"
+    name: str  # FEATURE_SPACE, SSL_SPACE, INCEPTION_SPACE or DINOV2_SPACE
     tag: str  # what identifies its reference in the cache
     embed: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -168,13 +175,13 @@ def space_scores(space_kind: str, features: torch.Tensor, aux: torch.Tensor, ref
     device = device or torch.device("cpu")
     mu, sigma = feature_statistics(features)
     is_scores: dict[str, float] = {}
-    if space_kind in ("domain", "ssl"):
+    if space_kind == "inception":  # the standard numbers, as torch-fidelity computes them
+        fd = fid_from_statistics(mu, sigma, reference["mu"], reference["sigma"])
+        is_scores = dict(zip(("is_mean", "is_std"), inception_score_from_logits(aux, seed=seed)))
+    else:
         fd = frechet_distance(mu, sigma, reference["mu"], reference["sigma"])
         if space_kind == "domain":
             is_scores = dict(zip(("is_mean", "is_std"), classifier_inception_score(aux)))
-    else:  # the standard numbers, as torch-fidelity computes them
-        fd = fid_from_statistics(mu, sigma, reference["mu"], reference["sigma"])
-        is_scores = dict(zip(("is_mean", "is_std"), inception_score_from_logits(aux, seed=seed)))
     real = reference["features"].to(device, torch.float64)
     fake = features.to(device, torch.float64)
     kid_mean, kid_std = kernel_inception_distance(fake, real, cfg.kid_subsets, cfg.kid_subset_size, seed)
@@ -194,7 +201,7 @@ def space_reference(space: Space, store: PreparedStore, out: Path, cfg: EvalConf
     Holds ``features`` (N, D) float32 and ``mu``, ``sigma``, ``radii`` (k-NN radii) float64 of the
     reference set; ``holdout_nearest`` (float64, each held-out image's distance to its nearest
     reference image: the memorisation baseline of the domain space); ``floor`` (the held-out set's
-    scores, ``space_metrics`` names); ``real_is`` (the reference set's IS; NaN in the ssl space); ``num_real``,
+    scores, ``space_metrics`` names); ``real_is`` (the reference set's IS; NaN without classes); ``num_real``,
     ``num_holdout``.
     """
     device = device or torch.device("cpu")
@@ -317,6 +324,14 @@ def ssl_space(encoder: ContrastiveEncoder, batch_size: int, tag: str) -> Space:
 def inception_space(net: InceptionNet, store_key: str) -> Space:
     return Space("inception", INCEPTION_SPACE, f"{store_key}-inception-{net.weights_sha256[:12]}",
                  lambda images: inception_features(net.model, images))
+
+
+def dinov2_space(net: Dinov2Net, store_key: str) -> Space:
+    def embed(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = dinov2_features(net.model, images)
+        return features, features.new_empty(len(features), 0)
+
+    return Space("dinov2", f"{DINOV2_SPACE}-{net.variant}", f"{store_key}-dinov2-{net.weights_sha256[:12]}", embed)
 
 
 # --- scoring ----------------------------------------------------------------------------------------
@@ -455,7 +470,7 @@ def evaluate_run(cfg: RunConfig, store_dir: Path, rescore: bool = False) -> pd.D
     the selected one with ``eval.generators='selected'``), sorted by step with the selected
     generator last within a step. Columns: see the module docstring, plus ``num_samples``,
     ``num_seeds``, ``num_real``, ``feature_space`` (of the unprefixed metrics; ``none`` for
-    unlabelled data), ``feature_spaces``, ``inception_status``, ``memorisation_space``, the floors,
+    unlabelled data), ``feature_spaces``, ``inception_status``, ``dinov2_status``, ``memorisation_space``, the floors,
     ``best`` and the selection (:func:`select_best`).
 
     Rows already scored with the same settings (same checkpoint bytes, generator and
@@ -495,6 +510,10 @@ def evaluate_run(cfg: RunConfig, store_dir: Path, rescore: bool = False) -> pd.D
     if inception.model is not None:
         space = inception_space(inception, store.manifest["key"])
         spaces.append((space, space_reference(space, store, cfg.out, ev, device)))
+    dinov2 = load_dinov2(ev, device) if not too_few else Dinov2Net(None, "skipped: too few real images")
+    if dinov2.model is not None:
+        space = dinov2_space(dinov2, store.manifest["key"])
+        spaces.append((space, space_reference(space, store, cfg.out, ev, device)))
 
     reference_images = torch.from_numpy(store.images[ref_idx])
     mem_training, mem_baseline, mem_space, mem_kind = None, None, ev.memorisation, ev.memorisation
@@ -526,7 +545,7 @@ def evaluate_run(cfg: RunConfig, store_dir: Path, rescore: bool = False) -> pd.D
     constant = {"num_samples": ev.num_samples, "num_seeds": ev.num_seeds, "num_real": len(ref_idx),
                 "feature_space": FEATURE_SPACE if labelled else "none",
                 "feature_spaces": ",".join(space.name for space, _ in spaces) or "none",
-                "inception_status": inception.status, "memorisation_space": mem_space,
+                "inception_status": inception.status, "dinov2_status": dinov2.status, "memorisation_space": mem_space,
                 "settings_key": settings_key}
     rows: list[dict[str, Any]] = []
     for step, path in checkpoints:
