@@ -199,10 +199,12 @@ class TrainConfig(_Section):
         100.0, gt=0, le=10**6, description="ADA: thousands of images over which p can move from 0 to 1 (the paper: "
         "500, for runs of millions of images).")
     ada_interval: int = Field(4, ge=1, le=10**4, description="ADA: steps between adjustments of p.")
-    precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="'bf16': autocast G and D to bfloat16 (with TF32 matmuls on CUDA). On a CPU with "
-        "native bf16 (AMX, AVX512-BF16) it trained 1.5-2.3x faster here (bench/RESULTS.md); elsewhere it is "
-        "emulated and slower (a warning says so).")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="'auto' (default): bf16 autocast on CUDA; on the CPU a probe of a few of the run's own "
+        "training steps in fp32 and bf16 (a few seconds) takes bf16 only where it is at least 1.2x faster (CPUs "
+        "with AMX: 1.5-2.3x here; with only AVX512-BF16 it was slower, bench/RESULTS.md); the log says what was "
+        "measured, and the run's config keeps the choice. 'fp32' or 'bf16' force one (bf16: with TF32 matmuls on "
+        "CUDA).")
     compile: bool = Field(False, description="torch.compile G and D for the training step.")
     channels_last: Literal["auto", "on", "off"] = Field(
         "auto", description="NHWC (channels-last) memory format for the conv models (dcgan, resnet) and the real "

@@ -33,5 +33,5 @@ def configure_backends(precision: str, device: torch.device) -> None:
     Entry points call this (the training task, the torchrun worker, the benchmarks), never the library:
     a notebook that imports ganlib keeps its own settings.
     """
-    if precision == "bf16" and device.type == "cuda":
+    if precision in ("bf16", "auto") and device.type == "cuda":  # auto is bf16 on CUDA (ganlib.training.probe)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from ganlib.data.loader import BatchSource
@@ -33,6 +34,7 @@ from ganlib.runs.paths import RunDir
 from ganlib.sampling import to_unit_range
 from ganlib.training.distributed import ProcessContext
 from ganlib.training.health import METRIC_COLUMNS, HealthMonitor, NonFiniteLoss, record_health_event
+from ganlib.training.probe import choose_precision
 from ganlib.training.state import TrainingState
 from ganlib.training.step import Objective, check_precision, lr_factor, train_step
 
@@ -116,14 +118,17 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
     from ganlib.data.store import copy_real_grid, load_store
 
     # --- Data, models, optimizers --------------------------------------------------------------
-    run, device, t = RunDir(cfg.run_dir), ctx.device, cfg.train
+    run, device = RunDir(cfg.run_dir), ctx.device
     store = load_store(store_dir)
-    if cfg.model.name == "auto" and ctx.is_writer:
-        log.info(cfg.preset_choice(int(store.images.shape[1])))
     cfg = cfg.resolved(channels=int(store.images.shape[1]))  # 'auto' settings: the preset's, for these images
+    if cfg.preset_note and ctx.is_writer:
+        log.info(cfg.preset_note)
     images = BatchSource(store.images, device, cfg.data.resident_limit_mb)  # on the device if it fits
     labels = torch.from_numpy(store.labels).to(device) if cfg.model.conditional else None
     num_images, image_shape = len(images), tuple(store.images.shape[1:])
+    found = ctx.latest_checkpoint(run.checkpoints)  # the newest checkpoint, if the run has one
+    cfg = _with_precision(cfg, found, store.images, ctx)
+    t = cfg.train
     num_steps, batch = total_steps(t, num_images), t.batch_size
     objective = Objective.from_config(cfg, device)
     check_precision(t.precision, device)
@@ -131,7 +136,6 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
                           health={"rollbacks": 0, "lr_scale": 1.0, **(health or {})})
 
     # --- Resume from the newest checkpoint, or start afresh ------------------------------------
-    found = ctx.latest_checkpoint(run.checkpoints)
     if found is not None:
         path, saved = found
         check_resumable(saved["config"], cfg)
@@ -213,6 +217,28 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
         checkpoints=[str(p) for _, p in ckpt.list_checkpoints(run.checkpoints)],
         metrics_path=str(run.train_metrics), seconds=round(seconds, 3),
         images_per_sec=round(trained * batch / seconds, 1) if trained else 0.0, stopped_early=stopped_early)
+
+
+def _with_precision(cfg: RunConfig, found: tuple[Path, dict[str, Any]] | None, images: np.ndarray,
+                    ctx: ProcessContext) -> RunConfig:
+    """``train.precision auto`` decided: a resumed run keeps its checkpoint's choice; a fresh one measures
+    (``ganlib.training.probe``) where it trains alone, and takes fp32 on a CPU shared by data-parallel ranks
+    (which must agree, and would time each other)."""
+    if cfg.train.precision != "auto":
+        return cfg
+    saved = ((found[1].get("config") or {}).get("train") or {}).get("precision") if found is not None else None
+    if saved in ("fp32", "bf16"):
+        precision, why = saved, "the run's checkpoint"
+    elif ctx.world_size > 1 and ctx.device.type == "cpu":
+        precision, why = "fp32", "data-parallel ranks on the CPU"
+    elif ctx.world_size > 1:
+        precision, why = "bf16", "CUDA"
+    else:
+        batch = torch.from_numpy(np.array(images[: cfg.train.batch_size])).to(ctx.device)  # a writable copy
+        precision, why = choose_precision(cfg, batch, ctx.device)
+    if ctx.is_writer:
+        log.info("precision auto: %s (%s)", precision, why)
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
 
 
 def _report(row: dict[str, Any], num_steps: int, batch: int, max_minutes: float | None, elapsed_s: float,
