@@ -22,6 +22,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 import traceback
 import types
 from collections.abc import Callable, Iterable, Mapping
@@ -258,6 +259,13 @@ def run_main(body: Callable[[list[str] | None], int | None], argv: list[str] | N
 
     from tasks.common import RunInterrupted
 
+    def terminate(signum: int, frame: types.FrameType | None) -> None:
+        # SIGTERM outside a training step (preparation, evaluation, the gallery, or Prefect re-sending the
+        # signal after its own clean-up): the same one line and exit 143 as Ctrl-C's 130, not a silent death.
+        raise TerminationSignal(signal=signum)
+
+    main_thread = threading.current_thread() is threading.main_thread()  # only there can handlers be set
+    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
     try:
         code = body(argv)
     except GanlibError as err:
@@ -274,4 +282,7 @@ def run_main(body: Callable[[list[str] | None], int | None], argv: list[str] | N
     except Exception:
         traceback.print_exc()
         return EXIT_FAILED
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return EXIT_OK if code is None else code

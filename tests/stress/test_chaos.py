@@ -31,10 +31,6 @@ def test_a_run_killed_at_random_moments_finishes_like_an_uninterrupted_one(tmp_p
     assert kills + row["not_killed"] == 4 and kills >= 1, done.stdout
 
 
-@pytest.mark.xfail(strict=False, reason="SIGTERM outside training (preparation, evaluation, gallery) ends the CLI by "
-                   "the signal itself (-15, no 'interrupted by' line): Prefect re-sends SIGTERM to the process with "
-                   "the handler it found, the default one; flows/cli.py's run_main must install a SIGTERM handler "
-                   "raising TerminationSignal before the flow starts (docs/reliability.md, 'Stress')")
 def test_the_command_line_stopped_by_each_signal_leaves_nothing_and_resumes_exactly(tmp_path):
     # Four stops (one per stage: prepare, train, evaluate, gallery; the signals rotate), then a last run.
     done = subprocess.run([sys.executable, str(CHAOS_FLOW), "--cycles", "4", "--seed", "1", "--steps", "300",
