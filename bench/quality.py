@@ -8,8 +8,9 @@
     python -m bench.quality --minutes 20 --only r3gan,dcgan,resnet --dataset folder --data-root DIR/emoji \
         --image-size 32
     # limited data, ADA against none at equal steps (python -m bench.rgb_data tuxpaint --dest DIR)
-    python -m bench.quality --steps 3000 --only r3gan,r3gan-noada --dataset folder --data-root DIR/tuxpaint \
-        --image-size 64
+    python -m bench.quality --steps 2000 --only dcgan-ada,dcgan-noaug --dataset folder --data-root DIR/tuxpaint \
+        --image-size 64 --set train.batch_size=64 --set eval.num_samples=2000
+    python -m bench.curves RUN_DIR RUN_DIR --out curves.png   # their FD and memorisation over steps
 
 Each row trains one configuration for ``--minutes`` of wall-clock training on the real MNIST
 test digits (10,000 images, ``../shared/data/mnist``), one run after another so each has the
@@ -71,6 +72,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "r3gan-noada": {"model.name": "r3gan", "train.ada": "off", "train.checkpoint_every": 250},
     "dcgan": {"model.name": "dcgan", "train.checkpoint_every": 2500},
     "resnet": {"model.name": "resnet", "train.checkpoint_every": 100},
+    # Limited data, ADA against no augmentation on the fast conv preset (equal steps, so curves compare).
+    "dcgan-ada": {"model.name": "dcgan", "train.ada": "on", "train.diffaug": [], "train.checkpoint_every": 250},
+    "dcgan-noaug": {"model.name": "dcgan", "train.ada": "off", "train.diffaug": [], "train.checkpoint_every": 250},
 }
 
 

@@ -29,3 +29,23 @@ def test_seconds_to_reach_sums_the_training_time_up_to_the_first_checkpoint_at_t
     assert quality.seconds_to_reach(tmp_path, table) == pytest.approx(0.1 + 0.2 + 0.1)
     assert quality.seconds_to_reach(tmp_path, table, target=9.1) == pytest.approx(0.8)
     assert pd.isna(quality.seconds_to_reach(tmp_path, table, target=9.5))
+
+
+def test_curves_draws_each_runs_metrics_and_prints_them(tmp_path, capsys, monkeypatch):
+    import sys
+
+    import pandas as pd
+
+    from bench import curves
+
+    runs = []
+    for name, fd in (("a", [3.0, 2.0]), ("b", [3.0, 4.0])):
+        run = tmp_path / name / "metrics"
+        run.mkdir(parents=True)
+        pd.DataFrame({"step": [10, 20], "generator": ["ema", "ema"], "ssl_fd": fd, "ssl_fd_floor": [0.5, 0.5],
+                      "memorisation_fraction": [0.5, 0.7]}).to_parquet(run / "eval.parquet")
+        runs.append(str(tmp_path / name))
+    monkeypatch.setattr(sys, "argv", ["curves", *runs, "--out", str(tmp_path / "c.png")])
+    curves.main()
+    out = capsys.readouterr().out
+    assert (tmp_path / "c.png").stat().st_size > 0 and "a:" in out and "b:" in out and "0.7" in out

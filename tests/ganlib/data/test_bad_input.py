@@ -320,7 +320,7 @@ def test_resolution_the_model_cannot_make(capsys):
 
     assert main(["--image-size", "48", "--model", "dcgan", "--out", "/tmp/never-written"]) == 2
     err = capsys.readouterr().err
-    assert err == "error: invalid config: data.image_size: Input should be 28, 32, 64 or 128 (got 48)\n"
+    assert err == "error: invalid config: data.image_size: Input should be 28, 32, 64, 128 or 256 (got 48)\n"
 
 
 def test_source_needs_a_root_and_classes_need_labels(tmp_path, make):
