@@ -44,6 +44,7 @@ from ganlib.config import RUN_ID_PATTERN, RunConfig, build_config
 from ganlib.preflight import check_run
 from ganlib.runs.files import remove_temporary_files
 from ganlib.runs.lock import run_lock
+from ganlib.runs.paths import RunDir
 from ganlib.tracking import check_tracking, track_run
 from tasks.evaluate import evaluate_task
 from tasks.gallery import gallery_task
@@ -78,7 +79,8 @@ def gan_pipeline(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B0
     with run_lock(config.run_dir), track_run(config, tags):
         remove_temporary_files(config.run_dir)  # left by a killed attempt; nobody else writes here
         store = prepare_dataset_task(config.data, str(config.out))
-        config = config.resolved(channels=store["shape"][0])  # model 'auto': the preset for these images
+        saved = RunDir(config.run_dir).read_config() if RunDir(config.run_dir).config.is_file() else None
+        config = config.keeping_preset(saved).resolved(channels=store["shape"][0])  # model 'auto': for these images
         if config.preset_note:  # chosen only now (a flow run's parameters name 'auto')
             print(config.preset_note)
         trained = train_task(config, store["store_dir"])

@@ -264,14 +264,28 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def choose_preset(channels: int, image_size: int) -> tuple[str, str]:
-    """``model.name auto``: (preset, why) for prepared images of ``channels`` x ``image_size`` px. Grey 28-px
-    images (digits) get the MLP, the best samples per minute of CPU training there (bench/RESULTS.md); RGB
-    or larger images get r3gan, the conv preset built for them (an MLP cannot model them)."""
+def choose_preset(channels: int, image_size: int, gpu: bool = False) -> tuple[str, str]:
+    """``model.name auto``: (preset, why) for prepared images of ``channels`` x ``image_size`` px, trained on a
+    GPU or not. Measured choices (bench/RESULTS.md): grey 28-px images (digits) get the MLP, the best samples
+    per minute of CPU training there; other images get dcgan on a CPU (on 32-px RGB emoji, 20 minutes of
+    the 2-core CPU: self-supervised FD 1.6 against r3gan's 19.9 at its CPU widths: the fast conv preset sees
+    5.5x the images) and r3gan on a GPU, the modern preset its paper measured at that scale."""
     if channels == 1 and image_size == 28:
         return "mlp", "28-px grey images: the MLP trains the best digits per minute"
     kind = "RGB" if channels == 3 else "grey"
-    return "r3gan", f"{image_size}-px {kind} images: the modern conv preset (an MLP cannot model them)"
+    if gpu:
+        return "r3gan", f"{image_size}-px {kind} images on a GPU: the modern conv preset"
+    return "dcgan", (f"{image_size}-px {kind} images on a CPU: the fast conv preset, which beat r3gan and resnet "
+                     "at equal CPU time (docs/models.md)")
+
+
+def _trains_on_gpu(device: str) -> bool:
+    """Whether ``device`` ('auto', 'cpu', 'cuda[:N]', 'mps') trains on a CUDA GPU ('auto': when one is here)."""
+    if device == "auto":
+        import torch  # only here: the config module stays light (no torch import to validate a config)
+
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
 
 
 class EvalConfig(_Section):
@@ -485,10 +499,20 @@ class RunConfig(_Section):
         if self.model.name != "auto":
             return None
         channels = channels if channels is not None else self.known_channels()
+        gpu = _trains_on_gpu(self.device)
         if channels is None and self.data.image_size == 28:
-            return "model auto: chosen once the images are prepared: mlp if they are grey, r3gan if they are RGB"
-        name, why = choose_preset(channels or 3, self.data.image_size)
+            other = "r3gan" if gpu else "dcgan"
+            return f"model auto: chosen once the images are prepared: mlp if they are grey, {other} if they are RGB"
+        name, why = choose_preset(channels or 3, self.data.image_size, gpu)
         return f"model auto: {name} ({why})"
+
+    def keeping_preset(self, saved: dict[str, Any] | None) -> RunConfig:
+        """With ``model.name auto``, the preset of the run's ``saved`` config (config.json or a checkpoint's), if
+        any: a run keeps the preset it started with, even resumed on another kind of machine."""
+        name = ((saved or {}).get("model") or {}).get("name")
+        if self.model.name != "auto" or name in (None, "auto"):
+            return self
+        return self.model_copy(update={"model": self.model.model_copy(update={"name": name})})
 
     def for_data(self, channels: int | None) -> RunConfig:
         """``model.name auto`` replaced by the preset for images of ``channels`` (``choose_preset``; left
@@ -496,7 +520,7 @@ class RunConfig(_Section):
         left to the preset ('auto', or None) filled from ``PRESET_DEFAULTS``."""
         name = self.model.name
         if name == "auto" and (channels is not None or self.data.image_size != 28):
-            name, _ = choose_preset(channels or 3, self.data.image_size)
+            name, _ = choose_preset(channels or 3, self.data.image_size, _trains_on_gpu(self.device))
         if name == "auto":
             return self
         updates: dict[str, dict[str, Any]] = {"model": {"name": name}, "train": {}}

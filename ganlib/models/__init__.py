@@ -107,9 +107,10 @@ def check_image_size(model_name: str, image_size: int) -> None:
     preset = PRESETS.get(model_name)
     if preset is None or preset.sizes is None or image_size in preset.sizes:
         return
+    nearest = min(preset.sizes, key=lambda s: abs(s - image_size))
     others = [name for name, p in PRESETS.items() if name != model_name and (p.sizes is None or image_size in p.sizes)]
     raise ConfigError(f"data.image_size: {model_name} makes {', '.join(map(str, preset.sizes))} px images, not "
-                      f"{image_size}; use --image-size {min(preset.sizes, key=lambda s: abs(s - image_size))} or another --model ({', '.join(others)})")
+                      f"{image_size}; use --image-size {nearest} or another --model ({', '.join(others)})")
 
 
 def count_parameters(module: nn.Module) -> int:

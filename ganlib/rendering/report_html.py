@@ -209,7 +209,8 @@ EXTRA_COLUMNS = [
     ("ssl_fd", "SSL FD ↓", 3), ("ssl_kid_mean", "SSL KID ↓", 4), ("ssl_precision", "SSL precision ↑", 3),
     ("ssl_recall", "SSL recall ↑", 3), ("ssl_coverage", "SSL coverage ↑", 3),
     ("inception_fid", "Inception FID ↓", 2),
-    ("inception_is_mean", "Inception IS ↑", 2), ("memorisation_fraction", "closer than real", 3),
+    ("inception_is_mean", "Inception IS ↑", 2), ("dinov2_fd", "DINOv2 FD ↓", 2),
+    ("memorisation_fraction", "closer than real", 3),
 ]
 
 
@@ -220,7 +221,8 @@ def _evaluation_notes(evals: pd.DataFrame) -> str:
     best = evals[evals["best"]].iloc[-1]
     parts = []
     floors = [(title, best.get(f"{key}_floor"), digits) for key, title, digits in
-              [("fd", "FD", 3), *EXTRA_COLUMNS[:10], ("inception_fid", "Inception FID", 2)]]
+              [("fd", "FD", 3), *EXTRA_COLUMNS[:10], ("inception_fid", "Inception FID", 2),
+               ("dinov2_fd", "DINOv2 FD", 2)]]
     shown = [f"{title.rstrip(' ↑↓')} {_fmt(float(value), digits)}" for title, value, digits in floors
              if value is not None and pd.notna(value)]
     if shown:
@@ -228,6 +230,8 @@ def _evaluation_notes(evals: pd.DataFrame) -> str:
                      f"checkpoint): {_e(', '.join(shown))}.")
     if "inception_status" in best:
         parts.append(f"Inception metrics: {_e(best['inception_status'])}.")
+    if "dinov2_status" in best:
+        parts.append(f"DINOv2 metrics: {_e(best['dinov2_status'])}.")
     if "memorisation_fraction" in best:
         parts.append("“closer than real”: share of samples nearer a training image than the median held-out "
                      f"real image ({_e(best.get('memorisation_space', ''))}); about 0.5 is healthy, far above "

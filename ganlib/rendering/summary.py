@@ -77,6 +77,7 @@ SCORE_SPACES = {
     "real images' labels (labelled data only)",
     "ssl_*": "self-supervised: a contrastive encoder trained on the real images without labels (every dataset)",
     "inception_*": "inception-v3: torch-fidelity's ImageNet network (when its weights are there)",
+    "dinov2_*": "DINOv2 ViT: Meta's self-supervised ImageNet backbone (when a weights file is given)",
     "memorisation_*": "the space named by memorisation_space",
 }
 
@@ -86,12 +87,14 @@ SUMMARY_SCORES = (
     "ssl_fd", "ssl_kid_mean", "ssl_kid_std", "ssl_precision", "ssl_recall", "ssl_density", "ssl_coverage",
     "inception_fid", "inception_kid_mean", "inception_kid_std", "inception_is_mean", "inception_is_std",
     "inception_precision", "inception_recall", "inception_density", "inception_coverage",
-    "memorisation_fraction", "memorisation_median_distance", "memorisation_real_median_distance",
+    "dinov2_fd", "dinov2_kid_mean", "dinov2_kid_std", "dinov2_precision", "dinov2_recall", "dinov2_density",
+    "dinov2_coverage", "memorisation_fraction", "memorisation_median_distance", "memorisation_real_median_distance",
 )
 FLOOR_SCORES = ("fd", "kid_mean", "is_mean", "precision", "recall", "density", "coverage", "ssl_fd", "ssl_kid_mean",
                 "ssl_precision", "ssl_recall", "ssl_density", "ssl_coverage", "inception_fid",
                 "inception_kid_mean", "inception_is_mean", "inception_precision", "inception_recall",
-                "inception_density", "inception_coverage")
+                "inception_density", "inception_coverage", "dinov2_fd", "dinov2_kid_mean", "dinov2_precision",
+                "dinov2_recall", "dinov2_density", "dinov2_coverage")
 
 
 def _plain(value: Any) -> Any:
@@ -122,7 +125,7 @@ def evaluation_summary(eval_table: pd.DataFrame) -> tuple[dict[str, Any], dict[s
             if name in best:
                 scores[name] = _plain(best[name])
     for key in ("generator", "num_samples", "num_seeds", "num_real", "feature_space", "feature_spaces",
-                "inception_status", "memorisation_space", "memorisation_png"):
+                "inception_status", "dinov2_status", "memorisation_space", "memorisation_png"):
         if key in best:
             scores[key] = _plain(best[key])
     floors = {key: _plain(best[f"{key}_floor"]) for key in FLOOR_SCORES if f"{key}_floor" in best}
@@ -148,7 +151,9 @@ def _metrics_lines(summary: dict[str, Any]) -> list[str]:
             ("self-supervised", "ssl_fd", "ssl_kid_mean", "", "ssl_precision", "ssl_recall", "ssl_density",
              "ssl_coverage"),
             ("Inception-v3", "inception_fid", "inception_kid_mean", "inception_is_mean", "inception_precision",
-             "inception_recall", "inception_density", "inception_coverage")]
+             "inception_recall", "inception_density", "inception_coverage"),
+            ("DINOv2", "dinov2_fd", "dinov2_kid_mean", "", "dinov2_precision", "dinov2_recall", "dinov2_density",
+             "dinov2_coverage")]
     lines = ["| space | FD | KID | IS | precision | recall | density | coverage |", "|---|---|---|---|---|---|---|---|"]
     for label, *keys in rows:
         if all(best.get(k) is None and floor.get(k) is None for k in keys):

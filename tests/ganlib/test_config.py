@@ -58,23 +58,36 @@ def test_config_differences_ignore_length_and_output_but_not_the_model():
 def test_diffaug_defaults_to_translation_and_none_turns_it_off():
     assert build_config({}).train.diffaug is None  # the preset's
     assert build_config({}).resolved().train.diffaug == ["translation"]
-    assert build_config({"data": {"image_size": 32}}).resolved().train.diffaug == []  # r3gan: ADA instead
+    assert build_config({"model": {"name": "r3gan"}}).resolved().train.diffaug == []  # r3gan: ADA instead
     assert build_config({"train": {"diffaug": "none"}}).train.diffaug == []
     assert build_config({"train": {"diffaug": "translation,cutout"}}).train.diffaug == ["translation", "cutout"]
 
 
 @pytest.mark.parametrize(("data", "channels", "model"), [
     ({}, None, "mlp"),  # the digits: 28-px grey
-    ({"data": {"dataset": "cifar10", "data_root": "x", "image_size": 32}}, None, "r3gan"),
-    ({"data": {"image_size": 64}}, None, "r3gan"),  # larger than 28: r3gan whatever the channels
+    ({"data": {"dataset": "cifar10", "data_root": "x", "image_size": 32}}, None, "dcgan"),  # RGB on this CPU
+    ({"data": {"image_size": 64}}, None, "dcgan"),  # larger than 28: a conv preset whatever the channels
     ({"data": {"dataset": "folder", "data_root": "x"}}, None, "auto"),  # 28 px, channels unknown until prepared
     ({"data": {"dataset": "folder", "data_root": "x"}}, 1, "mlp"),
-    ({"data": {"dataset": "folder", "data_root": "x"}}, 3, "r3gan"),
-    ({"data": {"dataset": "folder", "data_root": "x", "channels": "rgb"}}, None, "r3gan"),
-    ({"model": {"name": "dcgan"}, "data": {"image_size": 64}}, 3, "dcgan"),  # named: kept
+    ({"data": {"dataset": "folder", "data_root": "x"}}, 3, "dcgan"),
+    ({"data": {"dataset": "folder", "data_root": "x", "channels": "rgb"}}, None, "dcgan"),
+    ({"device": "cuda", "data": {"dataset": "folder", "data_root": "x", "channels": "rgb"}}, None, "r3gan"),  # a GPU
+    ({"device": "cuda"}, None, "mlp"),
+    ({"model": {"name": "resnet"}, "data": {"image_size": 64}}, 3, "resnet"),  # named: kept
 ])
-def test_model_auto_follows_the_data(data, channels, model):
-    assert build_config(data).resolved(channels=channels).model.name == model
+def test_model_auto_follows_the_data_and_the_device(data, channels, model):
+    cfg = build_config(data).resolved(channels=channels)
+    assert cfg.model.name == model
+    assert (cfg.preset_note is not None) == ("name" not in data.get("model", {}) and model != "auto")
+
+
+def test_a_run_keeps_the_preset_it_started_with():
+    saved = build_config({"device": "cuda", "data": {"image_size": 32}}).resolved().model_dump(mode="json")
+    assert saved["model"]["name"] == "r3gan"
+    again = build_config({"device": "cpu", "data": {"image_size": 32}}).keeping_preset(saved).resolved()
+    assert again.model.name == "r3gan" and again.train.loss == "rpgan"  # resumed on a CPU: still r3gan
+    named = build_config({"model": {"name": "dcgan"}}).keeping_preset(saved)
+    assert named.model.name == "dcgan"  # a named model is the user's: the resume check then compares them
 
 
 def test_the_presets_settings_fill_only_what_the_user_left_to_them():
