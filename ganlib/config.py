@@ -571,6 +571,10 @@ RESUMABLE_CHANGES = {
 }
 
 
+# Fields a config may leave to the preset or to a measurement ('auto' or None) until training resolves them.
+_RESOLVED_LATER = {"model.name", "train.precision", *(k for d in PRESET_DEFAULTS.values() for k in d)}
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted names (``model.ngf``: 32 -> 64) of fields that differ and would change the run.
 
@@ -583,8 +587,8 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
             for key in sorted(set(a) | set(b)):
                 if key in a and key in b:  # a field the saved config predates cannot block a resume
                     walk(a[key], b[key], f"{prefix}.{key}" if prefix else key)
-        elif b in (None, "auto") and a not in (None, "auto"):
-            pass  # left to the preset, which the run's resolved config already names (training compares those)
+        elif prefix in _RESOLVED_LATER and (a in (None, "auto") or b in (None, "auto")):
+            pass  # left to the preset or the probe on one side: training compares the resolved values
         elif a != b and prefix not in RESUMABLE_CHANGES and not prefix.startswith(("eval.", "gallery.")):
             diffs.append(f"{prefix}: {a!r} -> {b!r}")
 

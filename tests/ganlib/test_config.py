@@ -107,3 +107,10 @@ def test_the_presets_widths_agree_with_the_models_fallback():
 
     for name, preset in PRESETS.items():
         assert PRESET_DEFAULTS[name]["model.ngf"] == PRESET_DEFAULTS[name]["model.ndf"] == preset.width
+
+
+def test_fields_left_to_the_preset_do_not_block_a_resume_but_other_optional_ones_do():
+    resolved = build_config({"run_id": "x", "train": {"lr_g": 1e-4}}).resolved().model_dump(mode="json")
+    unresolved = build_config({"run_id": "x"}).model_dump(mode="json")
+    assert config_differences(resolved, unresolved) == ["train.lr_g: 0.0001 -> None"]  # lr_g is not the preset's
+    assert config_differences(unresolved, resolved) == ["train.lr_g: None -> 0.0001"]
