@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganlib.config import EvalConfig
-from ganlib.errors import CheckpointError, ConfigError, first_line
+from ganlib.errors import CheckpointError
+from ganlib.evaluation.weights import read_checked_state_dict
 from ganlib.runs.files import atomic_path, sha256_file
 from ganlib.sampling import to_uint8
 
@@ -197,22 +198,9 @@ def from_state_dict(state: dict[str, torch.Tensor], where: str = "the state dict
 def read_weights(path: Path, sha256: str) -> dict[str, torch.Tensor]:
     """The state dict in ``path`` once its sha256 is ``sha256``; one-line ``ConfigError``/``CheckpointError``
     for a missing file, another hash, or bytes that are not a plain state dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"eval.dinov2_weights: {path} does not exist; download it (e.g. {WEIGHTS_URL}) "
-                          "and give its path and `sha256sum` as eval.dinov2_weights_sha256")
-    actual = sha256_file(path)
-    if actual != sha256.lower():
-        raise ConfigError(f"eval.dinov2_weights: {path} has sha256 {actual}, not {sha256.lower()} "
-                          "(eval.dinov2_weights_sha256); the file is not the one you meant or is damaged")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ValueError("no plain state dict in it")
-    except Exception as exc:  # the unpickler's errors span many lines; keep the first
-        raise CheckpointError(f"eval.dinov2_weights: {path} is not a DINOv2 weights file "
-                              f"({first_line(exc)[:200]})") from None
-    return state
+    return read_checked_state_dict(
+        path, sha256, "eval.dinov2_weights", f"download it (e.g. {WEIGHTS_URL}) and give its path and "
+        "`sha256sum` as eval.dinov2_weights_sha256", "a DINOv2 weights file", lambda state: None)
 
 
 def check_weights_file(path: Path, sha256: str) -> str:

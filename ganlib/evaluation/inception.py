@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from ganlib.config import EvalConfig
-from ganlib.errors import CheckpointError, ConfigError, first_line
+from ganlib.errors import first_line
+from ganlib.evaluation.weights import read_checked_state_dict
 from ganlib.runs.files import atomic_path, sha256_file
 from ganlib.sampling import to_uint8
 
@@ -62,22 +63,13 @@ def _extractor_class() -> type[nn.Module]:
 def check_weights_file(path: Path, sha256: str) -> None:
     """A ``ConfigError`` (one line) unless ``path`` exists and has this sha256; a ``CheckpointError``
     unless it holds a plain state dict of torch-fidelity's Inception-v3."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"eval.inception_weights: {path} does not exist; give the path of {WEIGHTS_FILE} "
-                          "or leave it empty to let torch-fidelity download the weights")
-    actual = sha256_file(path)
-    if actual != sha256.lower():
-        raise ConfigError(f"eval.inception_weights: {path} has sha256 {actual}, not {sha256.lower()} "
-                          "(eval.inception_weights_sha256); the file is not the one you meant or is damaged")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or "Mixed_7c.branch_pool.conv.weight" not in state:
+    def is_inception(state: dict[str, torch.Tensor]) -> None:
+        if "Mixed_7c.branch_pool.conv.weight" not in state:
             raise ValueError("no Inception-v3 state dict in it (Mixed_7c.branch_pool.conv.weight is missing)")
-    except Exception as exc:  # the unpickler's errors span many lines; keep the first
-        reason = first_line(exc)[:200]
-        raise CheckpointError(f"eval.inception_weights: {path} is not torch-fidelity's Inception weights "
-                              f"({reason})") from None
+
+    read_checked_state_dict(path, sha256, "eval.inception_weights", f"give the path of {WEIGHTS_FILE} or leave it "
+                            "empty to let torch-fidelity download the weights", "torch-fidelity's Inception weights",
+                            is_inception)
 
 
 def load_inception(cfg: EvalConfig, device: torch.device) -> InceptionNet:
