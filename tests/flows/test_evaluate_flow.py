@@ -22,7 +22,7 @@ def trained(tmp_path_factory, tiny_settings):
     cfg = build_config({"run_id": "rescore", "out": str(tmp_path_factory.mktemp("evaluate-flow") / "out"),
                         **copy.deepcopy(tiny_settings)})
     train(cfg, prepare_dataset(cfg.data, cfg.out))
-    return cfg
+    return cfg.resolved()  # what config.json holds: the preset's settings filled in
 
 
 def test_plan_applies_the_eval_flags_to_the_saved_config(trained):
