@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 SETTINGS = {
     "device": "cpu", "data": {"dataset": "digits", "num_images": 400}, "model": {"name": "mlp", "hidden_dim": 64},
     # Flushes (and checkpoints) only every 2000 steps: a stop served at once lands between them.
-    "train": {"steps": 4000, "batch_size": 32, "checkpoint_every": 2000, "log_every": 2000},
+    "train": {"steps": 4000, "batch_size": 32, "checkpoint_every": 2000, "log_every": 2000,
+              "precision": "fp32"},  # by hand: auto would time a probe, which may choose otherwise run to run
     "eval": {"num_samples": 200, "classifier_steps": 30, "batch_size": 100, "ssl_steps": 10},
     "gallery": {"num_samples": 50},
 }

@@ -314,7 +314,8 @@ def make_config(out: Path, steps: int, checkpoint_every: int) -> Any:
         "device": "cpu",
         "data": {"dataset": "digits", "num_images": 400},
         "model": {"name": "dcgan", "ngf": 8, "ndf": 8},
-        "train": {"steps": steps, "batch_size": 32, "checkpoint_every": checkpoint_every, "log_every": 1},
+        "train": {"steps": steps, "batch_size": 32, "checkpoint_every": checkpoint_every, "log_every": 1,
+                  "precision": "fp32"},
         "eval": {"num_samples": 200, "classifier_steps": 30, "batch_size": 100},
         "gallery": {"num_samples": 2000},  # a samples.npz big enough to be killed while writing it
     })

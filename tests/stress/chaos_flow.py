@@ -64,7 +64,8 @@ def settings(num_images: int, steps: int) -> dict[str, Any]:
         "device": "cpu",
         "data": {"dataset": "digits", "num_images": num_images},  # enough images for preparation to be hit
         "model": {"name": "mlp", "hidden_dim": 64},
-        "train": {"steps": steps, "batch_size": 32, "checkpoint_every": steps // 3, "log_every": 10},
+        "train": {"steps": steps, "batch_size": 32, "checkpoint_every": steps // 3, "log_every": 10,
+                  "precision": "fp32"},
         "eval": {"num_samples": 200, "classifier_steps": 30, "batch_size": 100, "ssl_steps": 10},
         "gallery": {"num_samples": 500},
     }
