@@ -128,7 +128,8 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
     images = BatchSource(store.images, device, cfg.data.resident_limit_mb)  # on the device if it fits
     labels = torch.from_numpy(store.labels).to(device) if cfg.model.conditional else None
     num_images, image_shape = len(images), tuple(store.images.shape[1:])
-    cfg = _with_precision(cfg, found, store.images, ctx)
+    saved = found[1]["config"] if found is not None else (run.read_config() if run.config.is_file() else None)
+    cfg = _with_precision(cfg, saved, store.images, ctx)
     t = cfg.train
     num_steps, batch = total_steps(t, num_images), t.batch_size
     objective = Objective.from_config(cfg, device)
@@ -220,16 +221,17 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
         images_per_sec=round(trained * batch / seconds, 1) if trained else 0.0, stopped_early=stopped_early)
 
 
-def _with_precision(cfg: RunConfig, found: tuple[Path, dict[str, Any]] | None, images: np.ndarray,
+def _with_precision(cfg: RunConfig, saved_config: dict[str, Any] | None, images: np.ndarray,
                     ctx: ProcessContext) -> RunConfig:
-    """``train.precision auto`` decided: a resumed run keeps its checkpoint's choice; a fresh one measures
+    """``train.precision auto`` decided: a run that has begun keeps its choice (its newest checkpoint's, or
+    config.json's when killed before the first checkpoint); a fresh one measures
     (``ganlib.training.probe``) where it trains alone, and takes fp32 on a CPU shared by data-parallel ranks
     (which must agree, and would time each other)."""
     if cfg.train.precision != "auto":
         return cfg
-    saved = ((found[1].get("config") or {}).get("train") or {}).get("precision") if found is not None else None
+    saved = ((saved_config or {}).get("train") or {}).get("precision")
     if saved in ("fp32", "bf16"):
-        precision, why = saved, "the run's checkpoint"
+        precision, why = saved, "the run's saved config"
     elif ctx.world_size > 1 and ctx.device.type == "cpu":
         precision, why = "fp32", "data-parallel ranks on the CPU"
     elif ctx.world_size > 1:
