@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ganlib.errors import ConfigError, first_line
 from ganlib.runs.files import atomic_write_json
-from ganlib.runs.paths import RunDir
+from ganlib.runs.paths import RunDir, read_json_object
 
 if TYPE_CHECKING:
     from ganlib.config import RunConfig
@@ -133,7 +133,7 @@ class MlflowTracker:
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-        saved = _read_json(self.state_path)
+        saved = read_json_object(self.state_path)
         run_id = saved.get("run_id") if saved.get("tracking_uri") == self.uri else None
         if run_id is not None:
             try:
@@ -354,10 +354,3 @@ def _read_table(path: Path) -> Any:
     except (OSError, ValueError):
         return None
 
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

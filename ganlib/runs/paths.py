@@ -121,15 +121,15 @@ class RunDir:
 
     def read_saved_config(self) -> dict[str, Any]:
         """``config.json`` as a dict, or ``{}`` when missing or unreadable (for reports; ``read_config`` raises)."""
-        return _read_json(self.config)
+        return read_json_object(self.config)
 
     def read_manifest(self) -> dict[str, Any]:
         """``data/manifest.json`` (the prepared dataset's description), or ``{}`` before training wrote it."""
-        return _read_json(self.manifest)
+        return read_json_object(self.manifest)
 
     def read_summary(self) -> dict[str, Any]:
         """``summary.json``, or ``{}`` before the gallery stage wrote it."""
-        return _read_json(self.summary)
+        return read_json_object(self.summary)
 
     def read_table(self, path: Path) -> pd.DataFrame | None:
         """One of the run's parquet tables, or None when it does not exist (yet)."""
@@ -207,7 +207,7 @@ def write_table(rows: list[dict[str, Any]], path: Path) -> None:
         pd.DataFrame(rows).to_parquet(tmp, index=False)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object file, or ``{}`` when it is missing or unreadable (what a report can live with)."""
     try:
         data = json.loads(path.read_text())

@@ -155,7 +155,8 @@ class AdaptiveAugment:
 
     @torch.no_grad()
     def observe(self, signs: torch.Tensor) -> None:
-        self.sums += torch.stack([signs.sum(), torch.tensor(float(signs.numel()), device=signs.device)])
+        self.sums[0] += signs.sum()
+        self.sums[1] += signs.numel()  # a Python number: no tensor made (nor copied to the device) per step
 
     @torch.no_grad()
     def adjust(self, reduce=lambda t: t) -> None:  # noqa: ANN001 (a collective)
