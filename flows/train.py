@@ -80,8 +80,9 @@ def gan_pipeline(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B0
         remove_temporary_files(config.run_dir)  # left by a killed attempt; nobody else writes here
         store = prepare_dataset_task(config.data, str(config.out))
         saved = RunDir(config.run_dir).read_config() if RunDir(config.run_dir).config.is_file() else None
+        chosen_now = config.model.name == "auto"  # a flow run's parameters name 'auto' (the CLI resolves first)
         config = config.keeping_preset(saved).resolved(channels=store["shape"][0])  # model 'auto': for these images
-        if config.preset_note:  # chosen only now (a flow run's parameters name 'auto')
+        if chosen_now and config.preset_note:
             print(config.preset_note)
         trained = train_task(config, store["store_dir"])
         evaluation = evaluate_task(config, store["store_dir"])

@@ -121,9 +121,10 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
     run, device = RunDir(cfg.run_dir), ctx.device
     store = load_store(store_dir)
     found = ctx.latest_checkpoint(run.checkpoints)  # the newest checkpoint, if the run has one
+    chosen_now = cfg.model.name == "auto"  # else the caller resolved it and said so
     cfg = cfg.keeping_preset(found[1]["config"] if found is not None else None)
     cfg = cfg.resolved(channels=int(store.images.shape[1]))  # 'auto' settings: the preset's, for these images
-    if cfg.preset_note and ctx.is_writer:
+    if chosen_now and cfg.preset_note and ctx.is_writer:
         log.info(cfg.preset_note)
     images = BatchSource(store.images, device, cfg.data.resident_limit_mb)  # on the device if it fits
     labels = torch.from_numpy(store.labels).to(device) if cfg.model.conditional else None
