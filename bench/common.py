@@ -23,6 +23,7 @@ from ganlib.data.loader import BatchOrder, BatchSource
 from ganlib.models import BATCH_INDEPENDENT_DISCRIMINATORS, build_models
 from ganlib.sampling import to_unit_range
 from ganlib.training.step import Objective, adam_implementation, train_step, use_channels_last
+from ganlib.training.probe import cpu_instruction_set
 
 
 def commit(checkout: Path | None = None) -> str:
@@ -53,7 +54,8 @@ def parse_diffaug(text: str) -> tuple[str, ...]:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+    # The instruction set is part of every CPU figure: bf16 is 1.8x faster with AMX and slower without it.
+    return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads, {cpu_instruction_set()}"
 
 
 def append_csv(path: Path, row: dict[str, Any]) -> None:

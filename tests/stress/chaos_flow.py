@@ -57,6 +57,9 @@ SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
 STEP = re.compile(r"\bstep (\d+)/(\d+) ")
 RESUMED = re.compile(r"resuming run \S+ from step_(\d+)\.pt")
 CHECKPOINTED = re.compile(r"interrupted by (SIG\w+): checkpointed at step (\d+)")
+# ganlib.training.loop's first line, logged inside train(): the stop handler is in place from here on, so a
+# polite stop after it must checkpoint; one before it (the train task still starting) has nothing to save.
+TRAINING_BEGAN = re.compile(r"ganlib - training \S+ \(")
 
 
 def settings(num_images: int, steps: int) -> dict[str, Any]:
@@ -126,6 +129,7 @@ class Attempt:
     max_step: int = 0
     resumed_from: int | None = None
     checkpointed: int | None = None
+    training_began: bool = False  # this attempt's training loop started (its first line was seen)
     last_line: str = ""
     leftovers: list[str] = field(default_factory=list)
     stage_times: dict[str, float] = field(default_factory=dict)  # first time each stage was seen
@@ -173,6 +177,8 @@ def run_attempt(config_file: Path, out: Path, log_path: Path, target: tuple[str,
                 attempt.resumed_from = int(m.group(1))
             if m := CHECKPOINTED.search(line):
                 attempt.checkpointed = int(m.group(2))
+            if TRAINING_BEGAN.search(line):
+                attempt.training_began = True
             if target and windows is not None and fire_at is None and stage == target[0]:
                 window = windows[stage]
                 if stage == "train":  # what is left of training, from the step it resumed at
@@ -392,7 +398,8 @@ def main() -> int:
                 problems.append(f"exit {attempt.rc}, expected {expected}")
             if attempt.rc in (130, 143) and not attempt.last_line.startswith(f"interrupted by {name}"):
                 problems.append(f"last line {attempt.last_line[:100]!r}")
-            if attempt.stage == "train" and attempt.rc in (130, 143) and attempt.checkpointed is None:
+            if (attempt.stage == "train" and attempt.rc in (130, 143) and attempt.checkpointed is None
+                    and attempt.training_began):  # before the loop began (task starting) there is nothing to save
                 problems.append("stopped in training without 'checkpointed at step'")
         elif attempt.rc != 0:
             problems.append(f"exit {attempt.rc} (see {work / 'logs' / f'cycle_{i:02d}.log'})")
