@@ -163,7 +163,8 @@ def score_run(cfg: RunConfig, store_dir: Path, label: str, settings: dict[str, A
         f"seconds_to_is{IS_TARGET:g}": round(seconds_to_reach(cfg.run_dir, table), 1),
         "real_is": round(float(final["real_is"]), 3), "run_dir": str(cfg.run_dir),
         "model": cfg.model.name, "image_size": cfg.data.image_size,
-        "precision": RunDir(cfg.run_dir).read_config()["train"]["precision"],  # auto's choice, as the run saved it **ssl, "best_step": int(best["step"]),
+        "precision": RunDir(cfg.run_dir).read_config()["train"]["precision"],  # auto's choice, as the run saved it
+        **ssl, "best_step": int(best["step"]),
         "ssl_fd_floor": round(float(final.get("ssl_fd_floor", float("nan"))), 4),
         "memorisation_final": round(float(final.get("memorisation_fraction", float("nan"))), 4),
         "ada_p_final": round(float(steps["ada_p"].iloc[-1]), 4) if "ada_p" in steps else 0.0,

@@ -4,6 +4,8 @@
     python -m bench.throughput ... --precision bf16 --channels-last off   # speed options, one at a time
     # the default run's model (mlp, hidden 512) and batch:
     python -m bench.throughput --device cpu --model mlp --image-size 28 --channels 1 --batch-size 128 --steps 200
+    # where a step's time goes (torch.profiler over 100 more steps, grouped by kind of operator):
+    python -m bench.throughput ... --diffaug translation --ema-decay 0.999 --profile 100
 
 Times ganlib's own ``train_step`` with its models, batch source and optimizer rules
 (``bench/common.make_step``), so what is timed is what trains; ``--diffaug translation --ema-decay
@@ -32,6 +34,7 @@ from bench.common import (
     time_steps,
 )
 
+PROFILE_RESULTS = Path(__file__).resolve().parent / "results" / "profile.csv"
 RESULTS = Path(__file__).resolve().parent / "results" / "throughput.csv"
 
 
@@ -54,6 +57,8 @@ def main() -> None:
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto", help="as train.channels_last")
     p.add_argument("--diffaug", default="none", help="as train.diffaug: e.g. translation or translation,cutout")
     p.add_argument("--ema-decay", type=float, default=0.0, help="as train.ema_decay (0: no EMA)")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="after timing, profile this many more steps and print where the time goes")
     p.add_argument("--fused-optimizer", choices=["auto", "on", "off"], default="auto",
                    help="as train.fused_optimizer: auto is fused Adam where torch has it, off is foreach")
     args = p.parse_args()
@@ -96,6 +101,52 @@ def main() -> None:
           f"{peak_mb:>8.1f}")
     append_csv(RESULTS, row)
     print(f"appended to {RESULTS}")
+    if args.profile:
+        profile_steps(bench.step, args.profile, row)
+
+
+# Operator name fragments -> the kind of work, first match wins (torch's CPU operator names).
+KINDS = (
+    ("matrix products", ("addmm", "::mm", "bmm", "matmul", "linear", "convolution", "conv")),
+    ("dtype casts", ("::to", "_to_copy", "copy_")),
+    ("optimizer (Adam)", ("adam", "_foreach")),
+    ("EMA", ("lerp",)),
+    ("augmentation (translation)", ("gather", "scatter", "index", "pad")),
+    ("activations and their gradients", ("relu", "tanh", "sigmoid", "threshold", "softplus", "leaky")),
+    ("random numbers", ("randn", "normal", "randint", "randperm", "uniform")),
+)
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, parts in KINDS if any(p in low for p in parts)), "other (elementwise, reductions)")
+
+
+def profile_steps(step, steps: int, row: dict) -> None:
+    """Profile ``steps`` steps; print self CPU time per kind of operator and the top operators."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    by_kind: dict[str, float] = {}
+    for e in events:
+        by_kind[kind_of(e.key)] = by_kind.get(kind_of(e.key), 0.0) + e.self_cpu_time_total
+    print(f"\nwhere the time goes, {steps} steps profiled ({total / 1e3 / steps:.1f} ms of operator self time "
+          f"per step; the profiler's overhead included):")
+    for kind, us in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:<36} {100 * us / total:5.1f}%  {us / 1e3 / steps:6.2f} ms/step")
+        append_csv(PROFILE_RESULTS, {**{k: row[k] for k in ("date", "device", "commit", "torch", "model",
+                                                              "batch_size", "hidden_dim", "precision",
+                                                              "diffaug", "ema_decay")},
+                                     "kind": kind, "percent": round(100 * us / total, 2),
+                                     "ms_per_step": round(us / 1e3 / steps, 3)})
+    print("  top operators:")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]:
+        print(f"    {e.key:<44} {100 * e.self_cpu_time_total / total:5.1f}%  ({kind_of(e.key)})")
+    print(f"appended to {PROFILE_RESULTS}")
 
 
 if __name__ == "__main__":

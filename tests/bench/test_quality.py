@@ -49,3 +49,20 @@ def test_curves_draws_each_runs_metrics_and_prints_them(tmp_path, capsys, monkey
     curves.main()
     out = capsys.readouterr().out
     assert (tmp_path / "c.png").stat().st_size > 0 and "a:" in out and "b:" in out and "0.7" in out
+
+
+@pytest.mark.slow
+def test_a_tiny_row_trains_scores_and_names_its_precision_and_self_supervised_scores(tmp_path):
+    """run_one end to end on the embedded digits: the row has every column the table prints (a comment
+    once swallowed the ssl columns, and the table raised KeyError after a 15-minute run)."""
+    settings = quality.PRESETS["mlp-ns-ema"] | {"model.hidden_dim": 32, "train.batch_size": 32,
+                                                "eval.num_samples": 200, "eval.classifier_steps": 30,
+                                                "eval.ssl_steps": 5, "eval.batch_size": 100}
+    row = quality.run_one("tiny", settings, None, {"dataset": "digits", "num_images": 2000}, "cpu", tmp_path,
+                          checkpoint_every=20, steps=40)
+    for key in ("steps", "images_per_sec", "is_final", "fd_final", "classes_final", "rarest_final",
+                "class_accuracy_final", "is_best", "ssl_fd_final", "ssl_fd_best", "ssl_fd_floor",
+                "memorisation_final", "ada_p_final", "grid", "real_is"):
+        assert key in row, key
+    assert row["steps"] == 40 and row["precision"] in ("fp32", "bf16")
+    assert row["ssl_fd_final"] > 0 and row["fd_final"] > 0
