@@ -22,8 +22,8 @@ from torch import nn
 from ganlib.data.loader import BatchOrder, BatchSource
 from ganlib.models import BATCH_INDEPENDENT_DISCRIMINATORS, build_models
 from ganlib.sampling import to_unit_range
-from ganlib.training.step import Objective, adam_implementation, train_step, use_channels_last
 from ganlib.training.probe import cpu_instruction_set
+from ganlib.training.step import Objective, adam_implementation, train_step, use_channels_last
 
 
 def commit(checkout: Path | None = None) -> str:

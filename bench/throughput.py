@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -122,7 +125,7 @@ def kind_of(name: str) -> str:
     return next((kind for kind, parts in KINDS if any(p in low for p in parts)), "other (elementwise, reductions)")
 
 
-def profile_steps(step, steps: int, row: dict) -> None:
+def profile_steps(step: Callable[[], torch.Tensor], steps: int, row: dict[str, Any]) -> None:
     """Profile ``steps`` steps; print self CPU time per kind of operator and the top operators."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -131,18 +134,17 @@ def profile_steps(step, steps: int, row: dict) -> None:
             step()
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events)
-    by_kind: dict[str, float] = {}
+    by_kind: Counter[str] = Counter()
     for e in events:
-        by_kind[kind_of(e.key)] = by_kind.get(kind_of(e.key), 0.0) + e.self_cpu_time_total
+        by_kind[kind_of(e.key)] += e.self_cpu_time_total
     print(f"\nwhere the time goes, {steps} steps profiled ({total / 1e3 / steps:.1f} ms of operator self time "
           f"per step; the profiler's overhead included):")
-    for kind, us in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+    settings = {k: row[k] for k in ("date", "device", "commit", "torch", "model", "batch_size", "hidden_dim",
+                                    "precision", "diffaug", "ema_decay")}
+    for kind, us in by_kind.most_common():
         print(f"  {kind:<36} {100 * us / total:5.1f}%  {us / 1e3 / steps:6.2f} ms/step")
-        append_csv(PROFILE_RESULTS, {**{k: row[k] for k in ("date", "device", "commit", "torch", "model",
-                                                              "batch_size", "hidden_dim", "precision",
-                                                              "diffaug", "ema_decay")},
-                                     "kind": kind, "percent": round(100 * us / total, 2),
-                                     "ms_per_step": round(us / 1e3 / steps, 3)})
+        append_csv(PROFILE_RESULTS, settings | {"kind": kind, "percent": round(100 * us / total, 2),
+                                                "ms_per_step": round(us / 1e3 / steps, 3)})
     print("  top operators:")
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]:
         print(f"    {e.key:<44} {100 * e.self_cpu_time_total / total:5.1f}%  ({kind_of(e.key)})")
