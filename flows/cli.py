@@ -50,7 +50,7 @@ RUN_FIELDS: tuple[str, ...] = (
     "train.lr_decay_start", "train.beta1", "train.beta2", "train.loss", "train.d_steps", "train.r1", "train.r2",
     "train.r1_every", "train.ada", "train.ada_target", "train.ada_kimg", "train.ema_decay",
     "train.diffaug", "train.precision", "train.compile", "train.channels_last", "train.fused_optimizer",
-    "train.max_minutes", "train.checkpoint_every",
+    "train.threads", "train.max_minutes", "train.checkpoint_every",
     "eval.num_samples",
     "gallery.num_samples",
     "dist.nproc_per_node", "dist.nnodes", "dist.rdzv_endpoint", "dist.backend", "dist.timeout_minutes",

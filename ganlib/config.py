@@ -207,9 +207,16 @@ class TrainConfig(_Section):
         "CUDA).")
     compile: bool = Field(False, description="torch.compile G and D for the training step.")
     channels_last: Literal["auto", "on", "off"] = Field(
-        "auto", description="NHWC (channels-last) memory format for the conv models (dcgan, resnet) and the real "
-        "batches. The convolution kernels want it: cuDNN's tensor cores on CUDA, oneDNN on the CPU (12% faster "
-        "for the 64-px DCGAN here, bench/RESULTS.md). 'auto': on for the conv models.")
+        "auto", description="NHWC (channels-last) memory format for the conv models (dcgan, resnet, r3gan) and the "
+        "real batches. The convolution kernels want it: cuDNN's tensor cores on CUDA, oneDNN on the CPU (12% "
+        "faster for the 64-px DCGAN here, bench/RESULTS.md). 'auto': on for the conv models on CUDA; on the CPU "
+        "measured with the run's own step (off only where NCHW is at least 1.1x faster); the run's config keeps "
+        "the choice.")
+    threads: int | None = Field(
+        None, ge=1, le=4096, description="CPU threads of the training step (torch.set_num_threads). Default: "
+        "measured: a probe of the run's own step with torch's usual count (one per core) and with half of it "
+        "takes half only where that is at least 1.15x faster; the run's config keeps the choice. Not used on "
+        "CUDA.")
     fused_optimizer: Literal["auto", "on", "off"] = Field(
         "auto", description="Adam's fused kernel (one kernel for all parameters of a model per update). "
         "'auto': fused where torch has it for the device (CUDA, CPU), else the multi-tensor (foreach) one; "
@@ -560,7 +567,7 @@ class RunConfig(_Section):
 RESUMABLE_CHANGES = {
     "run_id", "out", "device", "train.steps", "train.epochs", "train.checkpoint_every",
     "train.log_every", "train.max_rollbacks", "train.rollback_lr_factor", "train.compile",
-    "train.channels_last", "train.fused_optimizer",  # speed only: same maths, other rounding
+    "train.channels_last", "train.fused_optimizer", "train.threads",  # speed only: same maths, other rounding
     "train.precision",  # autocast only: weights, gradients' updates and Adam's state stay fp32
     "train.health_window", "train.stop_on_health", "train.max_minutes",
     "data.strict", "data.download", "data.resident_limit_mb",

@@ -34,7 +34,7 @@ from ganlib.runs.paths import RunDir
 from ganlib.sampling import to_unit_range
 from ganlib.training.distributed import ProcessContext
 from ganlib.training.health import METRIC_COLUMNS, HealthMonitor, NonFiniteLoss, record_health_event
-from ganlib.training.probe import choose_precision
+from ganlib.training.probe import measured_settings, threads
 from ganlib.training.state import TrainingState
 from ganlib.training.step import Objective, check_precision, lr_factor, train_step
 
@@ -92,24 +92,25 @@ def train(
         if ctx.is_writer:  # nobody else writes here while the lock is held: temporary files are a killed writer's
             remove_temporary_files(run.root)
         health: dict[str, Any] | None = None  # None: take the checkpoint's
-        while True:
-            try:
-                return _train(cfg, Path(store_dir), ctx, on_progress, should_stop, health)
-            except NonFiniteLoss as err:  # roll back to the last checkpoint with lower learning rates
-                health = {"rollbacks": err.health["rollbacks"] + 1,
-                          "lr_scale": err.health["lr_scale"] * cfg.train.rollback_lr_factor}
-                failed = health["rollbacks"] > cfg.train.max_rollbacks
-                if ctx.is_writer:
-                    record_health_event(run, err.step, "non-finite-loss", str(err),
-                                        "fail" if failed else "rollback", health["lr_scale"])
-                if failed:
-                    raise TrainingDiverged(
-                        f"training diverged: {err} at step {err.step}, still after {cfg.train.max_rollbacks} "
-                        f"rollbacks with learning rates down to x{err.health['lr_scale']:g}; lower --lr or "
-                        "change the loss or model") from None
-                log.warning("%s at step %d: rolling back to the last checkpoint with learning rates x%g "
-                            "(rollback %d of at most %d)", err, err.step, health["lr_scale"],
-                            health["rollbacks"], cfg.train.max_rollbacks)
+        with threads(None):  # the run's train.threads while it trains, torch's own count after
+            while True:
+                try:
+                    return _train(cfg, Path(store_dir), ctx, on_progress, should_stop, health)
+                except NonFiniteLoss as err:  # roll back to the last checkpoint with lower learning rates
+                    health = {"rollbacks": err.health["rollbacks"] + 1,
+                              "lr_scale": err.health["lr_scale"] * cfg.train.rollback_lr_factor}
+                    failed = health["rollbacks"] > cfg.train.max_rollbacks
+                    if ctx.is_writer:
+                        record_health_event(run, err.step, "non-finite-loss", str(err),
+                                            "fail" if failed else "rollback", health["lr_scale"])
+                    if failed:
+                        raise TrainingDiverged(
+                            f"training diverged: {err} at step {err.step}, still after {cfg.train.max_rollbacks} "
+                            f"rollbacks with learning rates down to x{err.health['lr_scale']:g}; lower --lr or "
+                            "change the loss or model") from None
+                    log.warning("%s at step %d: rolling back to the last checkpoint with learning rates x%g "
+                                "(rollback %d of at most %d)", err, err.step, health["lr_scale"],
+                                health["rollbacks"], cfg.train.max_rollbacks)
 
 
 def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, should_stop,
@@ -130,7 +131,7 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
     labels = torch.from_numpy(store.labels).to(device) if cfg.model.conditional else None
     num_images, image_shape = len(images), tuple(store.images.shape[1:])
     saved = found[1]["config"] if found is not None else (run.read_config() if run.config.is_file() else None)
-    cfg = _with_precision(cfg, saved, store.images, ctx)
+    cfg = _with_measured_settings(cfg, saved, store.images, ctx)
     t = cfg.train
     num_steps, batch = total_steps(t, num_images), t.batch_size
     objective = Objective.from_config(cfg, device)
@@ -222,27 +223,24 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
         images_per_sec=round(trained * batch / seconds, 1) if trained else 0.0, stopped_early=stopped_early)
 
 
-def _with_precision(cfg: RunConfig, saved_config: dict[str, Any] | None, images: np.ndarray,
-                    ctx: ProcessContext) -> RunConfig:
-    """``train.precision auto`` decided: a run that has begun keeps its choice (its newest checkpoint's, or
-    config.json's when killed before the first checkpoint); a fresh one measures
-    (``ganlib.training.probe``) where it trains alone, and takes fp32 on a CPU shared by data-parallel ranks
-    (which must agree, and would time each other)."""
-    if cfg.train.precision != "auto":
-        return cfg
-    saved = ((saved_config or {}).get("train") or {}).get("precision")
-    if saved in ("fp32", "bf16"):
-        precision, why = saved, "the run's saved config"
-    elif ctx.world_size > 1 and ctx.device.type == "cpu":
-        precision, why = "fp32", "data-parallel ranks on the CPU"
-    elif ctx.world_size > 1:
-        precision, why = "bf16", "CUDA"
+def _with_measured_settings(cfg: RunConfig, saved_config: dict[str, Any] | None, images: np.ndarray,
+                            ctx: ProcessContext) -> RunConfig:
+    """The speed settings left to measurement (``train.precision``/``channels_last`` auto, ``train.threads``
+    unset) decided by ``ganlib.training.probe`` on one batch of the run's images, or kept from the run's
+    saved config; the thread count applied (``train()`` restores torch's afterwards)."""
+    t = cfg.train
+    if t.precision != "auto" and t.channels_last != "auto" and (t.threads is not None or ctx.device.type != "cpu"):
+        probed, lines = cfg, []
     else:
-        batch = torch.from_numpy(np.array(images[: cfg.train.batch_size])).to(ctx.device)  # a writable copy
-        precision, why = choose_precision(cfg, batch, ctx.device)
+        batch = torch.from_numpy(np.array(images[: t.batch_size])).to(ctx.device)  # a writable copy
+        probed, lines = measured_settings(cfg, (saved_config or {}).get("train"), batch, ctx.device,
+                                          ctx.world_size)
     if ctx.is_writer:
-        log.info("precision auto: %s (%s)", precision, why)
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
+        for line in lines:
+            log.info("%s", line)
+    if probed.train.threads is not None and ctx.device.type == "cpu":
+        torch.set_num_threads(probed.train.threads)
+    return probed
 
 
 def _report(row: dict[str, Any], num_steps: int, batch: int, max_minutes: float | None, elapsed_s: float,

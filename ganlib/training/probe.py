@@ -1,22 +1,30 @@
-"""Speed settings chosen by measuring: ``train.precision auto``.
+"""Speed settings chosen by measuring: ``train.precision auto``, ``train.channels_last auto``, ``train.threads``.
 
+Which settings make a training step fastest depends on the machine, and the flags of a CPU do not say:
 bf16 autocast is 1.5-2.3x faster than fp32 on a CPU with AMX and slower on one with only AVX512-BF16
-(bench/RESULTS.md), and the flags of a CPU do not say which: so on the CPU a probe times a few real
-training steps of the run's own models, batch and settings in both precisions and takes bf16 only where
-it is clearly faster (``SPEEDUP``). CUDA takes bf16 where the GPU supports it; other devices fp32.
+(bench/RESULTS.md); NHWC convolutions are faster with oneDNN for most shapes but not all; fewer threads
+than cores can win for small steps. So on the CPU a probe times a few real training steps of the run's
+own models, batch and settings, one setting at a time (precision, then layout, then threads), and moves
+away from the usual choice only where the other is clearly faster (``SPEEDUP``). CUDA takes bf16 where
+the GPU supports it and NHWC; other devices fp32.
 
 The probe works on copies (fresh models from a fixed seed, their own optimizers and noise), inside
-``torch.random.fork_rng``: the run itself starts exactly as it would with the precision given by hand.
-The choice is written into the run's config, so a resumed run keeps it without probing again.
+``torch.random.fork_rng``, restoring the thread count: the run itself starts exactly as it would with
+the settings given by hand. The choices are written into the run's config, so a resumed run keeps them
+without probing again. Each probe takes about a second per setting tried (three or four in all);
+nothing is cached between runs, because the answer depends on the run's model and batch and on the
+moment (this project's VMs drift by 25% from hour to hour).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,7 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("ganlib")
 
 SPEEDUP = 1.2  # bf16 must be at least this much faster than fp32 to be chosen
-PROBE_SECONDS = 1.0  # timed per precision, after warm-up (and at most MAX_STEPS steps)
+LAYOUT_SPEEDUP = 1.1  # NCHW must be this much faster than NHWC (oneDNN's and cuDNN's preferred layout)
+THREADS_SPEEDUP = 1.15  # half of torch's threads must be this much faster than all of them
+PROBE_SECONDS = 1.0  # timed per setting, after warm-up (and at most MAX_STEPS steps)
 WARMUP_STEPS, MIN_STEPS, MAX_STEPS = 2, 2, 20
 
 
@@ -57,27 +67,75 @@ def choose_precision(cfg: RunConfig, real: torch.Tensor, device: torch.device) -
         return "fp32", f"bf16 autocast is used on CUDA and the CPU only, not {device.type}"
     if not cpu_has_native_bf16():
         return "fp32", f"this CPU ({cpu_instruction_set()}) has no native bf16, so bf16 would be emulated"
-    fp32, steps32 = _seconds_per_step(cfg, "fp32", real, device)
-    bf16, steps16 = _seconds_per_step(cfg, "bf16", real, device)
-    ratio = fp32 / bf16
-    choice = "bf16" if ratio >= SPEEDUP else "fp32"
-    return choice, (f"probe of the run's own step on this CPU ({cpu_instruction_set()}): fp32 {1000 * fp32:.0f} ms "
-                    f"({steps32} steps), bf16 {1000 * bf16:.0f} ms ({steps16} steps), bf16 {ratio:.2f}x as fast; "
-                    f"bf16 is taken from {SPEEDUP}x")
+    return _compare(cfg, real, device, "precision", "fp32", "bf16", SPEEDUP)
 
 
-def _seconds_per_step(cfg: RunConfig, precision: str, real: torch.Tensor, device: torch.device) -> tuple[float, int]:
-    """Median seconds of one training step in ``precision`` (and how many were timed), on throwaway copies."""
+def choose_channels_last(cfg: RunConfig, real: torch.Tensor, device: torch.device) -> tuple[str, str]:
+    """(``on`` or ``off``, why) for ``train.channels_last auto``: off for the mlp (no image-shaped weights)
+    and devices other than CUDA and the CPU, on for CUDA (cuDNN's tensor cores want NHWC), measured on the
+    CPU with ``cfg``'s precision (decided first)."""
+    if cfg.model.name == "mlp":
+        return "off", "the mlp has no convolutions"
+    if device.type != "cpu":
+        on = use_channels_last("auto", cfg.model.name, device)
+        return ("on" if on else "off"), f"the usual layout for convolutions on {device.type}"
+    return _compare(cfg, real, device, "channels_last", "on", "off", LAYOUT_SPEEDUP)
+
+
+def choose_threads(cfg: RunConfig, real: torch.Tensor, device: torch.device) -> tuple[int, str]:
+    """(threads, why) for ``train.threads`` left unset, on the CPU: torch's default (one per core), or half of
+    it where that is clearly faster (small steps, where waking the threads costs more than they save)."""
+    n = torch.get_num_threads()
+    if n < 2:
+        return n, "torch has one thread here"
+    return _compare(cfg, real, device, "threads", n, n // 2, THREADS_SPEEDUP, lambda v: f"{v} thread{'s' * (v > 1)}")
+
+
+def _compare(cfg: RunConfig, real: torch.Tensor, device: torch.device, name: str, usual: Any, other: Any,
+             speedup: float, say: Callable[[Any], str] = str) -> tuple[Any, str]:
+    """``other`` where one step of ``cfg`` with ``train.<name> = other`` is at least ``speedup`` times as fast
+    as with ``usual``, else ``usual``; with the measured times in words."""
+    t_usual, n_usual = _seconds_per_step(_with_train(cfg, **{name: usual}), real, device)
+    t_other, n_other = _seconds_per_step(_with_train(cfg, **{name: other}), real, device)
+    ratio = t_usual / t_other
+    choice = other if ratio >= speedup else usual
+    return choice, (f"probe of the run's own step on this {_where(device)}: {say(usual)} {1000 * t_usual:.0f} ms "
+                    f"({n_usual} steps), {say(other)} {1000 * t_other:.0f} ms ({n_other} steps), {say(other)} "
+                    f"{ratio:.2f}x as fast; {say(other)} is taken from {speedup}x")
+
+
+def _where(device: torch.device) -> str:
+    return f"CPU ({cpu_instruction_set()}, {torch.get_num_threads()} threads)" if device.type == "cpu" else str(device)
+
+
+def _with_train(cfg: RunConfig, **changes: Any) -> RunConfig:
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update=changes)})
+
+
+@contextlib.contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` (None: unchanged) inside, restored after."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def _seconds_per_step(cfg: RunConfig, real: torch.Tensor, device: torch.device) -> tuple[float, int]:
+    """Median seconds of one training step of ``cfg`` (and how many were timed), on throwaway copies."""
     t = cfg.train
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), threads(t.threads):
         torch.manual_seed(0)
         g, d = build_models(cfg.model, real.shape[1], real.shape[2], 0 if not cfg.model.conditional else 2)
         nhwc = use_channels_last(t.channels_last, cfg.model.name, device)
         fmt = torch.channels_last if nhwc else torch.contiguous_format
         g, d = g.to(device, memory_format=fmt).train(), d.to(device, memory_format=fmt).train()
         opt_g, opt_d = make_optimizers(cfg, g, d)
-        timed = cfg.model_copy(update={"train": t.model_copy(update={"precision": precision})})
-        objective = Objective.from_config(timed, device)
+        objective = Objective.from_config(cfg, device)
         x = real.float() / 127.5 - 1 if real.dtype == torch.uint8 else real
         x = x.repeat_interleave(objective.d_steps, dim=0).contiguous(memory_format=fmt)
         y = torch.arange(len(x), device=device) % 2 if cfg.model.conditional else None
@@ -94,3 +152,38 @@ def _seconds_per_step(cfg: RunConfig, precision: str, real: torch.Tensor, device
                     break
     times.sort()
     return times[len(times) // 2], len(times)
+
+
+def measured_settings(cfg: RunConfig, saved_train: dict[str, Any] | None, real: torch.Tensor,
+                      device: torch.device, world_size: int = 1) -> tuple[RunConfig, list[str]]:
+    """``cfg`` with its speed settings left to measurement decided, and one log line per decision.
+
+    A run that has begun keeps the choices in ``saved_train`` (its newest checkpoint's ``train`` section,
+    or config.json's when killed before the first checkpoint). Data-parallel ranks do not probe (they
+    must agree, and on a CPU would time each other): fp32 and NHWC on CPU ranks, bf16 on CUDA, and the
+    launcher's thread count.
+    """
+    saved_train = saved_train or {}
+    lines: list[str] = []
+    deciders = (
+        ("precision", lambda v: v == "auto", choose_precision,
+         lambda: "fp32" if device.type == "cpu" else "bf16"),
+        ("channels_last", lambda v: v == "auto", choose_channels_last,
+         lambda: "on" if use_channels_last("auto", cfg.model.name, device) else "off"),
+        ("threads", lambda v: v is None and device.type == "cpu", choose_threads, None),
+    )
+    for name, undecided, choose, for_ranks in deciders:
+        if not undecided(getattr(cfg.train, name)):
+            continue
+        kept = saved_train.get(name)
+        if kept is not None and not undecided(kept):
+            value, why = kept, "the run's saved config"
+        elif world_size > 1:
+            if for_ranks is None:
+                continue  # the launcher's setting (one thread per CPU rank)
+            value, why = for_ranks(), "data-parallel ranks do not probe"
+        else:
+            value, why = choose(cfg, real, device)
+        cfg = _with_train(cfg, **{name: value})
+        lines.append(f"{name} auto: {value} ({why})")
+    return cfg, lines

@@ -62,3 +62,90 @@ def test_a_resumed_run_keeps_its_choice_without_probing(tiny, monkeypatch):
     monkeypatch.setattr(probe, "_seconds_per_step", lambda *a: pytest.fail("probed again"))
     result = train(tiny(train__precision="auto").resolved(), store)
     assert result.resumed_from_step == 6 and _config_precision(first) == "bf16"
+
+
+# --- train.channels_last auto and train.threads: the same probe, one setting at a time ---------------------
+
+
+def test_the_mlp_takes_nchw_without_probing(tiny, monkeypatch):
+    monkeypatch.setattr(probe, "_seconds_per_step", lambda *a: pytest.fail("probed"))
+    cfg = tiny(model__name="mlp").resolved()
+    assert probe.choose_channels_last(cfg, torch.zeros(4, 1, 28, 28), torch.device("cpu"))[0] == "off"
+
+
+@pytest.mark.parametrize(("speedup", "expected"), [(1e9, "on"), (0.0, "off")])
+def test_the_layout_probe_keeps_nhwc_unless_nchw_is_clearly_faster(tiny, monkeypatch, speedup, expected):
+    monkeypatch.setattr(probe, "LAYOUT_SPEEDUP", speedup)
+    monkeypatch.setattr(probe, "PROBE_SECONDS", 0.0)
+    cfg = tiny(train__channels_last="auto").resolved()
+    choice, why = probe.choose_channels_last(cfg, torch.zeros(8, 1, 28, 28, dtype=torch.uint8), torch.device("cpu"))
+    assert choice == expected and "on " in why and "off " in why and "x as fast" in why
+
+
+@pytest.mark.parametrize(("speedup", "expected"), [(1e9, 2), (0.0, 1)])
+def test_the_thread_probe_halves_the_threads_only_where_that_is_clearly_faster(tiny, monkeypatch, speedup, expected):
+    monkeypatch.setattr(probe, "THREADS_SPEEDUP", speedup)
+    monkeypatch.setattr(probe, "PROBE_SECONDS", 0.0)
+    cfg = tiny(train__threads=None).resolved()
+    with probe.threads(2):
+        choice, why = probe.choose_threads(cfg, torch.zeros(8, 1, 28, 28, dtype=torch.uint8), torch.device("cpu"))
+        assert torch.get_num_threads() == 2  # the probe put it back
+    assert choice == expected and "2 threads" in why
+
+
+def _all_auto(tiny, **overrides):
+    return tiny(train__precision="auto", train__channels_last="auto", train__threads=None, **overrides).resolved()
+
+
+def test_every_setting_is_decided_saved_applied_while_training_and_torchs_count_restored(tiny, monkeypatch):
+    monkeypatch.setattr(probe, "cpu_has_native_bf16", lambda: True)
+    for name, value in (("SPEEDUP", 1e9), ("LAYOUT_SPEEDUP", 0.0), ("THREADS_SPEEDUP", 0.0), ("PROBE_SECONDS", 0.0)):
+        monkeypatch.setattr(probe, name, value)  # fp32, NCHW, half the threads: each after a real probe
+    seen: list[int] = []
+    cfg = _all_auto(tiny)
+    store = prepare_dataset(cfg.data, cfg.out)
+    with probe.threads(2):
+        train(cfg, store, on_progress=lambda row: seen.append(torch.get_num_threads()))
+        assert torch.get_num_threads() == 2
+    saved = json.loads((cfg.run_dir / "config.json").read_text())["train"]
+    assert (saved["precision"], saved["channels_last"], saved["threads"]) == ("fp32", "off", 1)
+    assert seen and set(seen) == {1}
+
+
+def test_a_run_with_every_setting_probed_trains_exactly_as_with_them_given_by_hand(tiny, monkeypatch):
+    """The probes train throwaway copies inside fork_rng: the run's weights, data order and noise are untouched."""
+    monkeypatch.setattr(probe, "cpu_has_native_bf16", lambda: True)
+    for name, value in (("SPEEDUP", 1e9), ("LAYOUT_SPEEDUP", 1e9), ("THREADS_SPEEDUP", 1e9), ("PROBE_SECONDS", 0.0)):
+        monkeypatch.setattr(probe, name, value)  # the usual choice of each, after really probing
+    with probe.threads(2):
+        auto = _all_auto(tiny, run_id="auto")
+        store = prepare_dataset(auto.data, auto.out)
+        train(auto, store)
+        fixed = tiny(run_id="fixed", train__precision="fp32", train__channels_last="on", train__threads=2).resolved()
+        train(fixed, store)
+    a = load_checkpoint(auto.run_dir / "checkpoints" / "step_000012.pt")
+    b = load_checkpoint(fixed.run_dir / "checkpoints" / "step_000012.pt")
+    assert all(torch.equal(a["generator"][k], b["generator"][k]) for k in a["generator"])
+    assert a["config"]["train"]["threads"] == 2 and a["config"]["train"]["channels_last"] == "on"
+
+
+def test_a_resumed_run_keeps_every_choice_without_probing(tiny, monkeypatch):
+    monkeypatch.setattr(probe, "cpu_has_native_bf16", lambda: True)
+    for name in ("SPEEDUP", "LAYOUT_SPEEDUP", "THREADS_SPEEDUP", "PROBE_SECONDS"):
+        monkeypatch.setattr(probe, name, 0.0)  # bf16, NCHW, half the threads
+    with probe.threads(2):
+        first = _all_auto(tiny, train__steps=6)
+        store = prepare_dataset(first.data, first.out)
+        train(first, store)
+        monkeypatch.setattr(probe, "_seconds_per_step", lambda *a: pytest.fail("probed again"))
+        result = train(_all_auto(tiny), store)
+    saved = load_checkpoint(first.run_dir / "checkpoints" / "step_000012.pt")["config"]["train"]
+    assert result.resumed_from_step == 6
+    assert (saved["precision"], saved["channels_last"], saved["threads"]) == ("bf16", "off", 1)
+
+
+def test_data_parallel_ranks_do_not_probe(tiny, monkeypatch):
+    monkeypatch.setattr(probe, "_seconds_per_step", lambda *a: pytest.fail("probed"))
+    cfg, lines = probe.measured_settings(_all_auto(tiny), None, torch.zeros(8, 1, 28, 28), torch.device("cpu"), 2)
+    assert (cfg.train.precision, cfg.train.channels_last, cfg.train.threads) == ("fp32", "on", None)
+    assert all("data-parallel" in line for line in lines) and len(lines) == 2
