@@ -48,7 +48,7 @@ from ganlib.models import build_models
 import ganlib.models as models
 from types import SimpleNamespace
 spec = SimpleNamespace(name=args["model"], conditional=False, noise_dim=100, hidden_dim=args["hidden_dim"],
-                       ngf=32, ndf=32, spectral_norm=False)
+                       d_hidden_dim=None, ngf=32, ndf=32, spectral_norm=False)
 torch.manual_seed(0)
 g, d = build_models(spec, 1, 28)
 ema = copy.deepcopy(g).requires_grad_(False) if args["ema_decay"] > 0 else None

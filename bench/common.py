@@ -92,6 +92,7 @@ class ModelSpec:
     conditional: bool = False
     noise_dim: int = 100
     hidden_dim: int = 512
+    d_hidden_dim: int | None = None
     ngf: int = 32
     ndf: int = 32
     blocks: int = 1

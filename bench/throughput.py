@@ -52,6 +52,7 @@ def main() -> None:
     p.add_argument("--ngf", type=int, default=64)
     p.add_argument("--ndf", type=int, default=64)
     p.add_argument("--hidden-dim", type=int, default=ModelSpec.hidden_dim, help="mlp width")
+    p.add_argument("--d-hidden-dim", type=int, default=None, help="mlp: D's width (default: --hidden-dim)")
     p.add_argument("--noise-dim", type=int, default=100)
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
@@ -71,7 +72,8 @@ def main() -> None:
         diffaug = parse_diffaug(args.diffaug)
     except ValueError as err:
         p.error(str(err))
-    spec = ModelSpec(name=args.model, ngf=args.ngf, ndf=args.ndf, noise_dim=args.noise_dim, hidden_dim=args.hidden_dim)
+    spec = ModelSpec(name=args.model, ngf=args.ngf, ndf=args.ndf, noise_dim=args.noise_dim, hidden_dim=args.hidden_dim,
+                     d_hidden_dim=args.d_hidden_dim)
     size = (max(args.num_images, args.batch_size), args.channels, args.image_size, args.image_size)
     images = torch.randint(0, 256, size, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     bench = make_step(spec, images, args.batch_size, device, precision=args.precision,
@@ -90,6 +92,7 @@ def main() -> None:
         "torch": torch.__version__,
         "model": args.model, "image_size": args.image_size, "channels": args.channels,
         "batch_size": args.batch_size, "ngf": args.ngf, "ndf": args.ndf, "hidden_dim": args.hidden_dim,
+        "d_hidden_dim": args.d_hidden_dim or args.hidden_dim,
         "noise_dim": args.noise_dim, "precision": args.precision, "channels_last": bench.channels_last,
         "fused": bench.fused, "diffaug": ",".join(diffaug) or "none", "ema_decay": args.ema_decay,
         "steps": args.steps,

@@ -44,7 +44,7 @@ RUN_FIELDS: tuple[str, ...] = (
     "data.dataset", "data.data_root", "data.num_images", "data.image_size", "data.channels",
     "data.rgba_background", "data.classes", "data.limit", "data.split", "data.strict", "data.download",
     "data.resident_limit_mb",
-    "model.name", "model.hidden_dim", "model.ngf", "model.ndf", "model.blocks", "model.noise_dim",
+    "model.name", "model.hidden_dim", "model.d_hidden_dim", "model.ngf", "model.ndf", "model.blocks", "model.noise_dim",
     "model.spectral_norm", "model.conditional",
     "train.steps", "train.epochs", "train.batch_size", "train.lr", "train.lr_g", "train.lr_d", "train.lr_decay",
     "train.lr_decay_start", "train.beta1", "train.beta2", "train.loss", "train.d_steps", "train.r1", "train.r2",

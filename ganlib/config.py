@@ -135,6 +135,10 @@ class ModelConfig(_Section):
     hidden_dim: int = Field(
         512, ge=8, le=8192, description="mlp: width of the hidden layers (G: noise -> hidden -> 2*hidden -> "
         "image; D mirrors it). 512 beat 256 at equal training time on MNIST (bench/RESULTS.md).")
+    d_hidden_dim: int | None = Field(
+        None, ge=8, le=8192, description="mlp: D's width (image -> 2*d_hidden -> d_hidden -> score) where it "
+        "should differ from G's; default: hidden_dim. D does more than half of the step's matrix work, so a "
+        "narrower D trains faster per image (bench/RESULTS.md, issue #19).")
     ngf: int | None = Field(
         None, ge=4, le=1024, description="Conv generators' width: dcgan's last block, resnet's /4, r3gan's at the "
         "image resolution (doubling per halving of the side, up to 8x). Default: the preset's (32; r3gan 16, "

@@ -46,7 +46,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "mlp": Preset(lambda c, ch, s, k: mlp.MLPGenerator(c.noise_dim, c.hidden_dim, ch, s, k),
-                  lambda c, ch, s, k: mlp.MLPDiscriminator(c.hidden_dim, ch, s, k), None, True, True),
+                  lambda c, ch, s, k: mlp.MLPDiscriminator(c.d_hidden_dim or c.hidden_dim, ch, s, k), None, True, True),
     "dcgan": Preset(lambda c, ch, s, k: dcgan.DCGANGenerator(c.noise_dim, c.ngf, ch, s, k),
                     lambda c, ch, s, k: dcgan.DCGANDiscriminator(c.ndf, ch, s, k), dcgan.SIZES, False, True),
     "resnet": Preset(lambda c, ch, s, k: resnet.ResNetGenerator(c.noise_dim, c.ngf, ch, s, k),

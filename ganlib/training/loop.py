@@ -228,13 +228,10 @@ def _with_measured_settings(cfg: RunConfig, saved_config: dict[str, Any] | None,
     """The speed settings left to measurement (``train.precision``/``channels_last`` auto, ``train.threads``
     unset) decided by ``ganlib.training.probe`` on one batch of the run's images, or kept from the run's
     saved config; the thread count applied (``train()`` restores torch's afterwards)."""
-    t = cfg.train
-    if t.precision != "auto" and t.channels_last != "auto" and (t.threads is not None or ctx.device.type != "cpu"):
-        probed, lines = cfg, []
-    else:
-        batch = torch.from_numpy(np.array(images[: t.batch_size])).to(ctx.device)  # a writable copy
-        probed, lines = measured_settings(cfg, (saved_config or {}).get("train"), batch, ctx.device,
-                                          ctx.world_size)
+    def first_batch() -> torch.Tensor:
+        return torch.from_numpy(np.array(images[: cfg.train.batch_size])).to(ctx.device)  # a writable copy
+
+    probed, lines = measured_settings(cfg, (saved_config or {}).get("train"), first_batch, ctx.device, ctx.world_size)
     if ctx.is_writer:
         for line in lines:
             log.info("%s", line)

@@ -11,7 +11,8 @@ the GPU supports it and NHWC; other devices fp32.
 The probe works on copies (fresh models from a fixed seed, their own optimizers and noise), inside
 ``torch.random.fork_rng``, restoring the thread count: the run itself starts exactly as it would with
 the settings given by hand. The choices are written into the run's config, so a resumed run keeps them
-without probing again. Each probe takes about a second per setting tried (three or four in all);
+without probing again. Each probe takes about a second per configuration timed (three for the mlp,
+four for a conv model: a configuration timed for one setting is not timed again for the next);
 nothing is cached between runs, because the answer depends on the run's model and batch and on the
 moment (this project's VMs drift by 25% from hour to hour).
 """
@@ -35,6 +36,10 @@ from ganlib.training.step import Objective, cpu_has_native_bf16, make_optimizers
 if TYPE_CHECKING:
     from ganlib.config import RunConfig
 
+# Seconds per step (and steps timed) by (precision, NHWC, threads): within one run's decisions each
+# configuration is timed once (the layout probe's "on" is the precision probe's winner, and so on).
+Timings = dict[tuple[str, bool, int], tuple[float, int]]
+
 log = logging.getLogger("ganlib")
 
 SPEEDUP = 1.2  # bf16 must be at least this much faster than fp32 to be chosen
@@ -57,7 +62,8 @@ def cpu_instruction_set() -> str:
     return f"{isa}, ONEDNN_MAX_CPU_ISA={cap}" if cap else isa
 
 
-def choose_precision(cfg: RunConfig, real: torch.Tensor, device: torch.device) -> tuple[str, str]:
+def choose_precision(cfg: RunConfig, real: torch.Tensor, device: torch.device,
+                     timings: Timings | None = None) -> tuple[str, str]:
     """(``fp32`` or ``bf16``, why in one line) for ``train.precision auto``; ``real``: one batch of the run's
     images (uint8 or float, (N, C, H, W)) on ``device``."""
     if device.type == "cuda":
@@ -67,10 +73,11 @@ def choose_precision(cfg: RunConfig, real: torch.Tensor, device: torch.device) -
         return "fp32", f"bf16 autocast is used on CUDA and the CPU only, not {device.type}"
     if not cpu_has_native_bf16():
         return "fp32", f"this CPU ({cpu_instruction_set()}) has no native bf16, so bf16 would be emulated"
-    return _compare(cfg, real, device, "precision", "fp32", "bf16", SPEEDUP)
+    return _compare(cfg, real, device, timings, "precision", "fp32", "bf16", SPEEDUP)
 
 
-def choose_channels_last(cfg: RunConfig, real: torch.Tensor, device: torch.device) -> tuple[str, str]:
+def choose_channels_last(cfg: RunConfig, real: torch.Tensor, device: torch.device,
+                         timings: Timings | None = None) -> tuple[str, str]:
     """(``on`` or ``off``, why) for ``train.channels_last auto``: off for the mlp (no image-shaped weights)
     and devices other than CUDA and the CPU, on for CUDA (cuDNN's tensor cores want NHWC), measured on the
     CPU with ``cfg``'s precision (decided first)."""
@@ -79,24 +86,28 @@ def choose_channels_last(cfg: RunConfig, real: torch.Tensor, device: torch.devic
     if device.type != "cpu":
         on = use_channels_last("auto", cfg.model.name, device)
         return ("on" if on else "off"), f"the usual layout for convolutions on {device.type}"
-    return _compare(cfg, real, device, "channels_last", "on", "off", LAYOUT_SPEEDUP)
+    return _compare(cfg, real, device, timings, "channels_last", "on", "off", LAYOUT_SPEEDUP)
 
 
-def choose_threads(cfg: RunConfig, real: torch.Tensor, device: torch.device) -> tuple[int, str]:
+def choose_threads(cfg: RunConfig, real: torch.Tensor, device: torch.device,
+                   timings: Timings | None = None) -> tuple[int, str]:
     """(threads, why) for ``train.threads`` left unset, on the CPU: torch's default (one per core), or half of
     it where that is clearly faster (small steps, where waking the threads costs more than they save)."""
     n = torch.get_num_threads()
     if n < 2:
         return n, "torch has one thread here"
-    return _compare(cfg, real, device, "threads", n, n // 2, THREADS_SPEEDUP, lambda v: f"{v} thread{'s' * (v > 1)}")
+    return _compare(cfg, real, device, timings, "threads", n, n // 2, THREADS_SPEEDUP,
+                    lambda v: f"{v} thread{'s' * (v > 1)}")
 
 
-def _compare(cfg: RunConfig, real: torch.Tensor, device: torch.device, name: str, usual: Any, other: Any,
-             speedup: float, say: Callable[[Any], str] = str) -> tuple[Any, str]:
+def _compare(cfg: RunConfig, real: torch.Tensor, device: torch.device, timings: Timings | None, name: str,
+             usual: Any, other: Any, speedup: float, say: Callable[[Any], str] = str) -> tuple[Any, str]:
     """``other`` where one step of ``cfg`` with ``train.<name> = other`` is at least ``speedup`` times as fast
-    as with ``usual``, else ``usual``; with the measured times in words."""
-    t_usual, n_usual = _seconds_per_step(_with_train(cfg, **{name: usual}), real, device)
-    t_other, n_other = _seconds_per_step(_with_train(cfg, **{name: other}), real, device)
+    as with ``usual``, else ``usual``; with the measured times in words. ``timings``: the configurations
+    timed already (read, and filled in)."""
+    timings = {} if timings is None else timings
+    t_usual, n_usual = _timed(_with_train(cfg, **{name: usual}), real, device, timings)
+    t_other, n_other = _timed(_with_train(cfg, **{name: other}), real, device, timings)
     ratio = t_usual / t_other
     choice = other if ratio >= speedup else usual
     return choice, (f"probe of the run's own step on this {_where(device)}: {say(usual)} {1000 * t_usual:.0f} ms "
@@ -123,6 +134,16 @@ def threads(n: int | None) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+def _timed(cfg: RunConfig, real: torch.Tensor, device: torch.device, timings: Timings) -> tuple[float, int]:
+    """``_seconds_per_step`` of ``cfg``, from ``timings`` where that configuration was timed already."""
+    t = cfg.train
+    nhwc = use_channels_last(t.channels_last, cfg.model.name, device)
+    key = (t.precision, nhwc, t.threads or torch.get_num_threads())
+    if key not in timings:
+        timings[key] = _seconds_per_step(cfg, real, device)
+    return timings[key]
 
 
 def _seconds_per_step(cfg: RunConfig, real: torch.Tensor, device: torch.device) -> tuple[float, int]:
@@ -154,9 +175,12 @@ def _seconds_per_step(cfg: RunConfig, real: torch.Tensor, device: torch.device) 
     return times[len(times) // 2], len(times)
 
 
-def measured_settings(cfg: RunConfig, saved_train: dict[str, Any] | None, real: torch.Tensor,
+def measured_settings(cfg: RunConfig, saved_train: dict[str, Any] | None, first_batch: Callable[[], torch.Tensor],
                       device: torch.device, world_size: int = 1) -> tuple[RunConfig, list[str]]:
     """``cfg`` with its speed settings left to measurement decided, and one log line per decision.
+
+    ``first_batch()`` gives one batch of the run's images on ``device`` for the probes; it is called only
+    where something is probed.
 
     A run that has begun keeps the choices in ``saved_train`` (its newest checkpoint's ``train`` section,
     or config.json's when killed before the first checkpoint). Data-parallel ranks do not probe (they
@@ -165,6 +189,8 @@ def measured_settings(cfg: RunConfig, saved_train: dict[str, Any] | None, real: 
     """
     saved_train = saved_train or {}
     lines: list[str] = []
+    timings: Timings = {}
+    real: torch.Tensor | None = None
     deciders = (
         ("precision", lambda v: v == "auto", choose_precision,
          lambda: "fp32" if device.type == "cpu" else "bf16"),
@@ -183,7 +209,8 @@ def measured_settings(cfg: RunConfig, saved_train: dict[str, Any] | None, real: 
                 continue  # the launcher's setting (one thread per CPU rank)
             value, why = for_ranks(), "data-parallel ranks do not probe"
         else:
-            value, why = choose(cfg, real, device)
+            real = first_batch() if real is None else real
+            value, why = choose(cfg, real, device, timings)
         cfg = _with_train(cfg, **{name: value})
         lines.append(f"{name} auto: {value} ({why})")
     return cfg, lines

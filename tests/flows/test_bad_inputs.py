@@ -35,7 +35,8 @@ def run_cli(argv, capsys):
     (["--image-size", "48"], "error: invalid config: data.image_size: Input should be 28, 32, 64, 128 or 256 (got 48)"),
     (["--image-size", "128"], "error: data.image_size: the embedded digits are drawn at (28, 32, 64) px, not 128; "
      "use --image-size 64, or a dataset of larger images"),
-    (["--model", "resnet", "--image-size", "28"], "error: data.image_size: resnet makes 32, 64, 128, 256 px images, not 28; use --image-size 32"),
+    (["--model", "resnet", "--image-size", "28"],
+     "error: data.image_size: resnet makes 32, 64, 128, 256 px images, not 28; use --image-size 32"),
     (["--channels-last", "yes"],
      "error: invalid config: train.channels_last: Input should be 'auto', 'on' or 'off' (got 'yes')"),
     (["--fused-optimizer", "fused"],

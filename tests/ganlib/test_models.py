@@ -19,6 +19,16 @@ def test_shapes_and_ranges(name, size, channels):
     assert logits.shape == (4,)
 
 
+def test_the_mlp_discriminator_takes_its_own_width_where_given():
+    def build(d_hidden_dim):
+        return build_models(ModelConfig(name="mlp", hidden_dim=64, d_hidden_dim=d_hidden_dim), 1, 28)
+
+    (g_usual, d_usual), (g_narrow, d_narrow) = build(None), build(16)
+    assert [m.out_features for m in d_usual.modules() if isinstance(m, torch.nn.Linear)] == [128, 64, 1]
+    assert [m.out_features for m in d_narrow.modules() if isinstance(m, torch.nn.Linear)] == [32, 16, 1]
+    assert count_parameters(g_usual) == count_parameters(g_narrow)
+
+
 def test_dcgan_64_has_the_pytorch_examples_layers():
     g, d = build_models(ModelConfig(name="dcgan", ngf=64, ndf=64, noise_dim=100), 3, 64)
     convs_g = [m for m in g.modules() if isinstance(m, torch.nn.ConvTranspose2d)]

@@ -300,7 +300,8 @@ def test_conditional_needs_labels():
 def test_resnet_refuses_28_px():
     from ganlib.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"data.image_size: resnet makes 32, 64, 128, 256 px images, not 28; use --image-size 32"):
+    expected = r"data.image_size: resnet makes 32, 64, 128, 256 px images, not 28; use --image-size 32"
+    with pytest.raises(ConfigError, match=expected):
         build_models(ModelConfig(name="resnet"), 1, 28)
 
 

@@ -146,6 +146,34 @@ def test_a_resumed_run_keeps_every_choice_without_probing(tiny, monkeypatch):
 
 def test_data_parallel_ranks_do_not_probe(tiny, monkeypatch):
     monkeypatch.setattr(probe, "_seconds_per_step", lambda *a: pytest.fail("probed"))
-    cfg, lines = probe.measured_settings(_all_auto(tiny), None, torch.zeros(8, 1, 28, 28), torch.device("cpu"), 2)
+    cfg, lines = probe.measured_settings(_all_auto(tiny), None, lambda: pytest.fail("a batch made"),
+                                        torch.device("cpu"), 2)
     assert (cfg.train.precision, cfg.train.channels_last, cfg.train.threads) == ("fp32", "on", None)
     assert all("data-parallel" in line for line in lines) and len(lines) == 2
+
+
+@pytest.mark.parametrize(("model", "timed"), [("dcgan", 4), ("mlp", 3)])
+def test_each_configuration_is_timed_once_across_the_settings(tiny, monkeypatch, model, timed):
+    """The layout probe's NHWC is the precision probe's winner, the thread probe's all-threads the layout's."""
+    monkeypatch.setattr(probe, "cpu_has_native_bf16", lambda: True)
+    keys: list[tuple] = []
+
+    def seconds(cfg, real, device):
+        t = cfg.train
+        keys.append((t.precision, probe.use_channels_last(t.channels_last, cfg.model.name, device), t.threads))
+        return 0.01, 2  # equal everywhere: every setting keeps its usual value
+
+    monkeypatch.setattr(probe, "_seconds_per_step", seconds)
+    batches: list[int] = []
+    with probe.threads(2):
+        cfg, lines = probe.measured_settings(_all_auto(tiny, model__name=model), None,
+                                             lambda: batches.append(1) or torch.zeros(8, 1, 28, 28),
+                                             torch.device("cpu"))
+    assert len(keys) == timed == len(set(keys)) and batches == [1]
+    assert (cfg.train.precision, cfg.train.threads) == ("fp32", 2) and len(lines) == 3
+
+
+def test_nothing_is_probed_or_copied_where_every_setting_is_given(tiny, monkeypatch):
+    monkeypatch.setattr(probe, "_seconds_per_step", lambda *a: pytest.fail("probed"))
+    cfg = tiny().resolved()
+    assert probe.measured_settings(cfg, None, lambda: pytest.fail("a batch made"), torch.device("cpu")) == (cfg, [])
