@@ -21,7 +21,19 @@ import prefect
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.server.api.server import SubprocessASGIServer
-from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    get_current_settings,
+    temporary_settings,
+)
+
+from ganlib.errors import RunError
+
+# Seconds to wait for the temporary server to answer. Prefect's default, 20 s, was too short for a first
+# start in a fresh PREFECT_HOME (it creates and migrates its database) on a 2-core AMD EPYC VM: the run
+# died with a traceback. A larger PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS still wins.
+STARTUP_TIMEOUT_S = 120
 
 # Runs in the server's process before it becomes uvicorn: die with the parent (Linux's
 # PR_SET_PDEATHSIG survives exec), then exec the command Prefect would have run.
@@ -59,7 +71,14 @@ def temporary_server() -> Iterator[str | None]:
         yield None
         return
     server = OwnedServer()
-    server.start()
+    timeout = max(STARTUP_TIMEOUT_S, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+    try:
+        server.start(timeout=timeout)
+    except RuntimeError as err:
+        raise RunError(f"the temporary Prefect server did not answer within {timeout} s "
+                       f"({str(err).splitlines()[0]}); run `prefect server start` in another terminal and set "
+                       "PREFECT_API_URL=http://127.0.0.1:4200/api, or raise "
+                       "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") from err
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             try:

@@ -77,8 +77,11 @@ def test_scoring_real_and_fake_in_one_pass_trains_like_two_passes(name, size, co
         results.append((out, [p.detach().clone() for p in [*g.parameters(), *d.parameters()]]))
     (out_a, params_a), (out_b, params_b) = results
     torch.testing.assert_close(out_a, out_b, rtol=1e-4, atol=1e-5)
+    # Adam divides by sqrt(v): a weight whose gradients are near zero moves by up to lr per step on a
+    # difference of rounding alone (the two passes sum in another order). Seen: 9.6e-5 on 0.5% of the
+    # resnet's weights on an AVX2 CPU; a wrong joint pass moves most weights by about lr (1e-3) per step.
     for a, b in zip(params_a, params_b):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=3e-4)
 
 
 def test_only_discriminators_without_batch_norm_score_real_and_fake_jointly():
