@@ -28,7 +28,7 @@ from prefect.settings import (
     temporary_settings,
 )
 
-from ganlib.errors import RunError
+from ganlib.errors import RunError, first_line
 
 # Seconds to wait for the temporary server to answer. Prefect's default, 20 s, was too short for a first
 # start in a fresh PREFECT_HOME (it creates and migrates its database) on a 2-core AMD EPYC VM: the run
@@ -76,7 +76,7 @@ def temporary_server() -> Iterator[str | None]:
         server.start(timeout=timeout)
     except RuntimeError as err:
         raise RunError(f"the temporary Prefect server did not answer within {timeout} s "
-                       f"({str(err).splitlines()[0]}); run `prefect server start` in another terminal and set "
+                       f"({first_line(err)}); run `prefect server start` in another terminal and set "
                        "PREFECT_API_URL=http://127.0.0.1:4200/api, or raise "
                        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") from err
     try:
