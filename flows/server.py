@@ -61,15 +61,9 @@ class OwnedServer(SubprocessASGIServer):
                                 start_new_session=True)
 
 
-@contextlib.contextmanager
-def temporary_server() -> Iterator[str | None]:
-    """Point Prefect at a temporary server owned by this process, unless an API URL is configured.
-
-    Yields the API URL used (None when one was configured: a real server, or a test harness's).
-    """
-    if PREFECT_API_URL.value():
-        yield None
-        return
+def start_owned_server() -> OwnedServer:
+    """Start the run's temporary server, waiting ``STARTUP_TIMEOUT_S`` (or the longer configured timeout)
+    for it to answer; one line that says what to do if it never does."""
     server = OwnedServer()
     timeout = max(STARTUP_TIMEOUT_S, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
     try:
@@ -79,6 +73,19 @@ def temporary_server() -> Iterator[str | None]:
                        f"({first_line(err)}); run `prefect server start` in another terminal and set "
                        "PREFECT_API_URL=http://127.0.0.1:4200/api, or raise "
                        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") from err
+    return server
+
+
+@contextlib.contextmanager
+def temporary_server() -> Iterator[str | None]:
+    """Point Prefect at a temporary server owned by this process, unless an API URL is configured.
+
+    Yields the API URL used (None when one was configured: a real server, or a test harness's).
+    """
+    if PREFECT_API_URL.value():
+        yield None
+        return
+    server = start_owned_server()
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             try:

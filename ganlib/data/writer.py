@@ -18,6 +18,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -142,6 +143,31 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_PARENTS_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_STOP_DEADLINE_S = 5.0
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT in this thread while workers are forked.
+
+    A forked child starts with its parent's handlers (a flow's process has Prefect's, which raises
+    ``TerminationSignal``) and keeps them until ``_worker_start`` runs. A signal in that window ran the
+    parent's handler in the worker: an exception that multiprocessing swallows, so the worker lived on
+    past the pool's ``terminate`` and, once a second worker had died holding the call queue's lock,
+    waited on that lock for ever (a hang seen in CI). Held signals stay pending in the child until
+    ``_worker_start`` has installed the worker's own handlers.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: workers are spawned, not forked
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENTS_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _worker_start() -> None:
     """Start a decoding worker clean of what it inherits from its parent through fork.
 
@@ -149,7 +175,7 @@ def _worker_start() -> None:
     API) and logging handlers with threads and locks behind them. A forked worker running those hangs
     on a lock another thread of the parent held at fork time, which left a preparation under the flow
     waiting forever. Workers get the default SIGTERM (die at once), ignore SIGINT (Ctrl-C is the
-    parent's to handle) and log nowhere.
+    parent's to handle) and log nowhere; only then are the signals held since the fork let through.
     """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -158,17 +184,44 @@ def _worker_start() -> None:
         if isinstance(logger, logging.Logger):
             logger.handlers.clear()
             logger.propagate = False
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENTS_SIGNALS)
 
 
 def _why_it_died(workers: list) -> str:
-    """What ended the worker that broke the pool (the others are then terminated by the pool itself)."""
-    for process in workers:
-        process.join(timeout=5)  # its exit code is known once it is reaped
+    """What ended the worker that broke the pool, read once every worker has been reaped.
+
+    The pool terminates the others itself (SIGTERM), so a SIGKILL among the exit codes is the cause.
+    """
     codes = [p.exitcode for p in workers if p.exitcode]
     if -signal.SIGKILL in codes:
         return "was killed (SIGKILL: out of memory?)"
     killed = [c for c in codes if c < 0 and c != -signal.SIGTERM] or [c for c in codes if c < 0]
     return f"was killed by signal {-killed[0]}" if killed else "exited unexpectedly"
+
+
+def _stop(pool: ProcessPoolExecutor, workers: list) -> None:
+    """End ``pool`` without waiting for tasks nobody wants, and without hanging on a stuck worker.
+
+    Every worker ever started is terminated, given ``_STOP_DEADLINE_S`` to exit, then killed, before
+    the pool's own shutdown joins them: a worker blocked on a queue lock that a dead worker held
+    would otherwise keep that shutdown waiting for ever. Every worker is reaped when this returns,
+    so their exit codes are final (reading them while the pool's thread reaps the same processes
+    lost a SIGKILL now and then).
+    """
+    workers = workers + [p for p in list((getattr(pool, "_processes", None) or {}).values()) if p not in workers]
+    for process in workers:
+        with contextlib.suppress(OSError, ValueError):
+            process.terminate()
+    deadline = time.monotonic() + _STOP_DEADLINE_S
+    for process in workers:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+    for process in workers:
+        if process.exitcode is None:
+            with contextlib.suppress(OSError, ValueError):
+                process.kill()
+            process.join(timeout=_STOP_DEADLINE_S)
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def map_ordered(fn: Callable[[Any], R], items: Iterable[tuple[M, Any]], workers: int,
@@ -194,9 +247,11 @@ def map_ordered(fn: Callable[[Any], R], items: Iterable[tuple[M, Any]], workers:
         pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_worker_start)
     pending: collections.deque = collections.deque()
     seen: list = []  # every worker started: the pool forgets a dead one before we can ask why it died
+    broken = False
     try:
         for meta, task in items:
-            pending.append((meta, pool.submit(fn, task)))
+            with _signals_held():  # the pool forks its workers in the first submit
+                pending.append((meta, pool.submit(fn, task)))
             seen.extend(p for p in list((getattr(pool, "_processes", None) or {}).values()) if p not in seen)
             if len(pending) >= window:
                 meta0, future = pending.popleft()
@@ -205,10 +260,9 @@ def map_ordered(fn: Callable[[Any], R], items: Iterable[tuple[M, Any]], workers:
             meta0, future = pending.popleft()
             yield meta0, future.result()
     except BrokenProcessPool:
-        raise DataError(f"data preparation: a decoding worker {_why_it_died(seen)}; run again, with --image-size "
-                        "smaller images or fewer workers if memory is short") from None
+        broken = True
     finally:
-        for process in list((getattr(pool, "_processes", None) or {}).values()):  # no waiting for tasks nobody wants
-            with contextlib.suppress(OSError):
-                process.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
+        _stop(pool, seen)
+    if broken:
+        raise DataError(f"data preparation: a decoding worker {_why_it_died(seen)}; run again, with --image-size "
+                        "smaller images or fewer workers if memory is short")

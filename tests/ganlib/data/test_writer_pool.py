@@ -69,3 +69,60 @@ def test_the_error_is_one_line():
     with pytest.raises(DataError) as info:
         list(map_ordered(_die, ((i, i) for i in range(8)), workers=2))
     assert "\n" not in str(info.value)
+
+
+def test_a_signal_before_a_worker_is_set_up_never_runs_the_parents_handler(tmp_path, monkeypatch):
+    # The window between fork and _worker_start, made wide: a worker that ran the parent's handler
+    # there survived the pool's terminate (the handler's exception was swallowed) and could hang it.
+    import ganlib.data.writer as writer
+
+    marker = tmp_path / "parent-handler-ran-in"
+    parent = os.getpid()
+
+    def _record(signum, frame):
+        if os.getpid() != parent:
+            marker.write_text(str(os.getpid()))
+
+    def _slow_start():
+        import time
+        time.sleep(1.0)
+        writer._worker_start.__wrapped__()
+
+    _slow_start.__wrapped__ = writer._worker_start
+    monkeypatch.setattr(writer, "_worker_start", _slow_start)
+
+    def _items():
+        yield 0, 0
+        raise ValueError("the source failed")
+
+    previous = signal.signal(signal.SIGTERM, _record)
+    try:
+        with pytest.raises(ValueError, match="the source failed"):
+            list(map_ordered(_handlers, _items(), workers=2))  # the pool is stopped while workers sleep
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not marker.exists(), "a worker ran the parent's SIGTERM handler"
+
+
+def test_a_worker_that_ignores_terminate_is_killed_not_waited_for():
+    code = textwrap.dedent("""
+        import signal, time
+        import ganlib.data.writer as writer
+
+        writer._STOP_DEADLINE_S = 1.0
+
+        def _stubborn(task):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if task > 0:
+                time.sleep(3600)
+            return task
+
+        results = writer.map_ordered(_stubborn, ((i, i) for i in range(4)), workers=2, window=4)
+        next(results)
+        start = time.monotonic()
+        results.close()
+        print(f"closed in {time.monotonic() - start:.1f} s")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "closed in" in out.stdout, out.stdout + out.stderr
+    assert float(out.stdout.split()[2]) < 10, out.stdout
