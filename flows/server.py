@@ -51,6 +51,10 @@ class OwnedServer(SubprocessASGIServer):
     """Prefect's temporary server (its command and environment as Prefect 3 builds them), started in its
     own session and tied to this process's life."""
 
+    # Prefect keeps one server per port in a class-wide dict; ours has its own, so OwnedServer() never
+    # returns a temporary server Prefect (or a test harness) started in this process without our start.
+    _instances: dict[int | None, SubprocessASGIServer] = {}
+
     def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
         uvicorn = ["-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
                    "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
