@@ -305,7 +305,10 @@ def split_cycles(cycles: int) -> tuple[int, int, int]:
     return cycles - n_eval - n_gallery, n_eval, n_gallery
 
 
-def make_config(out: Path, steps: int, checkpoint_every: int) -> Any:
+def make_config(out: Path, steps: int, checkpoint_every: int, threads: int) -> Any:
+    """The tiny run's config. Its speed settings are given, not ``auto``: each run would probe them by
+    timing, and the reference and the chaos run could choose differently (channels-last on in one and
+    off in the other: the same model, float sums in another order, checkpoints 1e-5 apart)."""
     from ganlib.config import build_config
 
     return build_config({
@@ -315,7 +318,7 @@ def make_config(out: Path, steps: int, checkpoint_every: int) -> Any:
         "data": {"dataset": "digits", "num_images": 400},
         "model": {"name": "dcgan", "ngf": 8, "ndf": 8},
         "train": {"steps": steps, "batch_size": 32, "checkpoint_every": checkpoint_every, "log_every": 1,
-                  "precision": "fp32"},
+                  "precision": "fp32", "channels_last": "on", "threads": threads},
         "eval": {"num_samples": 200, "classifier_steps": 30, "batch_size": 100},
         "gallery": {"num_samples": 2000},  # a samples.npz big enough to be killed while writing it
     })
@@ -498,8 +501,8 @@ def main() -> int:
     t_start = time.perf_counter()
 
     # Separate output roots: the chaos run must train (and get killed training) its own classifier.
-    ref_cfg = make_config(work / "reference", steps, args.checkpoint_every)
-    chaos_cfg = make_config(work / "chaos", steps, args.checkpoint_every)
+    ref_cfg = make_config(work / "reference", steps, args.checkpoint_every, args.threads)
+    chaos_cfg = make_config(work / "chaos", steps, args.checkpoint_every, args.threads)
     ref_store = prepare_dataset(ref_cfg.data, ref_cfg.out)
     chaos_store = prepare_dataset(chaos_cfg.data, chaos_cfg.out)
     print(f"chaos: {args.cycles} cycles, seed {args.seed}, {steps} steps, checkpoint every "
