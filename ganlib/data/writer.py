@@ -144,7 +144,13 @@ def available_cores() -> int:
 
 
 _PARENTS_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_CAN_HOLD_SIGNALS = hasattr(signal, "pthread_sigmask")  # not on Windows, where workers are spawned, not forked
 _STOP_DEADLINE_S = 5.0
+
+
+def _pool_workers(pool: ProcessPoolExecutor) -> list:
+    """The worker processes ``pool`` holds now (it drops a dead one, and all of them at shutdown)."""
+    return list((getattr(pool, "_processes", None) or {}).values())
 
 
 @contextlib.contextmanager
@@ -158,7 +164,7 @@ def _signals_held() -> Iterator[None]:
     waited on that lock for ever (a hang seen in CI). Held signals stay pending in the child until
     ``_worker_start`` has installed the worker's own handlers.
     """
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: workers are spawned, not forked
+    if not _CAN_HOLD_SIGNALS:
         yield
         return
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENTS_SIGNALS)
@@ -184,7 +190,7 @@ def _worker_start() -> None:
         if isinstance(logger, logging.Logger):
             logger.handlers.clear()
             logger.propagate = False
-    if hasattr(signal, "pthread_sigmask"):
+    if _CAN_HOLD_SIGNALS:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENTS_SIGNALS)
 
 
@@ -209,7 +215,7 @@ def _stop(pool: ProcessPoolExecutor, workers: list) -> None:
     so their exit codes are final (reading them while the pool's thread reaps the same processes
     lost a SIGKILL now and then).
     """
-    workers = workers + [p for p in list((getattr(pool, "_processes", None) or {}).values()) if p not in workers]
+    workers = workers + [p for p in _pool_workers(pool) if p not in workers]
     for process in workers:
         with contextlib.suppress(OSError, ValueError):
             process.terminate()
@@ -252,7 +258,7 @@ def map_ordered(fn: Callable[[Any], R], items: Iterable[tuple[M, Any]], workers:
         for meta, task in items:
             with _signals_held():  # the pool forks its workers in the first submit
                 pending.append((meta, pool.submit(fn, task)))
-            seen.extend(p for p in list((getattr(pool, "_processes", None) or {}).values()) if p not in seen)
+            seen.extend(p for p in _pool_workers(pool) if p not in seen)
             if len(pending) >= window:
                 meta0, future = pending.popleft()
                 yield meta0, future.result()
