@@ -10,17 +10,21 @@ is sent SIGTERM by the kernel when the process that started it dies, however it 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import prefect
 from prefect.events.worker import EventsWorker
+from prefect.logging import get_logger
 from prefect.logging.handlers import APILogWorker
-from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import (
     PREFECT_API_URL,
     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
@@ -47,13 +51,23 @@ _DIE_WITH_PARENT = (
 )
 
 
-class OwnedServer(SubprocessASGIServer):
-    """Prefect's temporary server (its command and environment as Prefect 3 builds them), started in its
-    own session and tied to this process's life."""
+class OwnedServer:
+    """Prefect's temporary server (uvicorn serving Prefect's API app, with the command and environment
+    Prefect 3's own temporary server gets), started in its own session and tied to this process's life.
 
-    # Prefect keeps one server per port in a class-wide dict; ours has its own, so OwnedServer() never
-    # returns a temporary server Prefect (or a test harness) started in this process without our start.
-    _instances: dict[int | None, SubprocessASGIServer] = {}
+    Written here rather than derived from Prefect's ``SubprocessASGIServer``: that class lives in the
+    module of the server's whole web app, and importing it cost every command about 4 s of its start
+    on a 2-core CPU, for an app that runs in the child process anyway. (Prefect's class also kept one
+    instance per port in a class-wide dict, so it handed back a server Prefect had started without ours.)
+    """
+
+    def __init__(self) -> None:
+        self.port: int | None = None
+        self.server_process: subprocess.Popen[Any] | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
 
     def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
         uvicorn = ["-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
@@ -63,6 +77,52 @@ class OwnedServer(SubprocessASGIServer):
                "PREFECT__SERVER_FINAL": "1", **get_current_settings().to_environment_variables(exclude_unset=True)}
         return subprocess.Popen([sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *uvicorn], env=env,
                                 start_new_session=True)
+
+    def start(self, timeout: float) -> None:
+        """Start the server on a free loopback port and wait up to ``timeout`` seconds for its health check;
+        RuntimeError if it never answers."""
+        deadline = time.monotonic() + timeout
+        self.port = _free_port()
+        get_logger().info("Starting temporary server on http://127.0.0.1:%d (set PREFECT_API_URL to use a "
+                          "server of your own)", self.port)
+        self.server_process = self._run_uvicorn_command()
+        atexit.register(self.stop)
+        with httpx.Client() as client:
+            while True:
+                code = self.server_process.poll()
+                if code == 3:  # uvicorn could not bind: the port was taken after we chose it
+                    self.port = _free_port()
+                    self.server_process = self._run_uvicorn_command()
+                elif code is not None:
+                    self.server_process = None
+                    raise RuntimeError(f"the server process exited with code {code} before answering")
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get(f"{self.api_url}/health", timeout=5).status_code == 200:
+                        return
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("Timed out while attempting to connect to the temporary Prefect API server.")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        """SIGTERM the server, SIGKILL it if it is still there 5 s later; safe to call more than once."""
+        process, self.server_process = self.server_process, None
+        if process is None:
+            return
+        get_logger().info("Stopping temporary server on http://127.0.0.1:%d", self.port)
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _free_port() -> int:
+    """A loopback port the kernel says is free now (it may be taken before the server binds it: see start)."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def start_owned_server() -> OwnedServer:

@@ -53,7 +53,7 @@ from prefect.logging.handlers import APILogHandler
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from flows.server import temporary_server
+from flows.server import start_owned_server, temporary_server
 from ganlib.config import RunConfig, build_config
 from ganlib.errors import first_line
 from ganlib.sweep import (
@@ -146,10 +146,7 @@ def api_for_worker_processes(kind: str) -> Iterator[None]:
     if kind == "threads" or PREFECT_API_URL.value():
         yield
         return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    server.start()
+    server = start_owned_server()
     os.environ["PREFECT_API_URL"] = server.api_url  # inherited by process-pool and Dask worker processes
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):

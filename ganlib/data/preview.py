@@ -25,15 +25,16 @@ def evenly_spaced(count: int, num: int) -> np.ndarray:
     return np.unique(np.linspace(0, count - 1, min(num, count)).round().astype(np.int64))
 
 
-def save_image_grid(images: np.ndarray, path: Path, nrow: int = 10, min_cell_px: int = 112) -> Path:
-    """Save uint8 images (N, C, H, W), C = 1 or 3, as a PNG grid with ``nrow`` images per row.
+def grid_padding(n: int) -> int:
+    """Pixels between the cells of a grid of ``n`` images (and around them); none for a single image."""
+    return _PADDING if n > 1 else 0
 
-    The same picture as ``ganlib.rendering.gallery.save_grid(images / 127.5 - 1, path, nrow, min_cell_px)``:
-    2-pixel grey padding, cells enlarged by the integer factor that brings them to at least
-    ``min_cell_px`` (nearest neighbour); grayscale images give a grayscale PNG.
-    """
+
+def tile(images: np.ndarray, nrow: int) -> np.ndarray:
+    """uint8 images (N, C, H, W) as one uint8 array (C, H', W'): ``nrow`` per row, 2-pixel grey padding
+    between and around them (none for a single image), as torchvision's ``make_grid(pad_value=0.5)``."""
     n, c, h, w = images.shape
-    padding = _PADDING if n > 1 else 0  # make_grid returns a single image as it is
+    padding = grid_padding(n)
     cols = min(nrow, n)
     rows = -(-n // cols)
     grid = np.full((c, rows * (h + padding) + padding, cols * (w + padding) + padding), _PAD_VALUE,
@@ -42,8 +43,19 @@ def save_image_grid(images: np.ndarray, path: Path, nrow: int = 10, min_cell_px:
         y, x = divmod(k, cols)
         top, left = y * (h + padding) + padding, x * (w + padding) + padding
         grid[:, top: top + h, left: left + w] = images[k]
-    picture = Image.fromarray(grid[0] if c == 1 else grid.transpose(1, 2, 0))
-    scale = max(1, min_cell_px // w)
+    return grid
+
+
+def save_image_grid(images: np.ndarray, path: Path, nrow: int = 10, min_cell_px: int = 112) -> Path:
+    """Save uint8 images (N, C, H, W), C = 1 or 3, as a PNG grid with ``nrow`` images per row.
+
+    The same picture as ``ganlib.rendering.gallery.save_grid(images / 127.5 - 1, path, nrow, min_cell_px)``:
+    2-pixel grey padding, cells enlarged by the integer factor that brings them to at least
+    ``min_cell_px`` (nearest neighbour); grayscale images give a grayscale PNG.
+    """
+    grid = tile(images, nrow)
+    picture = Image.fromarray(grid[0] if images.shape[1] == 1 else grid.transpose(1, 2, 0))
+    scale = max(1, min_cell_px // images.shape[-1])
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     with atomic_path(Path(path)) as tmp:

@@ -21,8 +21,9 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = {
     "device": "cpu", "data": {"dataset": "digits", "num_images": 400}, "model": {"name": "mlp", "hidden_dim": 64},
-    # Flushes (and checkpoints) only every 2000 steps: a stop served at once lands between them.
-    "train": {"steps": 4000, "batch_size": 32, "checkpoint_every": 2000, "log_every": 2000,
+    # Flushes (and checkpoints) only every 1000 steps: a stop served at once lands between them (the stop is
+    # sent at most a second into training, a few hundred steps at most on a fast CPU).
+    "train": {"steps": 2000, "batch_size": 32, "checkpoint_every": 1000, "log_every": 1000,
               "precision": "fp32"},  # by hand: auto would time a probe, which may choose otherwise run to run
     "eval": {"num_samples": 200, "classifier_steps": 30, "batch_size": 100, "ssl_steps": 10},
     "gallery": {"num_samples": 50},
@@ -61,7 +62,7 @@ def test_a_signal_checkpoints_the_step_exits_politely_and_the_resume_is_exact(re
     while "training mlp" not in log.read_text():
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
         time.sleep(0.05)
-    time.sleep(random.Random(signum).uniform(0.2, 1.0))  # a random step of the first 2000
+    time.sleep(random.Random(signum).uniform(0.2, 1.0))  # a random step of the first 1000
     family = [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
     assert len(family) >= 2  # the run and its temporary Prefect server
     proc.send_signal(signum)
@@ -72,7 +73,7 @@ def test_a_signal_checkpoints_the_step_exits_politely_and_the_resume_is_exact(re
     name = signal.Signals(signum).name
     assert last.startswith(f"interrupted by {name}: checkpointed at step ") and "--run-id r to resume" in last
     stopped_at = int(last.split("checkpointed at step ")[1].split()[0])
-    assert 0 < stopped_at < 4000 and stopped_at % 2000  # the step it was on, not the next flush
+    assert 0 < stopped_at < 2000 and stopped_at % 1000  # the step it was on, not the next flush
     assert (tmp_path / "out" / "r" / "checkpoints" / f"step_{stopped_at:06d}.pt").is_file()
     while any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in family):
         assert time.monotonic() - sent < 30, "a process of the run outlived it"
@@ -81,7 +82,7 @@ def test_a_signal_checkpoints_the_step_exits_politely_and_the_resume_is_exact(re
     resumed, log = _start(tmp_path, "r")
     assert resumed.wait(timeout=600) == 0, log.read_text()[-2000:]
     assert f"resuming run r from step_{stopped_at:06d}.pt" in log.read_text()
-    mine, theirs = (_tensors(d / "checkpoints" / "step_004000.pt") for d in (tmp_path / "out" / "r", reference))
+    mine, theirs = (_tensors(d / "checkpoints" / "step_002000.pt") for d in (tmp_path / "out" / "r", reference))
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
@@ -90,8 +91,9 @@ def test_a_signal_checkpoints_the_step_exits_politely_and_the_resume_is_exact(re
 DDP_SETTINGS = {
     **SETTINGS, "dist": {"nproc_per_node": 2},
     # No DiffAugment: the runs compared must be one sample path. The ranks agree on a stop at a flush
-    # (every 20 steps), so it lands between the checkpoints at 1000 and 2000.
-    "train": {**SETTINGS["train"], "steps": 2000, "checkpoint_every": 1000, "log_every": 20, "diffaug": []},
+    # (every 20 steps), so it lands between the checkpoints at 150 and 300 (the stop is sent at most a
+    # second after step 20: 2 ranks on 2 cores make about 20 steps a second).
+    "train": {**SETTINGS["train"], "steps": 300, "checkpoint_every": 150, "log_every": 20, "diffaug": []},
 }
 
 
@@ -159,7 +161,7 @@ def test_sigterm_stops_every_rank_at_one_checkpointed_step_and_the_resume_is_exa
     last checkpoint lost."""
     proc, log = _start_ddp(tmp_path, "r")
     deadline = time.monotonic() + 300
-    while "step 20/2000" not in log.read_text():  # the ranks are training
+    while "step 20/300" not in log.read_text():  # the ranks are training
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
         time.sleep(0.05)
     time.sleep(random.Random(3).uniform(0.0, 1.0))
@@ -172,7 +174,7 @@ def test_sigterm_stops_every_rank_at_one_checkpointed_step_and_the_resume_is_exa
     last = log.read_text().strip().splitlines()[-1]
     assert last.startswith("interrupted by SIGTERM: checkpointed at step ") and "--run-id r to resume" in last, last
     stopped_at = int(last.split("checkpointed at step ")[1].split()[0])
-    assert 0 < stopped_at < 2000 and stopped_at % 20 == 0  # a flush, where the ranks agree
+    assert 0 < stopped_at < 300 and stopped_at % 20 == 0 and stopped_at % 150  # a flush, not a checkpoint
     assert (tmp_path / "out" / "r" / "checkpoints" / f"step_{stopped_at:06d}.pt").is_file()
     while [pid for pid in family if _running(pid)] or _launched_by(proc.pid):
         assert time.monotonic() - sent < 30, f"processes of the run outlived it: {_launched_by(proc.pid)}"
@@ -181,7 +183,7 @@ def test_sigterm_stops_every_rank_at_one_checkpointed_step_and_the_resume_is_exa
     resumed, log = _start_ddp(tmp_path, "r")
     assert resumed.wait(timeout=600) == 0, log.read_text()[-2000:]
     assert f"resuming run r from step_{stopped_at:06d}.pt" in log.read_text()
-    mine, theirs = (_tensors(d / "checkpoints" / "step_002000.pt") for d in (tmp_path / "out" / "r", ddp_reference))
+    mine, theirs = (_tensors(d / "checkpoints" / "step_000300.pt") for d in (tmp_path / "out" / "r", ddp_reference))
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     tables = [pd.read_parquet(d / "metrics" / "train.parquet").drop(columns="images_per_sec")
               for d in (tmp_path / "out" / "r", ddp_reference)]

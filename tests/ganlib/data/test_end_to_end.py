@@ -60,7 +60,9 @@ def test_command_line_on_an_unlabelled_folder(tmp_path, make):
     for i in range(60):
         make.save(make.pattern(30, 30, 1, i), tmp_path / "imgs" / f"{i:03d}.png")
     (tmp_path / "imgs" / "broken.png").write_bytes(b"")
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONUNBUFFERED": "1"}
+    # Prefect's own home, as a user's run: a fresh one would add its database's creation (~25 s on 2 cores),
+    # which tests/flows/test_cli.py's first-run test covers.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("PREFECT_API_URL", None)
     out = tmp_path / "out"
     flags = ["--dataset", "folder", "--data-root", str(tmp_path / "imgs"), "--ngf", "8", "--ndf", "8",

@@ -68,6 +68,20 @@ def test_grid_uses_the_explicit_value_range(tmp_path):
     assert abs(int(pixels[2 + 14, 4 + 28 + 14]) - 128) <= 1  # the 0 image is mid grey
 
 
+@pytest.mark.parametrize(("n", "c", "nrow"), [(1, 1, 5), (7, 3, 3), (25, 1, 5), (12, 3, 10)])
+def test_grid_pixels_are_torchvisions_make_grid(n, c, nrow):
+    """Our tiling (no torchvision import on the command's path) draws what make_grid drew before it, pixel
+    for pixel: out-of-range values, exact half-steps of 1/255 and a single image included."""
+    from torchvision.utils import make_grid
+
+    images = torch.randn(n, c, 8, 8, generator=torch.Generator().manual_seed(n)) * 0.8
+    images[0, 0, 0, :4] = torch.tensor([-3.0, 3.0, 1 / 255, 3 / 255])
+    grid = make_grid(images, nrow=nrow, padding=2, normalize=True, value_range=(-1, 1), pad_value=0.5)
+    array = grid.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    expected = array[:, :, 0] if c == 1 else array
+    assert np.array_equal(np.asarray(grid_picture(images, nrow=nrow, min_cell_px=8)), expected)
+
+
 def test_to_uint8_rounds_and_clamps():
     x = torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0])
     assert to_uint8(x).tolist() == [0, 0, 128, 255, 255]
