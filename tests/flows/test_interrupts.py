@@ -30,12 +30,19 @@ SETTINGS = {
 }
 
 
-def _start(tmp: Path, run_id: str) -> tuple[subprocess.Popen, Path]:
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    """One output root for every run of the module: after the first run, the others reuse its prepared
+    dataset, evaluation networks and reference statistics (``<out>/_cache``), as a user's runs do."""
+    return tmp_path_factory.mktemp("out")
+
+
+def _start(tmp: Path, run_id: str, out: Path) -> tuple[subprocess.Popen, Path]:
     config = tmp / "config.json"
     config.write_text(json.dumps(SETTINGS))
     log = tmp / f"{run_id}.log"
     proc = subprocess.Popen([sys.executable, "flows/train.py", "--config", str(config), "--run-id", run_id,
-                             "--out", str(tmp / "out")], cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                             "--out", str(out)], cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})  # tiny nets
     return proc, log
 
@@ -47,17 +54,17 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("reference")
-    proc, log = _start(tmp, "ref")
+def reference(tmp_path_factory, out):
+    proc, log = _start(tmp_path_factory.mktemp("reference"), "ref", out)
     assert proc.wait(timeout=600) == 0, log.read_text()[-2000:]
-    return tmp / "out" / "ref"
+    return out / "ref"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_checkpoints_the_step_exits_politely_and_the_resume_is_exact(reference, tmp_path, signum):
-    proc, log = _start(tmp_path, "r")
+def test_a_signal_checkpoints_the_step_exits_politely_and_the_resume_is_exact(reference, out, tmp_path, signum):
+    run_id = f"r{int(signum)}"
+    proc, log = _start(tmp_path, run_id, out)
     deadline = time.monotonic() + 300
     while "training mlp" not in log.read_text():
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
@@ -71,18 +78,18 @@ def test_a_signal_checkpoints_the_step_exits_politely_and_the_resume_is_exact(re
     assert code == 128 + signum and time.monotonic() - sent < 30
     last = log.read_text().strip().splitlines()[-1]
     name = signal.Signals(signum).name
-    assert last.startswith(f"interrupted by {name}: checkpointed at step ") and "--run-id r to resume" in last
+    assert last.startswith(f"interrupted by {name}: checkpointed at step ") and f"--run-id {run_id} to resume" in last
     stopped_at = int(last.split("checkpointed at step ")[1].split()[0])
     assert 0 < stopped_at < 2000 and stopped_at % 1000  # the step it was on, not the next flush
-    assert (tmp_path / "out" / "r" / "checkpoints" / f"step_{stopped_at:06d}.pt").is_file()
+    assert (out / run_id / "checkpoints" / f"step_{stopped_at:06d}.pt").is_file()
     while any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in family):
         assert time.monotonic() - sent < 30, "a process of the run outlived it"
         time.sleep(0.1)
 
-    resumed, log = _start(tmp_path, "r")
+    resumed, log = _start(tmp_path, run_id, out)
     assert resumed.wait(timeout=600) == 0, log.read_text()[-2000:]
-    assert f"resuming run r from step_{stopped_at:06d}.pt" in log.read_text()
-    mine, theirs = (_tensors(d / "checkpoints" / "step_002000.pt") for d in (tmp_path / "out" / "r", reference))
+    assert f"resuming run {run_id} from step_{stopped_at:06d}.pt" in log.read_text()
+    mine, theirs = (_tensors(d / "checkpoints" / "step_002000.pt") for d in (out / run_id, reference))
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
@@ -97,12 +104,12 @@ DDP_SETTINGS = {
 }
 
 
-def _start_ddp(tmp: Path, run_id: str) -> tuple[subprocess.Popen, Path]:
+def _start_ddp(tmp: Path, run_id: str, out: Path) -> tuple[subprocess.Popen, Path]:
     config = tmp / "ddp.json"
     config.write_text(json.dumps(DDP_SETTINGS))
     log = tmp / f"{run_id}.log"
     proc = subprocess.Popen([sys.executable, "flows/train.py", "--config", str(config), "--run-id", run_id,
-                             "--out", str(tmp / "out")], cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                             "--out", str(out)], cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
     return proc, log
 
@@ -148,18 +155,17 @@ def _launched_by(pid: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def ddp_reference(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ddp-reference")
-    proc, log = _start_ddp(tmp, "ref")
+def ddp_reference(tmp_path_factory, out):
+    proc, log = _start_ddp(tmp_path_factory.mktemp("ddp-reference"), "ddp-ref", out)
     assert proc.wait(timeout=600) == 0, log.read_text()[-2000:]
-    return tmp / "out" / "ref"
+    return out / "ddp-ref"
 
 
 @pytest.mark.slow
-def test_sigterm_stops_every_rank_at_one_checkpointed_step_and_the_resume_is_exact(ddp_reference, tmp_path):
+def test_sigterm_stops_every_rank_at_one_checkpointed_step_and_the_resume_is_exact(ddp_reference, out, tmp_path):
     """Issue #22: under torchrun the stop was not forwarded; the ranks were killed and the steps since the
     last checkpoint lost."""
-    proc, log = _start_ddp(tmp_path, "r")
+    proc, log = _start_ddp(tmp_path, "ddp", out)
     deadline = time.monotonic() + 300
     while "step 20/300" not in log.read_text():  # the ranks are training
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
@@ -172,19 +178,19 @@ def test_sigterm_stops_every_rank_at_one_checkpointed_step_and_the_resume_is_exa
     code = proc.wait(timeout=60)
     assert code == 143 and time.monotonic() - sent < 30, log.read_text()[-3000:]
     last = log.read_text().strip().splitlines()[-1]
-    assert last.startswith("interrupted by SIGTERM: checkpointed at step ") and "--run-id r to resume" in last, last
+    assert last.startswith("interrupted by SIGTERM: checkpointed at step ") and "--run-id ddp to resume" in last, last
     stopped_at = int(last.split("checkpointed at step ")[1].split()[0])
     assert 0 < stopped_at < 300 and stopped_at % 20 == 0 and stopped_at % 150  # a flush, not a checkpoint
-    assert (tmp_path / "out" / "r" / "checkpoints" / f"step_{stopped_at:06d}.pt").is_file()
+    assert (out / "ddp" / "checkpoints" / f"step_{stopped_at:06d}.pt").is_file()
     while [pid for pid in family if _running(pid)] or _launched_by(proc.pid):
         assert time.monotonic() - sent < 30, f"processes of the run outlived it: {_launched_by(proc.pid)}"
         time.sleep(0.1)
 
-    resumed, log = _start_ddp(tmp_path, "r")
+    resumed, log = _start_ddp(tmp_path, "ddp", out)
     assert resumed.wait(timeout=600) == 0, log.read_text()[-2000:]
-    assert f"resuming run r from step_{stopped_at:06d}.pt" in log.read_text()
-    mine, theirs = (_tensors(d / "checkpoints" / "step_000300.pt") for d in (tmp_path / "out" / "r", ddp_reference))
+    assert f"resuming run ddp from step_{stopped_at:06d}.pt" in log.read_text()
+    mine, theirs = (_tensors(d / "checkpoints" / "step_000300.pt") for d in (out / "ddp", ddp_reference))
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     tables = [pd.read_parquet(d / "metrics" / "train.parquet").drop(columns="images_per_sec")
-              for d in (tmp_path / "out" / "r", ddp_reference)]
+              for d in (out / "ddp", ddp_reference)]
     pd.testing.assert_frame_equal(*tables)  # every step once, the same values
