@@ -46,6 +46,22 @@ def tile(images: np.ndarray, nrow: int) -> np.ndarray:
     return grid
 
 
+def cell_scale(side: int, min_cell_px: int) -> int:
+    """The integer enlargement that brings a cell of ``side`` pixels to at least ``min_cell_px``."""
+    return max(1, min_cell_px // side)
+
+
+def tile_picture(images: np.ndarray, nrow: int, min_cell_px: int) -> Image.Image:
+    """uint8 images (N, C, H, W) tiled by :func:`tile` into a picture ("L" for C = 1, else RGB), its cells
+    enlarged by ``cell_scale`` (nearest neighbour)."""
+    grid = tile(images, nrow)
+    picture = Image.fromarray(grid[0] if images.shape[1] == 1 else grid.transpose(1, 2, 0))
+    scale = cell_scale(images.shape[-1], min_cell_px)
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    return picture
+
+
 def save_image_grid(images: np.ndarray, path: Path, nrow: int = 10, min_cell_px: int = 112) -> Path:
     """Save uint8 images (N, C, H, W), C = 1 or 3, as a PNG grid with ``nrow`` images per row.
 
@@ -53,11 +69,7 @@ def save_image_grid(images: np.ndarray, path: Path, nrow: int = 10, min_cell_px:
     2-pixel grey padding, cells enlarged by the integer factor that brings them to at least
     ``min_cell_px`` (nearest neighbour); grayscale images give a grayscale PNG.
     """
-    grid = tile(images, nrow)
-    picture = Image.fromarray(grid[0] if images.shape[1] == 1 else grid.transpose(1, 2, 0))
-    scale = max(1, min_cell_px // images.shape[-1])
-    if scale > 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    picture = tile_picture(images, nrow, min_cell_px)
     with atomic_path(Path(path)) as tmp:
         picture.save(tmp, format="PNG")
     return Path(path)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ganlib.data.preview import grid_padding, tile
+from ganlib.data.preview import cell_scale, grid_padding, tile_picture
 from ganlib.runs.files import atomic_path
 
 
@@ -74,12 +74,9 @@ def grid_picture(images: torch.Tensor, nrow: int, min_cell_px: int = 112,
     # pixels as before), without importing torchvision: with the torch._dynamo it pulls in, 2.5-3 s of every
     # command's start on a 2-core CPU.
     cells = images.detach().float().cpu().clamp(-1, 1).sub(-1.0).div(2.0).mul(255).round().clamp(0, 255)
-    grid = tile(cells.to(torch.uint8).numpy(), nrow)
-    picture = Image.fromarray(grid[0] if images.shape[1] == 1 else grid.transpose(1, 2, 0))
-    scale = max(1, min_cell_px // images.shape[-1])
-    if scale > 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    picture = tile_picture(cells.to(torch.uint8).numpy(), nrow, min_cell_px)
     if row_labels is not None:
+        scale = cell_scale(images.shape[-1], min_cell_px)
         rows = math.ceil(len(images) / nrow)
         if len(row_labels) != rows:
             raise ValueError(f"row_labels: {len(row_labels)} labels for a grid of {rows} rows")
