@@ -20,7 +20,14 @@ config the pipeline would run with (the run's, with ``train.steps`` moved on) as
 
 from __future__ import annotations
 
+# ruff: noqa: E402 (the imports come after the launch, on purpose)
 import sys
+
+from flows import launch
+
+if __name__ == "__main__":  # first: the temporary Prefect server starts while the imports below run (flows/launch.py)
+    launch.begin(sys.argv[1:], server=True)
+
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -146,4 +153,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(launch.run(main))

@@ -25,8 +25,15 @@ config with the eval flags applied (what the evaluation will use) as JSON.
 
 from __future__ import annotations
 
-import argparse
+# ruff: noqa: E402 (the imports come after the launch, on purpose)
 import sys
+
+from flows import launch
+
+if __name__ == "__main__":  # first: the temporary Prefect server starts while the imports below run (flows/launch.py)
+    launch.begin(sys.argv[1:], server=True)
+
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -169,4 +176,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(launch.run(main))

@@ -22,7 +22,14 @@ same checks (the run, the checkpoint, the formats, the files already there) and 
 
 from __future__ import annotations
 
+# ruff: noqa: E402 (the imports come after the launch, on purpose)
 import sys
+
+from flows import launch
+
+if __name__ == "__main__":  # first: the temporary Prefect server starts while the imports below run (flows/launch.py)
+    launch.begin(sys.argv[1:], server=True)
+
 from pathlib import Path
 from typing import Any
 
@@ -131,4 +138,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(launch.run(main))

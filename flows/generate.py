@@ -27,8 +27,15 @@ seed, ...) as JSON.
 
 from __future__ import annotations
 
-import argparse
+# ruff: noqa: E402 (the imports come after the launch, on purpose)
 import sys
+
+from flows import launch
+
+if __name__ == "__main__":  # first: the temporary Prefect server starts while the imports below run (flows/launch.py)
+    launch.begin(sys.argv[1:], server=True)
+
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -223,4 +230,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(launch.run(main))

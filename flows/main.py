@@ -20,6 +20,8 @@ import importlib
 import os
 import sys
 
+from flows import launch
+
 # command -> (module in flows/, what it does); the module's main(argv) is the command.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("flows.train", "the pipeline: prepare data, train (or resume), evaluate, gallery"),
@@ -40,7 +42,7 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    command_line, argv = argv is None, sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage(), file=sys.stdout if argv else sys.stderr, end="")
         return 0 if argv else 2
@@ -48,12 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}; one of {', '.join(COMMANDS)} (see ganlib --help)", file=sys.stderr)
         return 2
+    if command_line:  # the process is this command's: start its server while it imports (flows/launch.py)
+        launch.begin(rest, server=name != "serve")
     module = importlib.import_module(COMMANDS[name][0])
     # The command's --help and messages say "ganlib train", as typed (argparse's prog is argv[0]'s name).
     program = sys.argv[0] if sys.argv else "ganlib"
     sys.argv[0:1] = [f"{os.path.basename(program) or 'ganlib'} {name}"]
     try:
-        return module.main(rest)
+        return launch.run(lambda: module.main(rest)) if command_line else module.main(rest)
     finally:
         sys.argv[0:1] = [program]
 

@@ -40,10 +40,17 @@ that marks a run of these flows Crashed when its heartbeats stop; --mark-crashed
 
 from __future__ import annotations
 
+# ruff: noqa: E402 (the imports come after the launch, on purpose)
+import sys
+
+from flows import launch
+
+if __name__ == "__main__":  # first: the imports below run without the garbage collector (flows/launch.py)
+    launch.begin(sys.argv[1:], server=False)
+
 import datetime as _dt
 import inspect
 import re
-import sys
 import uuid
 import zoneinfo
 from collections.abc import Callable
@@ -449,4 +456,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(launch.run(main))

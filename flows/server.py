@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import prefect
 from prefect.events.worker import EventsWorker
 from prefect.logging import get_logger
 from prefect.logging.handlers import APILogWorker
@@ -32,6 +28,7 @@ from prefect.settings import (
     temporary_settings,
 )
 
+from flows.launch import ServerProcess, discard_head_start, take_head_start
 from ganlib.errors import RunError, first_line
 
 # Seconds to wait for the temporary server to answer. Prefect's default, 20 s, was too short for a first
@@ -39,21 +36,11 @@ from ganlib.errors import RunError, first_line
 # died with a traceback. A larger PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS still wins.
 STARTUP_TIMEOUT_S = 120
 
-# Runs in the server's process before it becomes uvicorn: die with the parent (Linux's
-# PR_SET_PDEATHSIG survives exec), then exec the command Prefect would have run.
-_DIE_WITH_PARENT = (
-    "import ctypes, os, signal, sys\n"
-    "if sys.platform.startswith('linux'):\n"
-    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
-    "    if os.getppid() != int(sys.argv[1]):\n"
-    "        sys.exit(1)  # the parent died before prctl took effect\n"
-    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
-)
-
 
 class OwnedServer:
-    """Prefect's temporary server (uvicorn serving Prefect's API app, with the command and environment
-    Prefect 3's own temporary server gets), started in its own session and tied to this process's life.
+    """Prefect's temporary server, owned by this process: a ``flows.launch.ServerProcess`` (its own session,
+    gone with this process), the head start ``flows.launch.begin`` made when there is one, else one started
+    here with the process's current Prefect settings.
 
     Written here rather than derived from Prefect's ``SubprocessASGIServer``: that class lives in the
     module of the server's whole web app, and importing it cost every command about 4 s of its start
@@ -64,37 +51,35 @@ class OwnedServer:
     def __init__(self) -> None:
         self.port: int | None = None
         self.server_process: subprocess.Popen[Any] | None = None
+        self._server: ServerProcess | None = None
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
-    def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
-        uvicorn = ["-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
-                   "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--log-level", "error", "--lifespan", "on"]
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-               "PREFECT__SERVER_FINAL": "1", **get_current_settings().to_environment_variables(exclude_unset=True)}
-        return subprocess.Popen([sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *uvicorn], env=env,
-                                start_new_session=True)
+    def _launch(self) -> ServerProcess:
+        started = take_head_start()
+        if started is not None:
+            return started
+        return ServerProcess(get_current_settings().to_environment_variables(exclude_unset=True))
 
     def start(self, timeout: float) -> None:
-        """Start the server on a free loopback port and wait up to ``timeout`` seconds for its health check;
-        RuntimeError if it never answers."""
+        """Start the server on a free loopback port (or take the head start) and wait up to ``timeout``
+        seconds for its health check; RuntimeError if it never answers."""
         deadline = time.monotonic() + timeout
-        self.port = _free_port()
+        self._server = server = self._launch()
+        self.port, self.server_process = server.port, server.process
         get_logger().info("Starting temporary server on http://127.0.0.1:%d (set PREFECT_API_URL to use a "
                           "server of your own)", self.port)
-        self.server_process = self._run_uvicorn_command()
         atexit.register(self.stop)
         with httpx.Client() as client:
             while True:
-                code = self.server_process.poll()
+                code = server.process.poll()
                 if code == 3:  # uvicorn could not bind: the port was taken after we chose it
-                    self.port = _free_port()
-                    self.server_process = self._run_uvicorn_command()
+                    server.relaunch()
+                    self.port, self.server_process = server.port, server.process
                 elif code is not None:
-                    self.server_process = None
+                    self.server_process = self._server = None
                     raise RuntimeError(f"the server process exited with code {code} before answering")
                 with contextlib.suppress(httpx.TransportError):
                     if client.get(f"{self.api_url}/health", timeout=5).status_code == 200:
@@ -106,23 +91,11 @@ class OwnedServer:
 
     def stop(self) -> None:
         """SIGTERM the server, SIGKILL it if it is still there 5 s later; safe to call more than once."""
-        process, self.server_process = self.server_process, None
-        if process is None:
+        server, self._server, self.server_process = self._server, None, None
+        if server is None:
             return
         get_logger().info("Stopping temporary server on http://127.0.0.1:%d", self.port)
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _free_port() -> int:
-    """A loopback port the kernel says is free now (it may be taken before the server binds it: see start)."""
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        server.stop()
 
 
 def start_owned_server() -> OwnedServer:
@@ -147,6 +120,7 @@ def temporary_server() -> Iterator[str | None]:
     Yields the API URL used (None when one was configured: a real server, or a test harness's).
     """
     if PREFECT_API_URL.value():
+        discard_head_start()  # started for nothing: a profile or project file names a server
         yield None
         return
     server = start_owned_server()

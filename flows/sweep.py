@@ -24,12 +24,19 @@ same flags).
 
 from __future__ import annotations
 
+# ruff: noqa: E402 (the imports come after the launch, on purpose)
+import sys
+
+from flows import launch
+
+if __name__ == "__main__":  # first: the temporary Prefect server starts while the imports below run (flows/launch.py)
+    launch.begin(sys.argv[1:], server=True)
+
 import argparse
 import contextlib
 import datetime as _dt
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -224,4 +231,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(launch.run(main))

@@ -17,9 +17,16 @@ and default; --config FILE.json gives any of its fields, and the flags given ove
 
 from __future__ import annotations
 
+# ruff: noqa: E402 (the imports come after the launch, on purpose)
+import sys
+
+from flows import launch
+
+if __name__ == "__main__":  # first: the temporary Prefect server starts while the imports below run (flows/launch.py)
+    launch.begin(sys.argv[1:], server=True)
+
 import argparse
 import re
-import sys
 from typing import Any
 
 from flows.cli import (  # before prefect: importing flows sets the project's Prefect defaults
@@ -129,4 +136,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(launch.run(main))

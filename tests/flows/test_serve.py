@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import pytest
 import yaml
 
 from flows.continue_run import continued_config
+from flows.launch import free_port
 from flows.serve import CRASH_AUTOMATION, DEFAULT_FILE, load_deployments, main
 from ganlib.errors import RunError
 
@@ -184,12 +184,6 @@ def test_continue_run_dry_run_prints_the_config_it_would_run(tiny, tmp_path, cap
 # --- a real Prefect server (integration) -----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     """SIGTERM the process group, then SIGKILL it if it is still there after ``grace_s``."""
     gone = contextlib.suppress(ProcessLookupError, PermissionError, subprocess.TimeoutExpired)
@@ -210,7 +204,7 @@ def _tail(path: Path, lines: int = 40) -> str:
 class Server:
     def __init__(self, root: Path):
         self.root = root
-        self.url = f"http://127.0.0.1:{_free_port()}/api"
+        self.url = f"http://127.0.0.1:{free_port()}/api"
         self.env = {
             **os.environ,
             "PREFECT_HOME": str(root / "prefect-home"),

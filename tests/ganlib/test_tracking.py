@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.launch import free_port
 from flows.train import main  # at collection: prefect's log handlers must not bind to a test's captured stderr
 from ganlib.config import build_config, check_resumable
 from ganlib.data.store import prepare_dataset
@@ -30,18 +30,12 @@ TINY = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """``mlflow server`` on a free localhost port with a SQLite store and its own artifact folder; its URI."""
     pytest.importorskip("mlflow", reason="pip install mlflow")
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     executable = Path(sys.executable).with_name("mlflow")
     with open(root / "server.log", "wb") as out:
         server = subprocess.Popen(
@@ -109,7 +103,7 @@ def test_flatten_gives_dotted_params():
 
 def test_a_tracker_that_is_down_costs_one_warning_and_nothing_else(tmp_path, caplog):
     pytest.importorskip("mlflow")
-    cfg = _config(tmp_path, "down", mlflow_uri=f"http://127.0.0.1:{_free_port()}")  # nobody listens there
+    cfg = _config(tmp_path, "down", mlflow_uri=f"http://127.0.0.1:{free_port()}")  # nobody listens there
     store = prepare_dataset(cfg.data, cfg.out)
     with caplog.at_level(logging.WARNING, logger="ganlib"), track_run(cfg) as tracker:
         result = train(cfg, store)

@@ -20,6 +20,7 @@ from ganlib.evaluation.metrics import (
     kernel_inception_distance,
     knn_radii,
     nearest_neighbours,
+    polynomial_mmd2,
     precision_recall_density_coverage,
 )
 
@@ -293,6 +294,15 @@ def test_kid_is_the_unbiased_estimator_of_a_direct_computation() -> None:
     mean, std = kernel_inception_distance(fake, real, num_subsets=1, subset_size=20)
     assert mean == pytest.approx(_direct_unbiased_mmd2(fake.numpy(), real.numpy()), rel=1e-9)
     assert std == 0.0
+
+
+@pytest.mark.parametrize("m, d", [(2, 3), (50, 16), (300, 128)])
+def test_kid_estimator_gives_torchmetrics_numbers_to_the_last_bit(m: int, d: int) -> None:
+    kid = pytest.importorskip("torchmetrics.image.kid")
+    x = _gaussian_features(m, d, seed=m, shift=0.3).double()
+    y = _gaussian_features(m, d, seed=m + 1).double() * 1.5
+    assert polynomial_mmd2(x, y).item() == kid.poly_mmd(x, y).item()
+    assert polynomial_mmd2(y, x).item() == kid.poly_mmd(y, x).item()
 
 
 def test_kid_is_near_zero_for_one_distribution_and_reproducible_by_seed() -> None:

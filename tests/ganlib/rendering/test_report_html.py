@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import pytest
 import torch
 from PIL import Image
 
+from flows.launch import free_port
 from ganlib.rendering.pictures import save_gif, save_grid
 from ganlib.rendering.report_html import build_report, write_report
 from ganlib.rendering.summary import build_summary, summary_markdown, write_summary
@@ -245,16 +245,10 @@ def test_report_screenshot(browser, real_run, tmp_path):
 
 # --- Prefect's UI: does a markdown artifact show data: images? --------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def prefect_ui(tmp_path_factory):
     """A real ``prefect server start`` (API and UI) on a free loopback port; stopped afterwards."""
-    port = _free_port()
+    port = free_port()
     home = tmp_path_factory.mktemp("prefect-home")
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api,
