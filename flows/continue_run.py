@@ -26,7 +26,7 @@ import sys
 from flows import launch
 
 if __name__ == "__main__":  # first: the temporary Prefect server starts while the imports below run (flows/launch.py)
-    launch.begin(sys.argv[1:], server=True)
+    launch.begin("continue", sys.argv[1:])
 
 from pathlib import Path
 from typing import Annotated, Any

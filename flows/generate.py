@@ -33,7 +33,7 @@ import sys
 from flows import launch
 
 if __name__ == "__main__":  # first: the temporary Prefect server starts while the imports below run (flows/launch.py)
-    launch.begin(sys.argv[1:], server=True)
+    launch.begin("generate", sys.argv[1:])
 
 import argparse
 from pathlib import Path

@@ -7,7 +7,7 @@ A script's first lines, before its heavy imports, and its last (``flows/main.py`
     from flows import launch
 
     if __name__ == "__main__":  # before the imports below: the server starts while they run
-        launch.begin(sys.argv[1:], server=True)
+        launch.begin("train", sys.argv[1:])
     ...
     if __name__ == "__main__":
         sys.exit(launch.run(main))
@@ -47,10 +47,21 @@ _DIE_WITH_PARENT = (
     "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
 )
 
+# The commands that run flows on a temporary server when no PREFECT_API_URL is set (``serve`` needs a real one).
+SERVER_COMMANDS = frozenset({"train", "evaluate", "generate", "export", "continue", "sweep"})
+
+# Modules a command imports only once its run is under way, imported while it waits for its server instead:
+# torch._dynamo (about 2 s on 2 cores) is imported by the first call of a torch.optim optimiser, which
+# torch wraps in ``torch._disable_dynamo``.
+WARM_IMPORTS: dict[str, tuple[str, ...]] = {
+    "train": ("torch._dynamo",), "continue": ("torch._dynamo",), "sweep": ("torch._dynamo",),
+}
+
 # Flags that mean no server will be wanted (a help text, or a plan only), with argparse's abbreviations.
 _NO_SERVER_FLAGS = ("--help", "--dry-run")
 
 _head_start: ServerProcess | None = None
+_warm: list[str] = []
 
 
 def free_port() -> int:
@@ -110,10 +121,11 @@ def wants_server(argv: list[str], environ: Mapping[str, str] = os.environ) -> bo
     return not environ.get("PREFECT_API_URL") and not any(map(no_server, argv))
 
 
-def begin(argv: list[str], *, server: bool) -> None:
+def begin(command: str, argv: list[str]) -> None:
     """The first call of a command line, before its heavy imports: pause the garbage collector (``run``
-    resumes it) and, when ``server`` says the command runs flows and ``wants_server(argv)``, start the
-    temporary server's process now. ``take_head_start`` hands it to the command; unused, it is stopped at exit.
+    resumes it) and, when the command runs flows and ``wants_server(argv)``, start the temporary server's
+    process now. ``take_head_start`` hands it to the command; unused, it is stopped at exit. While the
+    command later waits for it to answer, ``warm_up`` imports what the command will need next.
 
     The server's process reads the same environment, Prefect profile and project files as the command,
     so it gets the settings Prefect would have passed it (``flows.server.OwnedServer`` passes them
@@ -121,9 +133,21 @@ def begin(argv: list[str], *, server: bool) -> None:
     """
     global _head_start
     gc.disable()
-    if server and _head_start is None and wants_server(argv):
+    if command in SERVER_COMMANDS and _head_start is None and wants_server(argv):
         _head_start = ServerProcess()
+        _warm[:] = WARM_IMPORTS.get(command, ())
         atexit.register(discard_head_start)
+
+
+def warm_up() -> bool:
+    """Import the next module the command will need (``WARM_IMPORTS``); False when none is left. Called
+    between health checks while the command waits for its server, in the main thread: nothing else
+    imports then, and the second core is busy starting the server anyway."""
+    while _warm:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(_warm.pop(0))
+            return True
+    return False
 
 
 def take_head_start() -> ServerProcess | None:

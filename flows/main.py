@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {name!r}; one of {', '.join(COMMANDS)} (see ganlib --help)", file=sys.stderr)
         return 2
     if command_line:  # the process is this command's: start its server while it imports (flows/launch.py)
-        launch.begin(rest, server=name != "serve")
+        launch.begin(name, rest)
     module = importlib.import_module(COMMANDS[name][0])
     # The command's --help and messages say "ganlib train", as typed (argparse's prog is argv[0]'s name).
     program = sys.argv[0] if sys.argv else "ganlib"

@@ -46,7 +46,7 @@ import sys
 from flows import launch
 
 if __name__ == "__main__":  # first: the imports below run without the garbage collector (flows/launch.py)
-    launch.begin(sys.argv[1:], server=False)
+    launch.begin("serve", sys.argv[1:])
 
 import datetime as _dt
 import inspect

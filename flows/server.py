@@ -28,7 +28,7 @@ from prefect.settings import (
     temporary_settings,
 )
 
-from flows.launch import ServerProcess, discard_head_start, take_head_start
+from flows.launch import ServerProcess, discard_head_start, take_head_start, warm_up
 from ganlib.errors import RunError, first_line
 
 # Seconds to wait for the temporary server to answer. Prefect's default, 20 s, was too short for a first
@@ -87,7 +87,8 @@ class OwnedServer:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError("Timed out while attempting to connect to the temporary Prefect API server.")
-                time.sleep(0.1)
+                if not warm_up():  # the command's later imports, while there is time
+                    time.sleep(0.1)
 
     def stop(self) -> None:
         """SIGTERM the server, SIGKILL it if it is still there 5 s later; safe to call more than once."""

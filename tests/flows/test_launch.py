@@ -53,29 +53,31 @@ def test_the_launcher_imports_neither_torch_nor_prefect_and_pauses_the_collector
     code = ("import gc, sys\n"
             "from flows import launch\n"
             "heavy = [m for m in ('torch', 'prefect', 'pandas') if m in sys.modules]\n"
-            "launch.begin(['--help'], server=True)\n"
+            "launch.begin('train', ['--help'])\n"
             "paused = not gc.isenabled()\n"
             "resumed = launch.run(lambda: gc.isenabled())\n"
-            "print(heavy, paused, launch.take_head_start(), resumed, gc.get_freeze_count() > 0)\n")
+            "print(heavy, paused, launch.take_head_start(), launch.warm_up(), resumed, gc.get_freeze_count() > 0)\n")
     done = _python(code, timeout=60)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["[]", "True", "None", "True", "True"]
+    assert done.stdout.split() == ["[]", "True", "None", "False", "True", "True"]
 
 
 @pytest.mark.slow
-def test_the_head_start_is_the_server_the_run_uses_and_nothing_is_left_after_it():
+def test_the_head_start_is_the_server_the_run_uses_warmed_up_while_waiting_and_nothing_is_left_after_it():
     marker = uuid.uuid4().hex
     code = ("from flows import launch\n"
-            "launch.begin([], server=True)\n"
+            "launch.begin('train', [])\n"
             "port = launch._head_start.port\n"
+            "import sys, httpx\n"
             "from flows.server import start_owned_server\n"
-            "import httpx\n"
+            "before = 'torch._dynamo' in sys.modules\n"
             "s = start_owned_server()\n"
-            "print(s.port == port, httpx.get(s.api_url + '/health').json(), launch.take_head_start())\n"
+            "print(s.port == port, httpx.get(s.api_url + '/health').json(), launch.take_head_start(), before,\n"
+            "      'torch._dynamo' in sys.modules)\n"
             "s.stop()\n")
     done = _python(code, env={**os.environ, "GANLIB_TEST_MARKER": marker})
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["True", "True", "None"]
+    assert done.stdout.split() == ["True", "True", "None", "False", "True"]
     assert not _processes_with(marker)
 
 
@@ -91,3 +93,15 @@ def test_a_user_error_ends_the_command_in_one_line_and_its_unused_server_with_it
     while _processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _processes_with(marker)
+
+
+def test_every_command_begins_and_ends_through_the_launcher_under_its_own_name():
+    # A command added to flows/main.py without these lines would start its server after its imports.
+    from flows.launch import SERVER_COMMANDS
+    from flows.main import COMMANDS
+
+    assert SERVER_COMMANDS | {"serve"} == set(COMMANDS)
+    for name, (module, _) in COMMANDS.items():
+        source = (REPO / (module.replace(".", "/") + ".py")).read_text()
+        assert f'launch.begin("{name}", sys.argv[1:])' in source, module
+        assert source.rstrip().endswith("sys.exit(launch.run(main))"), module
