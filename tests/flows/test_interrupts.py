@@ -37,9 +37,10 @@ def out(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("out")
 
 
-def _start(tmp: Path, run_id: str, out: Path) -> tuple[subprocess.Popen, Path]:
-    config = tmp / "config.json"
-    config.write_text(json.dumps(SETTINGS))
+def _start(tmp: Path, run_id: str, out: Path, settings: dict | None = None) -> tuple[subprocess.Popen, Path]:
+    """``python flows/train.py`` on ``settings`` (default ``SETTINGS``), its output in ``tmp/<run_id>.log``."""
+    config = tmp / f"{run_id}.json"
+    config.write_text(json.dumps(SETTINGS if settings is None else settings))
     log = tmp / f"{run_id}.log"
     proc = subprocess.Popen([sys.executable, "flows/train.py", "--config", str(config), "--run-id", run_id,
                              "--out", str(out)], cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT,
@@ -104,16 +105,6 @@ DDP_SETTINGS = {
 }
 
 
-def _start_ddp(tmp: Path, run_id: str, out: Path) -> tuple[subprocess.Popen, Path]:
-    config = tmp / "ddp.json"
-    config.write_text(json.dumps(DDP_SETTINGS))
-    log = tmp / f"{run_id}.log"
-    proc = subprocess.Popen([sys.executable, "flows/train.py", "--config", str(config), "--run-id", run_id,
-                             "--out", str(out)], cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
-    return proc, log
-
-
 def _descendants(pid: int) -> list[int]:
     """Linux, without psutil: every process below ``pid`` (parent links read from /proc/*/stat)."""
     parents = {}
@@ -156,7 +147,7 @@ def _launched_by(pid: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def ddp_reference(tmp_path_factory, out):
-    proc, log = _start_ddp(tmp_path_factory.mktemp("ddp-reference"), "ddp-ref", out)
+    proc, log = _start(tmp_path_factory.mktemp("ddp-reference"), "ddp-ref", out, DDP_SETTINGS)
     assert proc.wait(timeout=600) == 0, log.read_text()[-2000:]
     return out / "ddp-ref"
 
@@ -165,7 +156,7 @@ def ddp_reference(tmp_path_factory, out):
 def test_sigterm_stops_every_rank_at_one_checkpointed_step_and_the_resume_is_exact(ddp_reference, out, tmp_path):
     """Issue #22: under torchrun the stop was not forwarded; the ranks were killed and the steps since the
     last checkpoint lost."""
-    proc, log = _start_ddp(tmp_path, "ddp", out)
+    proc, log = _start(tmp_path, "ddp", out, DDP_SETTINGS)
     deadline = time.monotonic() + 300
     while "step 20/300" not in log.read_text():  # the ranks are training
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
@@ -186,7 +177,7 @@ def test_sigterm_stops_every_rank_at_one_checkpointed_step_and_the_resume_is_exa
         assert time.monotonic() - sent < 30, f"processes of the run outlived it: {_launched_by(proc.pid)}"
         time.sleep(0.1)
 
-    resumed, log = _start_ddp(tmp_path, "ddp", out)
+    resumed, log = _start(tmp_path, "ddp", out, DDP_SETTINGS)
     assert resumed.wait(timeout=600) == 0, log.read_text()[-2000:]
     assert f"resuming run ddp from step_{stopped_at:06d}.pt" in log.read_text()
     mine, theirs = (_tensors(d / "checkpoints" / "step_000300.pt") for d in (out / "ddp", ddp_reference))
