@@ -98,17 +98,16 @@ class ServerProcess:
         self.port = free_port()
         self.process = self._popen()
 
-    def stop(self) -> bool:
-        """SIGTERM, then SIGKILL if it is still there 5 s later. False when it had already exited."""
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it is still there 5 s later (nothing if it had already exited)."""
         if self.process.poll() is not None:
-            return False
+            return
         self.process.terminate()
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        return True
 
 
 def wants_server(argv: list[str], environ: Mapping[str, str] = os.environ) -> bool:
