@@ -154,6 +154,15 @@ def test_readme_holds_the_commands_ci_runs() -> None:
     assert not missing, "README.md lacks these commands, verbatim:\n" + "\n".join(missing)
 
 
+def test_a_plain_pytest_leaves_the_stress_tier_to_its_own_command() -> None:
+    import shlex
+
+    line = next(x for x in (REPO / "pyproject.toml").read_text().splitlines() if x.startswith("addopts = "))
+    addopts = shlex.split(shlex.split(line.removeprefix("addopts = "))[0])  # (3.10 has no tomllib)
+    assert addopts[addopts.index("-m") + 1] == "not stress"  # a later -m (the quick subset, the tier) replaces it
+    assert ".venv/bin/python -m pytest -m stress" in CI_SCRIPT.read_text(encoding="utf-8")
+
+
 def test_slugs_follow_github() -> None:
     # The checker itself, on headings whose GitHub anchors are known.
     assert github_slug("Set up, test, run") == "set-up-test-run"

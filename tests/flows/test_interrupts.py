@@ -62,6 +62,7 @@ def reference(tmp_path_factory, out):
 
 
 @pytest.mark.slow
+@pytest.mark.stress  # the stress tier: pytest -m stress
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_checkpoints_the_step_exits_politely_and_the_resume_is_exact(reference, out, tmp_path, signum):
     run_id = f"r{int(signum)}"
@@ -153,6 +154,7 @@ def ddp_reference(tmp_path_factory, out):
 
 
 @pytest.mark.slow
+@pytest.mark.stress  # the stress tier: pytest -m stress
 def test_sigterm_stops_every_rank_at_one_checkpointed_step_and_the_resume_is_exact(ddp_reference, out, tmp_path):
     """Issue #22: under torchrun the stop was not forwarded; the ranks were killed and the steps since the
     last checkpoint lost."""
