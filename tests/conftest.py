@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
+
+# Under pytest-xdist (the README's `pytest -n 2`) two workers share the two cores: each keeps to one
+# OpenMP thread, before torch is imported, and its subprocesses inherit that. Two workers with two threads
+# each made the tiny nets' parallel regions wait on descheduled threads (one bf16 test: 8 s -> 62 s).
+XDIST_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+if XDIST_WORKER:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
@@ -25,7 +33,7 @@ TINY_SETTINGS = {
     "model": {"name": "dcgan", "ngf": 8, "ndf": 8},
     # Speed settings by hand: left to auto, a probe would time them, and its choice could differ between runs
     "train": {"steps": 12, "batch_size": 32, "checkpoint_every": 6, "log_every": 4, "precision": "fp32",
-              "channels_last": "on", "threads": 2},
+              "channels_last": "on", "threads": 1 if XDIST_WORKER else 2},
     "eval": {"num_samples": 200, "classifier_steps": 30, "ssl_steps": 10, "batch_size": 100},
     "gallery": {"num_samples": 50},
 }

@@ -147,7 +147,10 @@ def test_a_tracked_pipeline_run_and_its_resume(mlflow_server, prefect_harness, t
     assert run.info.status == "FINISHED"
     assert run.data.params["train.steps"] == "12" and run.data.params["model.name"] == "dcgan"
     assert run.data.tags["ganlib.run_id"] == "tracked" and len(run.data.tags["prefect.flow_run_id"]) == 36
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/d_loss")] == [4, 8, 12]
+    # Every log_every step and the last, once each; the polling thread may also have caught the table at a
+    # checkpoint's flush (step 6 or 10) and logged that newest row (CI of 03d3ce1 saw [4, 6, 8, 12]).
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/d_loss")]
+    assert {4, 8, 12} <= set(steps) <= {4, 6, 8, 10, 12} and steps == sorted(set(steps)), steps
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/ema/fd")] == [6, 12]
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"report.html", "summary.json", "gallery", "plots", "model"} <= top
