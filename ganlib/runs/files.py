@@ -59,18 +59,31 @@ def _remove_dead_writers_files(target: Path) -> None:
     lock, so a killed writer's leftover is cleared here, by the next writer of the same file. A
     temporary file of a live process (another run writing the same cache entry now) is left alone.
     """
-    prefix = f".{target.stem}.tmp-"
-    for tmp in target.parent.glob(f"{prefix}*{target.suffix}"):
-        pid_text = tmp.name[len(prefix): len(tmp.name) - len(target.suffix)]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid_text), 0)  # raises if there is no such process
-        except ProcessLookupError:
+    for tmp in target.parent.glob(f".{target.stem}.tmp-*{target.suffix}"):
+        if _writer_is_gone(tmp):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-        except PermissionError:  # another user's live process
-            pass
+
+
+def _writer_is_gone(tmp: Path) -> bool:
+    """Whether the process named in a temporary file's name (``.<name>.tmp-<pid>[suffix]``) has ended.
+
+    A name without a pid counts as gone; this process, and another user's live one, do not.
+    """
+    digits = tmp.name.rsplit(".tmp-", 1)[-1]
+    pid_text = digits[: len(digits) - len(digits.lstrip("0123456789"))]
+    if not pid_text:
+        return True
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # raises if there is no such process
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's live process
+        return False
+    return False
 
 
 def atomic_write_bytes(target: Path, data: bytes) -> None:
@@ -101,9 +114,11 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
 def remove_temporary_files(root: Path) -> list[Path]:
     """Delete the temporary files that killed writers left under ``root``; return them.
 
-    Only safe while nothing else writes under ``root`` (the caller holds the run's lock).
+    Called under the run's lock, so no other run writes here; a file whose writer is alive is this
+    process's own write in flight (the MLflow tracker's thread saving its state while training starts:
+    deleting it failed that write, and tracking went off) and is left alone.
     """
-    leftovers = [p for p in Path(root).rglob(".*.tmp-*") if p.is_file()]
+    leftovers = [p for p in Path(root).rglob(".*.tmp-*") if p.is_file() and _writer_is_gone(p)]
     for p in leftovers:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from ganlib.runs.files import atomic_write_bytes
+from ganlib.runs.files import atomic_write_bytes, remove_temporary_files
 
 
 def _dead_pid() -> int:
@@ -27,3 +27,19 @@ def test_the_next_writer_clears_a_killed_writers_temporary_file(tmp_path):
     atomic_write_bytes(target, b"whole")
     assert target.read_bytes() == b"whole"
     assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_a_runs_cleanup_removes_dead_writers_files_and_keeps_writes_in_flight(tmp_path):
+    """A resumed run clears what its killed attempt left, but not a temporary file this process (the MLflow
+    tracker's thread saving ``mlflow.json`` as training began) or another live one is writing now: deleting
+    it failed that write, and tracking went off (seen in CI of fb75adc)."""
+    run = tmp_path / "run"
+    (run / "metrics").mkdir(parents=True)
+    dead = run / "metrics" / f".train.tmp-{_dead_pid()}.parquet"
+    nameless = run / ".config.tmp-.json"  # no pid: nobody's, so a leftover
+    mine = run / f".mlflow.tmp-{os.getpid()}.json"
+    live = run / f".summary.tmp-{os.getppid()}.json"
+    for p in (dead, nameless, mine, live):
+        p.write_bytes(b"partial")
+    assert sorted(remove_temporary_files(run)) == sorted([dead, nameless])
+    assert not dead.exists() and not nameless.exists() and mine.exists() and live.exists()
