@@ -133,7 +133,7 @@ def spearman(a: pd.Series, b: pd.Series) -> float:
 
 def run_ranking(num_samples: int, ssl_steps: int) -> list[dict[str, Any]]:
     out = RUNS / "ranking"
-    cfg = EvalConfig(num_samples=num_samples, ssl_steps=ssl_steps)
+    cfg = EvalConfig(num_samples=num_samples, ssl_steps=ssl_steps, kid_subsets=1)  # the ranking reads FD only
     digits_cfg = build_config({"out": str(out), "data": {"dataset": "digits"}})
     digits = load_store(prepare_dataset(digits_cfg.data, out))
     rows = []

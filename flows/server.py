@@ -49,9 +49,15 @@ class OwnedServer:
     """
 
     def __init__(self) -> None:
-        self.port: int | None = None
-        self.server_process: subprocess.Popen[Any] | None = None
         self._server: ServerProcess | None = None
+
+    @property
+    def port(self) -> int | None:
+        return self._server.port if self._server is not None else None
+
+    @property
+    def server_process(self) -> subprocess.Popen[Any] | None:
+        return self._server.process if self._server is not None else None
 
     @property
     def api_url(self) -> str:
@@ -68,7 +74,6 @@ class OwnedServer:
         seconds for its health check; RuntimeError if it never answers."""
         deadline = time.monotonic() + timeout
         self._server = server = self._launch()
-        self.port, self.server_process = server.port, server.process
         get_logger().info("Starting temporary server on http://127.0.0.1:%d (set PREFECT_API_URL to use a "
                           "server of your own)", self.port)
         atexit.register(self.stop)
@@ -77,9 +82,8 @@ class OwnedServer:
                 code = server.process.poll()
                 if code == 3:  # uvicorn could not bind: the port was taken after we chose it
                     server.relaunch()
-                    self.port, self.server_process = server.port, server.process
                 elif code is not None:
-                    self.server_process = self._server = None
+                    self._server = None
                     raise RuntimeError(f"the server process exited with code {code} before answering")
                 with contextlib.suppress(httpx.TransportError):
                     if client.get(f"{self.api_url}/health", timeout=5).status_code == 200:
@@ -92,10 +96,10 @@ class OwnedServer:
 
     def stop(self) -> None:
         """SIGTERM the server, SIGKILL it if it is still there 5 s later; safe to call more than once."""
-        server, self._server, self.server_process = self._server, None, None
+        server, self._server = self._server, None
         if server is None:
             return
-        get_logger().info("Stopping temporary server on http://127.0.0.1:%d", self.port)
+        get_logger().info("Stopping temporary server on http://127.0.0.1:%d", server.port)
         server.stop()
 
 

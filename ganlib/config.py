@@ -177,6 +177,12 @@ class TrainConfig(_Section):
         "gradient penalty; 'ls': least squares; 'rpgan': relativistic pairing (Jolicoeur-Martineau 2019, with "
         "R1 + R2 as in R3GAN). 'auto': the preset's (rpgan for r3gan, else ns).")
     d_steps: int = Field(1, ge=1, le=100, description="Discriminator updates per generator update.")
+    top_k: float = Field(
+        1.0, gt=0, le=1, description="Top-k training (Sinha et al. 2020): G's update learns only from the fraction "
+        "of its fakes that D scores highest; the fraction starts at 1 and falls by top_k_decay per epoch to this "
+        "floor (the paper: 0.5). 1 = off: every fake counts.")
+    top_k_decay: float = Field(
+        0.99, gt=0, le=1, description="Top-k training: the kept fraction is max(top_k, top_k_decay ** epoch).")
     gp_weight: float = Field(10.0, ge=0, description="wgan-gp: weight of the gradient penalty.")
     r1: float | None = Field(
         None, ge=0, description="R1 penalty weight gamma on D's gradient at real images (0 = off; default: the "

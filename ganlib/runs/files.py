@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,11 +71,10 @@ def _writer_is_gone(tmp: Path) -> bool:
 
     A name without a pid counts as gone; this process, and another user's live one, do not.
     """
-    digits = tmp.name.rsplit(".tmp-", 1)[-1]
-    pid_text = digits[: len(digits) - len(digits.lstrip("0123456789"))]
-    if not pid_text:
+    found = re.match(r"\d+", tmp.name.rsplit(".tmp-", 1)[-1])  # the pid after the last ".tmp-"
+    if found is None:
         return True
-    pid = int(pid_text)
+    pid = int(found.group())
     if pid == os.getpid():
         return False
     try:

@@ -36,7 +36,7 @@ from ganlib.training.distributed import ProcessContext
 from ganlib.training.health import METRIC_COLUMNS, HealthMonitor, NonFiniteLoss, record_health_event
 from ganlib.training.probe import measured_settings, threads
 from ganlib.training.state import TrainingState
-from ganlib.training.step import Objective, check_precision, lr_factor, train_step
+from ganlib.training.step import Objective, check_precision, lr_factor, top_k_fraction, train_step
 
 if TYPE_CHECKING:
     from ganlib.config import RunConfig
@@ -180,8 +180,10 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
             state.set_learning_rates(state.health["lr_scale"] * lr_factor(t, state.step, num_steps))
 
         # (2) Update D, then G.
+        g_keep = top_k_fraction(t.top_k, t.top_k_decay, state.step * batch * objective.d_steps / num_images)
         window[filled] = train_step(step_g, step_d, state.opt_g, state.opt_d, real, z, objective, state.step,
-                                    state.ema, ctx.step_noise(state.noise, cfg.seed, state.step), y, state.ada)
+                                    state.ema, ctx.step_noise(state.noise, cfg.seed, state.step), y, state.ada,
+                                    g_keep)
         filled, state.step = filled + 1, state.step + 1
         if state.ada is not None and state.step % t.ada_interval == 0:
             state.ada.adjust(ctx.mean_over_ranks)  # p follows r_t, the same on every rank

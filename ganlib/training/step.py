@@ -54,6 +54,12 @@ class Objective:
                    joint_d=cfg.model.name in BATCH_INDEPENDENT_DISCRIMINATORS)
 
 
+def top_k_fraction(floor: float, decay: float, epoch: float) -> float:
+    """Top-k training (Sinha et al. 2020): the fraction of G's fakes its update keeps at ``epoch``
+    (images seen / dataset size): all at first, then ``decay`` ** epoch down to ``floor``."""
+    return 1.0 if floor >= 1.0 else max(floor, decay**epoch)
+
+
 def ema_beta(decay: float, step: int) -> float:
     """EMA decay at ``step`` (0-based), ramped up so early averages are not dominated by the init."""
     return min(decay, (1.0 + step) / (10.0 + step))
@@ -81,6 +87,7 @@ def train_step(
     noise: torch.Generator | None = None,
     y: torch.Tensor | None = None,
     ada: AdaptiveAugment | None = None,
+    g_keep: float = 1.0,
 ) -> torch.Tensor:
     """``objective.d_steps`` D updates, then one G update. Returns the step's scalars on the device.
 
@@ -90,6 +97,8 @@ def train_step(
     gradient penalty's interpolation weights; ``y`` (d_steps * N,) int64 labels of the real images for
     conditional models (the fakes are made for the same labels, so both follow the data's class balance).
     ``ada``: adaptive augmentation (before DiffAugment) of everything D sees; it observes r_t here.
+    ``g_keep`` < 1: G's loss counts only that fraction of its fakes (at least one), those D scores highest
+    (top-k training, ``top_k_fraction``).
     Returns float32 (d_loss, g_loss, D(x), D(G(z)), fake_std, r_t, ada_p) as in ``METRIC_COLUMNS``, the D
     outputs as mean sigmoid of the last D update (relativistic: of D(x) - D(G(z)) and its negative);
     nothing here synchronises with the host.
@@ -149,6 +158,9 @@ def train_step(
             g_real, g_logits = score(real_i.detach(), fake, y_i)
         else:
             g_logits = discriminator(aug(fake), y_i).float()
+    if g_keep < 1.0:  # top-k: the gradient of G's worst fakes points away from the data; leave it out
+        kept = torch.topk(g_logits, max(1, int(g_keep * len(g_logits))), sorted=False).indices
+        g_logits, g_real = g_logits[kept], (g_real[kept] if relativistic else None)
     g_loss = g_loss_fn(g_logits, g_real) if relativistic else g_loss_fn(g_logits)
     opt_g.zero_grad(set_to_none=True)
     g_loss.backward()

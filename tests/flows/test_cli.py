@@ -44,6 +44,8 @@ def test_flags_map_onto_the_config():
     assert (cfg.data.classes, cfg.train.diffaug, cfg.model.conditional, cfg.data.strict, cfg.data.download) == \
         (["1", "2"], [], True, True, False)
     assert cfg.data.image_size == 32
+    cfg, _ = parse_config(["--top-k", "0.5", "--top-k-decay", "0.98"])
+    assert (cfg.train.top_k, cfg.train.top_k_decay) == (0.5, 0.98)
 
 
 def test_the_flags_of_before_are_all_still_there():

@@ -169,7 +169,8 @@ def test_a_tracked_pipeline_run_and_its_resume(mlflow_server, prefect_harness, t
     assert again["run_id"] == state["run_id"] and len(again["prefect_flow_runs"]) == 2
     run = client.get_run(state["run_id"])
     assert run.data.params["train.steps"] == "12" and run.data.tags["changed.train.steps"] == "18"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/d_loss")] == [4, 8, 12, 16, 18]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/d_loss")]  # as above, both attempts
+    assert {4, 8, 12, 16, 18} <= set(steps) <= {4, 6, 8, 10, 12, 16, 18} and steps == sorted(set(steps)), steps
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/ema/fd")] == [6, 12, 18]
     versions = client.search_model_versions("name = 'ganlib-tracked'")
     assert len(versions) == (1 if again["registered"]["checkpoint"] == best else 2)

@@ -389,3 +389,58 @@ def test_the_relativistic_loss_depends_only_on_the_difference_and_r1_r2_match_se
     assert torch.allclose(r1, g_real.flatten(1).pow(2).sum(1).mean())
     assert torch.allclose(r2, g_fake.flatten(1).pow(2).sum(1).mean())
     assert real_fake_penalties(rl, fl, None, fake)[0] == 0
+
+
+class _TableGenerator(nn.Module):
+    """G whose i-th fake is its i-th weight row, whatever z: which fakes G learned from is visible."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(n, 1, 2, 2, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, z, y=None):
+        return self.table
+
+
+class _LinearCritic(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([1.0, 2.0, -1.0, 0.5]))
+
+    def forward(self, x, y=None):
+        return x.flatten(1) @ self.w
+
+
+@pytest.mark.parametrize("g_keep,kept", [(1.0, 8), (0.5, 4), (0.3, 2), (0.01, 1)])
+def test_top_k_training_updates_g_from_the_fakes_d_scores_highest(g_keep, kept):
+    """Top-k (Sinha et al. 2020): G's update follows only its top fraction of fakes by D's score; the rest
+    get no gradient (so, on Adam's first step, their rows of the table do not move)."""
+    g, d = _TableGenerator(8), _LinearCritic()
+    before = g.table.detach().clone()
+    scores = d(before).detach()  # D does not move: its learning rate is 0
+    opt_g, opt_d = torch.optim.Adam(g.parameters(), lr=1e-2), torch.optim.Adam(d.parameters(), lr=0.0)
+    train_step(g, d, opt_g, opt_d, torch.rand(8, 1, 2, 2), torch.randn(8, 100), Objective(loss="ns"), g_keep=g_keep)
+    moved = (g.table.detach() != before).flatten(1).any(dim=1)
+    assert moved.sum().item() == kept
+    assert set(moved.nonzero().flatten().tolist()) == set(scores.topk(kept).indices.tolist())
+
+
+def test_top_k_fraction_falls_per_epoch_to_its_floor():
+    assert step_mod.top_k_fraction(0.5, 0.99, 0.0) == 1.0
+    assert step_mod.top_k_fraction(0.5, 0.99, 10.0) == pytest.approx(0.99**10)
+    assert step_mod.top_k_fraction(0.5, 0.99, 1000.0) == 0.5
+    assert step_mod.top_k_fraction(1.0, 0.99, 1000.0) == 1.0  # off
+
+
+def test_the_loop_gives_the_step_its_top_k_fraction_by_epoch(tiny, monkeypatch):
+    """400 images in batches of 32: epoch = 0.08 per step; the fraction falls by half per epoch to 0.5."""
+    kept = []
+
+    def step(*args, **kwargs):
+        kept.append(args[-1])  # g_keep, the last positional argument
+        return REAL_STEP(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_step", step)
+    cfg = tiny(run_id="topk", train__top_k=0.5, train__top_k_decay=0.5)
+    train(cfg, prepare_dataset(cfg.data, cfg.out))
+    assert kept == [max(0.5, 0.5 ** (s * 32 / 400)) for s in range(12)] and kept[0] == 1.0 and kept[-1] < 0.6
