@@ -60,6 +60,26 @@ def tiny(tmp_path):
     return lambda **overrides: tiny_config(tmp_path, **overrides)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_cache(tmp_path_factory):
+    """One cache (GANLIB_CACHE_DIR) for every test of this process and its subprocesses, so the tiny runs
+    of many tests fit the digits' classifier and encoder once, not once each (about 5 s a run). Tests about
+    the cache itself, or that change what is in it, take ``own_cache``."""
+    with pytest.MonkeyPatch.context() as patch:
+        path = tmp_path_factory.mktemp("shared-cache")
+        patch.setenv("GANLIB_CACHE_DIR", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def own_cache():
+    """``<out>/_cache``, as a user without GANLIB_CACHE_DIR has it: for a whole module
+    (``pytestmark = pytest.mark.usefixtures("own_cache")``), and for its module fixtures that ask for it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("GANLIB_CACHE_DIR", raising=False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """A temporary Prefect API for the whole session (it takes ~15 s to start)."""

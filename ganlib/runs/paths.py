@@ -1,12 +1,13 @@
 """Where a run's files live, and how they are read: ``RunDir`` for ``<out>/<run-id>/``, ``CacheDir`` for
-``<out>/_cache/``. Every reader and writer of a run's files goes through these two, so a name or a
-layout changes in one place.
+``<out>/_cache/`` (or the directory ``GANLIB_CACHE_DIR`` names). Every reader and writer of a run's files
+goes through these two, so a name or a layout changes in one place.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -172,15 +173,23 @@ class RunDir:
         write_table(rows, self.health_metrics)
 
 
+CACHE_DIR_ENV = "GANLIB_CACHE_DIR"
+
+
 @dataclass(frozen=True)
 class CacheDir:
-    """``<out>/_cache/``: what runs share, each entry named by a key of what made it."""
+    """``<out>/_cache/``: what runs share, each entry named by a key of what made it.
+
+    The environment variable ``GANLIB_CACHE_DIR`` moves it: every output root then shares one cache
+    (prepared datasets, evaluation networks, reference statistics), as ``TORCH_HOME`` does for torch.
+    """
 
     root: Path
 
     @classmethod
     def under(cls, out: Path | str) -> CacheDir:
-        return cls(Path(out) / "_cache")
+        shared = os.environ.get(CACHE_DIR_ENV, "").strip()
+        return cls(Path(shared).expanduser() if shared else Path(out) / "_cache")
 
     def dataset(self, name: str) -> Path:
         """A prepared store: ``datasets/<dataset>-<key>/`` (``images.npy``, ``labels.npy``, ``manifest.json``)."""

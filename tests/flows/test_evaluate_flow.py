@@ -15,9 +15,11 @@ from ganlib.data.store import prepare_dataset
 from ganlib.errors import ConfigError, RunError
 from ganlib.training.loop import train
 
+pytestmark = pytest.mark.usefixtures("own_cache")  # about <out>/_cache itself, or changes it
+
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_settings):
+def trained(tmp_path_factory, tiny_settings, own_cache):
     """A tiny trained run, never evaluated (config.json and checkpoints only)."""
     cfg = build_config({"run_id": "rescore", "out": str(tmp_path_factory.mktemp("evaluate-flow") / "out"),
                         **copy.deepcopy(tiny_settings)})

@@ -18,6 +18,8 @@ import psutil
 import pytest
 import torch
 
+pytestmark = pytest.mark.usefixtures("own_cache")  # about <out>/_cache itself, or changes it
+
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = {
     "device": "cpu", "data": {"dataset": "digits", "num_images": 400}, "model": {"name": "mlp", "hidden_dim": 64},
@@ -31,7 +33,7 @@ SETTINGS = {
 
 
 @pytest.fixture(scope="module")
-def out(tmp_path_factory) -> Path:
+def out(tmp_path_factory, own_cache) -> Path:
     """One output root for every run of the module: after the first run, the others reuse its prepared
     dataset, evaluation networks and reference statistics (``<out>/_cache``), as a user's runs do."""
     return tmp_path_factory.mktemp("out")

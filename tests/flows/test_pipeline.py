@@ -6,7 +6,7 @@ import time
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("own_cache")]  # own_cache: about <out>/_cache
 
 
 def test_pipeline_end_to_end_then_rerun_reuses_everything(tiny, prefect_harness):

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHAOS = REPO / "tests" / "stress" / "chaos.py"
 CHAOS_FLOW = REPO / "tests" / "stress" / "chaos_flow.py"
 
-pytestmark = [pytest.mark.slow, pytest.mark.stress]
+pytestmark = [pytest.mark.slow, pytest.mark.stress, pytest.mark.usefixtures("own_cache")]
 
 
 def test_a_run_killed_at_random_moments_finishes_like_an_uninterrupted_one(tmp_path):

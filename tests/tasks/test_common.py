@@ -6,6 +6,8 @@ from ganlib.errors import CheckpointError, ConfigError, DataError
 from tasks.common import artifact_key, retry_unless_user_error
 from tasks.prepare import _cache_key
 
+pytestmark = pytest.mark.usefixtures("own_cache")  # about <out>/_cache itself, or changes it
+
 
 @pytest.mark.parametrize("run_id", ["E2E_run.1", "digits-dcgan-20260101-120000", "A..b__c", "x" * 80])
 def test_artifact_keys_are_valid_prefect_keys(run_id):

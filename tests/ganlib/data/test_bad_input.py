@@ -16,6 +16,8 @@ from ganlib.data.sources import check_source
 from ganlib.data.store import load_store, prepare_dataset, store_path
 from ganlib.errors import ConfigError, DataError
 
+pytestmark = pytest.mark.usefixtures("own_cache")  # about <out>/_cache itself, or changes it
+
 REPO = Path(__file__).resolve().parents[3]
 
 

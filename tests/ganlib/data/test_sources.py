@@ -13,6 +13,8 @@ from ganlib.config import DataConfig
 from ganlib.data.store import load_store, prepare_dataset, store_key
 from ganlib.errors import DataError
 
+pytestmark = pytest.mark.usefixtures("own_cache")  # about <out>/_cache itself, or changes it
+
 
 def prepare(tmp_path, log=None, **spec):
     messages = []

@@ -9,6 +9,8 @@ from ganlib.data.idx import load_mnist
 from ganlib.data.store import load_store, prepare_dataset, store_key
 from ganlib.errors import DataError
 
+pytestmark = pytest.mark.usefixtures("own_cache")  # about <out>/_cache itself, or changes it
+
 
 def test_digits_store_and_manifest(tmp_path):
     cfg = DataConfig(num_images=300)

@@ -35,12 +35,14 @@ from ganlib.evaluation.inception import InceptionNet
 from ganlib.sampling import fixed_noise, generate, load_generator
 from ganlib.training.loop import train
 
+pytestmark = pytest.mark.usefixtures("own_cache")  # about <out>/_cache itself, or changes it
+
 METRICS = ["fd", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall", "density", "coverage",
            "memorisation_fraction"]
 
 
 @pytest.fixture(scope="module")
-def trained_out(tmp_path_factory, tiny_settings):
+def trained_out(tmp_path_factory, tiny_settings, own_cache):
     """An output root holding one tiny trained run ('ev', checkpoints at steps 6 and 12, with an EMA),
     its prepared store, its domain classifier and its self-supervised encoder."""
     out = tmp_path_factory.mktemp("evaluate") / "out"

@@ -26,6 +26,8 @@ from ganlib.runs import lock as lockmod
 from ganlib.runs.checkpoint import list_checkpoints, load_checkpoint
 from ganlib.runs.lock import LOCK_NAME, check_under_root, read_lock, run_lock
 
+pytestmark = pytest.mark.usefixtures("own_cache")  # about <out>/_cache itself, or changes it
+
 # Holds the lock of argv[1] until its stdin closes; says "held" once it has it, "refused <msg>" if not.
 # With argv[2], waits for that file to appear first, so several holders can race at one moment.
 HOLDER = r"""

@@ -10,6 +10,8 @@ from ganlib.config import RunConfig
 from ganlib.errors import RunError
 from ganlib.runs.paths import CacheDir, RunDir, checkpoint_name
 
+pytestmark = pytest.mark.usefixtures("own_cache")  # about <out>/_cache itself, or changes it
+
 
 def test_the_layout_of_a_run(tmp_path):
     run = RunDir(tmp_path / "r")
@@ -61,3 +63,17 @@ def test_an_unreadable_train_table_is_set_aside_not_fatal(tmp_path, caplog):
         assert run.read_train_rows(up_to_step=5) == []
     assert (run.metrics / "corrupt" / "train.parquet").is_file() and not run.train_metrics.exists()
     assert "is unreadable" in caplog.text and "restarts at step 6" in caplog.text
+
+
+def test_ganlib_cache_dir_moves_the_shared_cache_for_every_output_root(tmp_path, monkeypatch):
+    from ganlib.config import DataConfig
+    from ganlib.data.store import prepare_dataset
+
+    monkeypatch.setenv("GANLIB_CACHE_DIR", str(tmp_path / "shared"))
+    assert CacheDir.under(tmp_path / "a").root == CacheDir.under(tmp_path / "b").root == tmp_path / "shared"
+    data = DataConfig(dataset="digits", num_images=100)
+    first, second = prepare_dataset(data, tmp_path / "a"), prepare_dataset(data, tmp_path / "b")
+    assert first == second and first.parent == tmp_path / "shared" / "datasets"
+    assert not (tmp_path / "a" / "_cache").exists()
+    monkeypatch.setenv("GANLIB_CACHE_DIR", "  ")  # blank: as if unset
+    assert CacheDir.under(tmp_path / "a").root == tmp_path / "a" / "_cache"
