@@ -65,9 +65,11 @@ def shared_cache(tmp_path_factory):
     """One cache (GANLIB_CACHE_DIR) for every test of this process and its subprocesses, so the tiny runs
     of many tests fit the digits' classifier and encoder once, not once each (about 5 s a run). Tests about
     the cache itself, or that change what is in it, take ``own_cache``."""
+    from ganlib.runs.paths import CACHE_DIR_ENV
+
     with pytest.MonkeyPatch.context() as patch:
         path = tmp_path_factory.mktemp("shared-cache")
-        patch.setenv("GANLIB_CACHE_DIR", str(path))
+        patch.setenv(CACHE_DIR_ENV, str(path))
         yield path
 
 
@@ -75,8 +77,10 @@ def shared_cache(tmp_path_factory):
 def own_cache():
     """``<out>/_cache``, as a user without GANLIB_CACHE_DIR has it: for a whole module
     (``pytestmark = pytest.mark.usefixtures("own_cache")``), and for its module fixtures that ask for it."""
+    from ganlib.runs.paths import CACHE_DIR_ENV
+
     with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("GANLIB_CACHE_DIR", raising=False)
+        patch.delenv(CACHE_DIR_ENV, raising=False)
         yield
 
 

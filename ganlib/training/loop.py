@@ -155,6 +155,10 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
     log.info("training %s (%s loss) on %s: %d images %s, %d steps of batch %d on %s", cfg.model.name,
              objective.loss, store.manifest["dataset"], num_images, image_shape, num_steps, batch, device)
 
+    def epoch(step: int) -> float:
+        """Passes over the data after ``step`` steps (each D update takes a batch)."""
+        return step * batch * objective.d_steps / num_images
+
     def save() -> None:
         if ctx.is_writer:
             run.write_train_rows(rows)  # table first: a resume truncates it to the checkpoint
@@ -180,7 +184,7 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
             state.set_learning_rates(state.health["lr_scale"] * lr_factor(t, state.step, num_steps))
 
         # (2) Update D, then G.
-        g_keep = top_k_fraction(t.top_k, t.top_k_decay, state.step * batch * objective.d_steps / num_images)
+        g_keep = top_k_fraction(t.top_k, t.top_k_decay, epoch(state.step))
         window[filled] = train_step(step_g, step_d, state.opt_g, state.opt_d, real, z, objective, state.step,
                                     state.ema, ctx.step_noise(state.noise, cfg.seed, state.step), y, state.ada,
                                     g_keep)
@@ -201,7 +205,7 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
             images_per_sec = filled * batch / max(now - t_flush, 1e-9)
             for i, v in enumerate(values):
                 s = state.step - filled + i + 1
-                rows.append({"step": s, "epoch": s * batch * objective.d_steps / num_images,
+                rows.append({"step": s, "epoch": epoch(s),
                              **dict(zip(METRIC_COLUMNS, v)), "images_per_sec": images_per_sec})
             _report(rows[-1], num_steps, batch, t.max_minutes, now - t_start, on_progress)
             filled, t_flush = 0, time.perf_counter()
