@@ -71,10 +71,11 @@ def _writer_is_gone(tmp: Path) -> bool:
 
     A name without a pid counts as gone; this process, and another user's live one, do not.
     """
-    found = re.match(r"\d+", tmp.name.rsplit(".tmp-", 1)[-1])  # the pid after the last ".tmp-"
-    if found is None:
+    found = re.match(r".*\.tmp-(\d*)", tmp.name)  # greedy: the digits after the last ".tmp-"
+    digits = found.group(1) if found else ""
+    if not digits:
         return True
-    pid = int(found.group())
+    pid = int(digits)
     if pid == os.getpid():
         return False
     try:
