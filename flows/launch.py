@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import faulthandler
 import gc
 import importlib.util
 import os
@@ -132,10 +133,18 @@ def begin(command: str, argv: list[str]) -> None:
     """
     global _head_start
     gc.disable()
+    dump_stacks_on_sigusr1()
     if command in SERVER_COMMANDS and _head_start is None and wants_server(argv):
         _head_start = ServerProcess()
         _warm[:] = WARM_IMPORTS.get(command, ())
         atexit.register(discard_head_start)
+
+
+def dump_stacks_on_sigusr1() -> None:
+    """``kill -USR1 <pid>`` prints the stack of every thread of a command that seems stuck to its stderr, and
+    the command goes on (``faulthandler``: it works even where Python code cannot run, inside a C call)."""
+    if hasattr(signal, "SIGUSR1"):  # not on Windows
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def warm_up() -> bool:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import faulthandler
 import json
 import logging
 import os
@@ -158,6 +159,8 @@ def worker_main(argv: list[str] | None = None) -> int:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     _die_with_parent()
+    if hasattr(signal, "SIGUSR1"):  # kill -USR1 <pid>: a rank that seems stuck prints every thread's stack
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     if os.environ.get(ENV_LAUNCHER):
         _watch_launcher(os.environ[ENV_LAUNCHER])
 

@@ -105,3 +105,18 @@ def test_every_command_begins_and_ends_through_the_launcher_under_its_own_name()
         source = (REPO / (module.replace(".", "/") + ".py")).read_text()
         assert f'launch.begin("{name}", sys.argv[1:])' in source, module
         assert source.rstrip().endswith("sys.exit(launch.run(main))"), module
+
+
+def test_sigusr1_prints_every_threads_stack_and_the_command_goes_on():
+    """What a user does to a command that seems stuck (``kill -USR1 <pid>``): without the handler, SIGUSR1 ends it."""
+    code = ("import os, signal, threading, time\n"
+            "from flows import launch\n"
+            "launch.begin('help', [])\n"
+            "threading.Thread(target=time.sleep, args=(30,), name='sleeper', daemon=True).start()\n"
+            "os.kill(os.getpid(), signal.SIGUSR1)\n"
+            "print('went on')\n")
+    done = _python(code, timeout=60)
+    assert done.returncode == 0 and done.stdout == "went on\n", done.stderr
+    # the main thread where the signal came, and the sleeping thread's own stack
+    assert 'Current thread' in done.stderr and 'File "<string>", line 5' in done.stderr, done.stderr
+    assert "Thread 0x" in done.stderr and "threading.py" in done.stderr, done.stderr
