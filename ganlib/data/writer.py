@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import hashlib
 import logging
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, TypeVar
@@ -146,6 +149,8 @@ def available_cores() -> int:
 _PARENTS_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 _CAN_HOLD_SIGNALS = hasattr(signal, "pthread_sigmask")  # not on Windows, where workers are spawned, not forked
 _STOP_DEADLINE_S = 5.0
+_POLL_S = 0.5  # how often a wait for a result looks whether a worker has died
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _pool_workers(pool: ProcessPoolExecutor) -> list:
@@ -174,7 +179,26 @@ def _signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _worker_start() -> None:
+def _die_with_parent(parent: int) -> None:
+    """Have Linux SIGKILL this worker when the thread that forked it ends (its process killed, say).
+
+    A worker otherwise outlives a SIGKILLed preparation for ever: it waits on a task queue whose
+    other ends it holds itself, keeping its memory and the parent's stdout and stderr open. The
+    pool forks its workers in the consumer's thread, which consumes and stops the pool before it
+    ends. Elsewhere (no ``prctl``) nothing changes.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request was made
+        os._exit(1)
+
+
+def _worker_start(parent: int) -> None:
     """Start a decoding worker clean of what it inherits from its parent through fork.
 
     A flow's process has Prefect's SIGTERM handler (it raises ``TerminationSignal`` and reports to the
@@ -183,6 +207,7 @@ def _worker_start() -> None:
     waiting forever. Workers get the default SIGTERM (die at once), ignore SIGINT (Ctrl-C is the
     parent's to handle) and log nowhere; only then are the signals held since the fork let through.
     """
+    _die_with_parent(parent)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.root.handlers.clear()
@@ -192,6 +217,21 @@ def _worker_start() -> None:
             logger.propagate = False
     if _CAN_HOLD_SIGNALS:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENTS_SIGNALS)
+
+
+def _result(future: Any, workers: list) -> Any:
+    """``future.result()``, or ``BrokenProcessPool`` once a worker has died while it is pending.
+
+    The pool notices a dead worker itself, except one that died half-way through writing a result
+    (the out-of-memory killer): its thread has read the message's length and waits for the rest, and
+    the future for ever. Workers exit only when the pool is shut down, so one gone now has died.
+    """
+    while True:
+        try:
+            return future.result(timeout=_POLL_S)
+        except FutureTimeout:
+            if any(p.exitcode is not None for p in workers):
+                raise BrokenProcessPool("a worker died while a result was pending") from None
 
 
 def _why_it_died(workers: list) -> str:
@@ -209,25 +249,41 @@ def _why_it_died(workers: list) -> str:
 def _stop(pool: ProcessPoolExecutor, workers: list) -> None:
     """End ``pool`` without waiting for tasks nobody wants, and without hanging on a stuck worker.
 
-    Every worker ever started is terminated, given ``_STOP_DEADLINE_S`` to exit, then killed, before
-    the pool's own shutdown joins them: a worker blocked on a queue lock that a dead worker held
-    would otherwise keep that shutdown waiting for ever. Every worker is reaped when this returns,
-    so their exit codes are final (reading them while the pool's thread reaps the same processes
-    lost a SIGKILL now and then).
+    First gently: tasks not yet started are cancelled and each worker finishes the one it holds and
+    exits. A worker must not be killed while it writes a result: the pool's thread would have read
+    the message's length and wait for the rest of it for ever, since this process holds the pipe's
+    other write end (a hang seen in CI, when a preparation with ``limit`` stopped its pool early).
+    Only a worker still running at ``_STOP_DEADLINE_S`` is terminated, then killed. Once every worker
+    is gone, this process's write end is closed too, so a message one of them left half-written (a
+    kill, the out-of-memory killer) ends in EOF for the pool's thread instead of a wait.
+    Every worker is reaped when this returns, so their exit codes are final (reading them while the
+    pool's thread reaps the same processes lost a SIGKILL now and then).
     """
     workers = workers + [p for p in _pool_workers(pool) if p not in workers]
-    for process in workers:
-        with contextlib.suppress(OSError, ValueError):
-            process.terminate()
+    manager = getattr(pool, "_executor_manager_thread", None)  # shutdown(wait=False) forgets both
+    results = getattr(pool, "_result_queue", None)
+    pool.shutdown(wait=False, cancel_futures=True)
     deadline = time.monotonic() + _STOP_DEADLINE_S
     for process in workers:
         process.join(timeout=max(0.0, deadline - time.monotonic()))
-    for process in workers:
+    stuck = [p for p in workers if p.exitcode is None]
+    for process in stuck:
+        with contextlib.suppress(OSError, ValueError):
+            process.terminate()
+    deadline = time.monotonic() + _STOP_DEADLINE_S
+    for process in stuck:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
         if process.exitcode is None:
             with contextlib.suppress(OSError, ValueError):
                 process.kill()
             process.join(timeout=_STOP_DEADLINE_S)
-    pool.shutdown(wait=True, cancel_futures=True)
+    writer = getattr(results, "_writer", None)
+    if writer is not None:
+        writer.close()  # never written by this process; data already in the pipe is still read before EOF
+    if manager is not None:
+        manager.join(timeout=_STOP_DEADLINE_S)
+        if manager.is_alive():
+            logging.getLogger(__name__).warning("data preparation: a worker pool's thread did not stop; left behind")
 
 
 def map_ordered(fn: Callable[[Any], R], items: Iterable[tuple[M, Any]], workers: int,
@@ -236,7 +292,8 @@ def map_ordered(fn: Callable[[Any], R], items: Iterable[tuple[M, Any]], workers:
 
     At most ``window`` (default 2 x workers) tasks are submitted and not yet consumed, so the
     results waiting in memory are bounded. ``workers <= 1`` runs in this process. A worker that
-    dies (killed, out of memory) raises ``DataError`` at once instead of leaving the wait hanging.
+    dies (killed, out of memory, even half-way through sending a result) raises ``DataError`` within
+    ``_POLL_S`` instead of leaving the wait hanging; workers die with this process (Linux).
     Closing the generator early (the consumer has enough, or failed) stops the workers. ``fn`` and
     the tasks must be picklable where the platform starts workers by spawning.
     """
@@ -250,7 +307,8 @@ def map_ordered(fn: Callable[[Any], R], items: Iterable[tuple[M, Any]], workers:
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
-        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_worker_start)
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_worker_start,
+                                   initargs=(os.getpid(),))
     pending: collections.deque = collections.deque()
     seen: list = []  # every worker started: the pool forgets a dead one before we can ask why it died
     broken = False
@@ -261,10 +319,10 @@ def map_ordered(fn: Callable[[Any], R], items: Iterable[tuple[M, Any]], workers:
             seen.extend(p for p in _pool_workers(pool) if p not in seen)
             if len(pending) >= window:
                 meta0, future = pending.popleft()
-                yield meta0, future.result()
+                yield meta0, _result(future, seen)
         while pending:
             meta0, future = pending.popleft()
-            yield meta0, future.result()
+            yield meta0, _result(future, seen)
     except BrokenProcessPool:
         broken = True
     finally:
