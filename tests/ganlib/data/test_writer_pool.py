@@ -10,12 +10,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
 from ganlib.data.writer import map_ordered
 from ganlib.errors import DataError
+from ganlib.runs.lock import pid_alive
 
 
 def _handlers(_task: int) -> tuple[object, object]:
@@ -41,6 +41,11 @@ def test_workers_do_not_inherit_the_parents_signal_handlers(monkeypatch):
     assert results == [(signal.SIG_DFL, signal.SIG_IGN)] * 4
 
 
+def _python(code: str) -> subprocess.CompletedProcess:
+    """``code`` run by a fresh interpreter, with a deadline: a hang fails the test instead of the suite."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
 def _error_of(worker: str) -> str:
     """What ``map_ordered(_work, 8 tasks, workers=2)`` prints, run in a subprocess with a deadline, ``_work``
     defined by ``worker`` (source): the DataError's message, or the traceback."""
@@ -53,7 +58,7 @@ def _error_of(worker: str) -> str:
         except DataError as err:
             print(err)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = _python(code)
     return out.stdout + out.stderr
 
 
@@ -134,7 +139,7 @@ def test_a_worker_that_ignores_terminate_is_killed_not_waited_for():
         results.close()
         print(f"closed in {time.monotonic() - start:.1f} s")
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = _python(code)
     assert out.returncode == 0 and "closed in" in out.stdout, out.stdout + out.stderr
     assert float(out.stdout.split()[2]) < 10, out.stdout
 
@@ -155,7 +160,7 @@ def test_closing_early_while_workers_send_large_results_does_not_hang():
             results.close()
         print("closed 10 times")
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = _python(code)
     assert "closed 10 times" in out.stdout, out.stdout + out.stderr
 
 
@@ -173,14 +178,6 @@ def test_a_worker_killed_half_way_through_sending_a_result_is_an_error_not_a_han
             return task
     """)
     assert "a decoding worker was killed (SIGKILL: out of memory?)" in out, out
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"  # an orphan's zombie may wait for a reaper that never comes in a container
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
@@ -208,9 +205,9 @@ def test_workers_die_with_a_killed_parent(tmp_path):
         assert subprocess.run([sys.executable, "-c", code], stdout=out, stderr=out, timeout=60).returncode == -9
     workers = [int(pid) for pid in pids.read_text().split()]
     deadline = time.monotonic() + 10
-    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+    while any(pid_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    left = [pid for pid in workers if _running(pid)]
+    left = [pid for pid in workers if pid_alive(pid)]
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"workers {left} outlived their parent"
