@@ -84,6 +84,25 @@ def own_cache():
         yield
 
 
+@pytest.fixture
+def zombie_pid() -> int:
+    """The pid of a child that has exited and is not reaped yet: ``kill(pid, 0)`` still succeeds, as it
+    does for a killed writer whose parent has not waited for it. Reaped at teardown."""
+    import subprocess
+    import sys
+    import time
+
+    from ganlib.runs.lock import _is_zombie
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])  # exits, and stays unreaped until wait()
+    deadline = time.monotonic() + 30
+    while not _is_zombie(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _is_zombie(child.pid), "the child did not exit within 30 s"
+    yield child.pid
+    child.wait()
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """A temporary Prefect API for the whole session (it takes ~15 s to start)."""

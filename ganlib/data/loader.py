@@ -143,8 +143,8 @@ class BatchSource:
         return batch, indices
 
     def _load(self, indices: torch.Tensor) -> torch.Tensor:
-        """Gather rows from the memory map (in file order, for locality) onto the device; runs in "
-          "the thread."""
+        """Gather rows from the memory map (in file order, for locality) onto the device; runs in the
+        prefetch thread."""
         idx = indices.numpy()
         order = np.argsort(idx, kind="stable")
         rows = np.empty((len(idx), *self.images.shape[1:]), dtype=np.uint8)

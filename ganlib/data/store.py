@@ -51,7 +51,7 @@ from ganlib.data.writer import (
     sha256_npy_data,
 )
 from ganlib.errors import DataError
-from ganlib.runs.files import atomic_write_bytes, atomic_write_json
+from ganlib.runs.files import atomic_write_bytes, atomic_write_json, writer_is_gone
 from ganlib.runs.paths import CacheDir
 
 STORE_FORMAT = 2
@@ -106,15 +106,8 @@ def read_store_manifest(store_dir: Path) -> dict[str, Any] | None:
 def _remove_stale_temporaries(final: Path) -> None:
     """Delete temporary directories of earlier preparations whose process no longer runs."""
     for tmp in final.parent.glob(f".{final.name}.tmp-*"):
-        try:
-            pid = int(tmp.name.rsplit("-", 1)[1])
-            os.kill(pid, 0)  # raises if no such process
-            if pid == os.getpid():
-                raise ProcessLookupError
-        except (ValueError, ProcessLookupError):
+        if writer_is_gone(tmp):  # (this process's own is removed by the caller)
             shutil.rmtree(tmp, ignore_errors=True)
-        except PermissionError:  # someone else's live process
-            pass
 
 
 def _check_strict(cfg: DataConfig, skipped: list[dict[str, str]], total: int) -> None:

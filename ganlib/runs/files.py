@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ganlib.runs.lock import pid_alive
+
 
 def _fsync_dir(directory: Path) -> None:
     try:
@@ -61,30 +63,23 @@ def _remove_dead_writers_files(target: Path) -> None:
     temporary file of a live process (another run writing the same cache entry now) is left alone.
     """
     for tmp in target.parent.glob(f".{target.stem}.tmp-*{target.suffix}"):
-        if _writer_is_gone(tmp):
+        if writer_is_gone(tmp):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 
 
-def _writer_is_gone(tmp: Path) -> bool:
+def writer_is_gone(tmp: Path) -> bool:
     """Whether the process named in a temporary file's name (``.<name>.tmp-<pid>[suffix]``) has ended.
 
-    A name without a pid counts as gone; this process, and another user's live one, do not.
+    A name without a pid counts as gone; this process, and another user's live one, do not. A killed
+    writer that its parent has not reaped yet (a zombie) has ended: ``runs.lock.pid_alive`` decides.
     """
     found = re.match(r".*\.tmp-(\d*)", tmp.name)  # greedy: the digits after the last ".tmp-"
     digits = found.group(1) if found else ""
     if not digits:
         return True
     pid = int(digits)
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)  # raises if there is no such process
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # another user's live process
-        return False
-    return False
+    return pid != os.getpid() and not pid_alive(pid)
 
 
 def atomic_write_bytes(target: Path, data: bytes) -> None:
@@ -119,7 +114,7 @@ def remove_temporary_files(root: Path) -> list[Path]:
     process's own write in flight (the MLflow tracker's thread saving its state while training starts:
     deleting it failed that write, and tracking went off) and is left alone.
     """
-    leftovers = [p for p in Path(root).rglob(".*.tmp-*") if p.is_file() and _writer_is_gone(p)]
+    leftovers = [p for p in Path(root).rglob(".*.tmp-*") if p.is_file() and writer_is_gone(p)]
     for p in leftovers:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()

@@ -52,6 +52,24 @@ def test_interrupted_preparation_leaves_no_complete_looking_store(tmp_path, monk
     assert list(root.iterdir()) == []
 
 
+def test_a_dead_preparations_temporary_is_removed_and_a_live_ones_kept(tmp_path, zombie_pid):
+    """Temporaries are named by their preparing process: one whose process is gone (or killed and not yet
+    reaped by its parent) is removed by the next preparation of that store; another live one is not."""
+    import os
+
+    from ganlib.data.store import store_path
+
+    cfg = DataConfig(num_images=300)
+    final = store_path(cfg, tmp_path)
+    final.parent.mkdir(parents=True)
+    unreaped, live = (final.with_name(f".{final.name}.tmp-{pid}") for pid in (zombie_pid, os.getppid()))
+    for tmp in (unreaped, live):
+        (tmp / "images.npy").parent.mkdir()
+        (tmp / "images.npy").write_bytes(b"partial")
+    assert prepare_dataset(cfg, tmp_path) == final
+    assert sorted(final.parent.iterdir()) == sorted([final, live])
+
+
 def test_tampered_store_is_detected(tmp_path):
     path = prepare_dataset(DataConfig(num_images=300), tmp_path)
     images = np.load(path / "images.npy")

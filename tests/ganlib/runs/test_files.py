@@ -43,3 +43,13 @@ def test_a_runs_cleanup_removes_dead_writers_files_and_keeps_writes_in_flight(tm
         p.write_bytes(b"partial")
     assert sorted(remove_temporary_files(run)) == sorted([dead, nameless])
     assert not dead.exists() and not nameless.exists() and mine.exists() and live.exists()
+
+
+def test_a_killed_writer_not_yet_reaped_counts_as_gone(tmp_path, zombie_pid):
+    """A writer killed while its parent (a flow retrying the task, a launcher) has not waited for it yet
+    still answers ``kill(pid, 0)``; its temporary file is a leftover all the same."""
+    run = tmp_path / "run"
+    run.mkdir()
+    unreaped = run / f".summary.tmp-{zombie_pid}.json"
+    unreaped.write_bytes(b"partial")
+    assert remove_temporary_files(run) == [unreaped] and not unreaped.exists()

@@ -193,7 +193,7 @@ def test_a_lock_with_our_own_pid_that_we_do_not_hold_is_stale(tmp_path, ganlib_l
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
-def test_a_reused_pid_and_an_unreaped_zombie_do_not_count_as_the_holder(tmp_path):
+def test_a_reused_pid_and_an_unreaped_zombie_do_not_count_as_the_holder(tmp_path, zombie_pid):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         # A live PID, but the process started at another time than the lock's holder did.
@@ -208,14 +208,9 @@ def test_a_reused_pid_and_an_unreaped_zombie_do_not_count_as_the_holder(tmp_path
         sleeper.kill()
         sleeper.wait()
 
-    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exits, and stays unreaped until wait()
-    deadline = time.monotonic() + 30
-    while not lockmod._is_zombie(zombie.pid) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    _write_lock(tmp_path / "zombie", pid=zombie.pid)
+    _write_lock(tmp_path / "zombie", pid=zombie_pid)
     with run_lock(tmp_path / "zombie"):
         assert read_lock(tmp_path / "zombie")["pid"] == os.getpid()
-    zombie.wait()
 
 
 def test_a_lock_held_on_another_host_is_respected(tmp_path):
