@@ -116,8 +116,9 @@ def parse_config(argv: list[str] | None = None) -> tuple[RunConfig, bool]:
 def _main(argv: list[str] | None) -> int:
     config, dry_run = parse_config(argv)
     if dry_run:
-        if config.preset_note:  # which preset 'auto' took, and why (stderr: stdout is the config alone)
-            print(config.preset_note, file=sys.stderr)
+        note = config.preset_note or config.preset_choice()  # which preset 'auto' took or will take, and why
+        if note:  # stderr: stdout is the config alone
+            print(note, file=sys.stderr)
         return print_json(config)
     check_run(config)  # fail in a second, not after the Prefect server has started
     if config.preset_note:

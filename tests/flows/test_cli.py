@@ -131,7 +131,7 @@ def test_dry_run_prints_the_resolved_config(capsys):
     assert build_config(printed).model_dump() == again.model_dump()  # --config takes it back
 
 
-def test_dry_run_says_which_preset_model_auto_takes_and_why(capsys):
+def test_dry_run_says_which_preset_model_auto_takes_and_why(capsys, tmp_path):
     assert main(["--dry-run", "--image-size", "32", "--run-id", "dry"]) == 0
     out, err = capsys.readouterr()
     printed = json.loads(out)
@@ -146,6 +146,11 @@ def test_dry_run_says_which_preset_model_auto_takes_and_why(capsys):
     assert json.loads(out)["model"]["name"] == "mlp" and err.startswith("model auto: mlp (28-px grey images")
     assert main(["--dry-run", "--model", "dcgan", "--run-id", "dry"]) == 0  # a named model: nothing to say
     assert capsys.readouterr().err == ""
+    # A folder at 28 px: grey or RGB is known once its images are prepared, and the line says what follows.
+    assert main(["--dry-run", "--dataset", "folder", "--data-root", str(tmp_path), "--run-id", "dry"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["model"]["name"] == "auto"
+    assert err == "model auto: chosen once the images are prepared: mlp if they are grey, dcgan if they are RGB\n"
 
 
 def test_a_config_file_that_is_not_an_object_is_one_line(tmp_path, capsys):
