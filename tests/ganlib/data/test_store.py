@@ -1,4 +1,5 @@
 import json
+import os
 import time
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 
 from ganlib.config import DataConfig
 from ganlib.data.idx import load_mnist
-from ganlib.data.store import load_store, prepare_dataset, store_key
+from ganlib.data.store import load_store, prepare_dataset, store_key, store_path
 from ganlib.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("own_cache")  # about <out>/_cache itself, or changes it
@@ -55,10 +56,6 @@ def test_interrupted_preparation_leaves_no_complete_looking_store(tmp_path, monk
 def test_a_dead_preparations_temporary_is_removed_and_a_live_ones_kept(tmp_path, zombie_pid):
     """Temporaries are named by their preparing process: one whose process is gone (or killed and not yet
     reaped by its parent) is removed by the next preparation of that store; another live one is not."""
-    import os
-
-    from ganlib.data.store import store_path
-
     cfg = DataConfig(num_images=300)
     final = store_path(cfg, tmp_path)
     final.parent.mkdir(parents=True)
