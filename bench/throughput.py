@@ -2,6 +2,7 @@
 
     python -m bench.throughput --device cpu --image-size 64 --batch-size 64 --ngf 64 --ndf 64 --steps 20
     python -m bench.throughput ... --precision bf16 --channels-last off   # speed options, one at a time
+    python -m bench.throughput ... --compile --warmup 10                  # torch.compile G and D
     # the default run's model (mlp, hidden 512) and batch:
     python -m bench.throughput --device cpu --model mlp --image-size 28 --channels 1 --batch-size 128 --steps 200
     # where a step's time goes (torch.profiler over 100 more steps, grouped by kind of operator):
@@ -65,6 +66,7 @@ def main() -> None:
                    help="after timing, profile this many more steps and print where the time goes")
     p.add_argument("--fused-optimizer", choices=["auto", "on", "off"], default="auto",
                    help="as train.fused_optimizer: auto is fused Adam where torch has it, off is foreach")
+    p.add_argument("--compile", action="store_true", help="as train.compile: torch.compile G and D (use --warmup 10)")
     args = p.parse_args()
 
     device = torch.device(args.device)
@@ -78,7 +80,7 @@ def main() -> None:
     images = torch.randint(0, 256, size, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     bench = make_step(spec, images, args.batch_size, device, precision=args.precision,
                       channels_last=args.channels_last, fused_optimizer=args.fused_optimizer,
-                      diffaug=diffaug, ema_decay=args.ema_decay)
+                      diffaug=diffaug, ema_decay=args.ema_decay, compile=args.compile)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = time_steps(bench.step, args.steps, args.warmup, device)
@@ -94,7 +96,7 @@ def main() -> None:
         "batch_size": args.batch_size, "ngf": args.ngf, "ndf": args.ndf, "hidden_dim": args.hidden_dim,
         "d_hidden_dim": args.d_hidden_dim or args.hidden_dim,
         "noise_dim": args.noise_dim, "precision": args.precision, "channels_last": bench.channels_last,
-        "fused": bench.fused, "diffaug": ",".join(diffaug) or "none", "ema_decay": args.ema_decay,
+        "fused": bench.fused, "compile": args.compile, "diffaug": ",".join(diffaug) or "none", "ema_decay": args.ema_decay,
         "steps": args.steps,
         "images_per_sec": round(images_per_sec, 1),
         "ms_per_step": round(1000 * seconds / args.steps, 2),

@@ -123,6 +123,11 @@ def field_help(field: FieldInfo, default_text: str | None = None) -> str:
     return " ".join(part for part in ((field.description or "").strip(), default) if part).replace("%", "%%")
 
 
+def _word_or_int(text: str) -> str | int:
+    """A flag's value for a field that takes a word or a number (``--image-size auto`` or ``64``)."""
+    return int(text) if text.strip().lstrip("+-").isdigit() else text
+
+
 def _argument(dotted: str, flag: str, field: FieldInfo) -> dict[str, Any]:
     """argparse keywords for the field's type. Values are not checked here: the config validates them,
     so a bad one gets the same message from a flag, a config file or a flow parameter."""
@@ -134,7 +139,10 @@ def _argument(dotted: str, flag: str, field: FieldInfo) -> dict[str, Any]:
         return {"action": argparse.BooleanOptionalAction}
     if get_origin(kind) is Literal:
         choices = get_args(kind)
-        return {"type": type(choices[0]), "metavar": "{" + ",".join(map(str, choices)) + "}"}
+        metavar = "{" + ",".join(map(str, choices)) + "}"
+        if {type(c) for c in choices} == {str, int}:  # 'auto' or a number: a number stays an int
+            return {"type": _word_or_int, "metavar": metavar}
+        return {"type": type(choices[0]), "metavar": metavar}
     if get_origin(kind) is list:  # one comma-separated string ("a,b"), split by the field's validator
         (item,) = get_args(kind)
         if get_origin(item) is Literal:

@@ -48,6 +48,7 @@ from pydantic import ValidationError
 
 from flows.server import temporary_server
 from ganlib.config import RUN_ID_PATTERN, RunConfig, build_config
+from ganlib.data.sources import sized_config
 from ganlib.preflight import check_run
 from ganlib.runs.files import remove_temporary_files
 from ganlib.runs.lock import run_lock
@@ -79,7 +80,10 @@ def gan_pipeline(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B0
     if config.run_id is None:  # the name the run was given is its id, so a retry finds the same directory
         name = runtime.flow_run.name
         config = config.model_copy(update={"run_id": name}) if name and re.fullmatch(RUN_ID_PATTERN, name) else config
-    config = config.resolved()
+    sized_now = config.data.image_size == "auto"  # a flow run's parameters may say 'auto' (the CLI resolves first)
+    config = sized_config(config).resolved()
+    if sized_now and config.size_note:
+        print(config.size_note)
     check_run(config)
     tags = {"prefect.flow_run_id": str(runtime.flow_run.id), "prefect.flow_run_name": str(runtime.flow_run.name)}
     # the same run id started twice at once is refused; MLflow tracking when asked (--mlflow-uri), else nothing
@@ -88,7 +92,7 @@ def gan_pipeline(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B0
         store = prepare_dataset_task(config.data, str(config.out))
         saved = RunDir(config.run_dir).read_config() if RunDir(config.run_dir).config.is_file() else None
         chosen_now = config.model.name == "auto"  # a flow run's parameters name 'auto' (the CLI resolves first)
-        config = config.keeping_preset(saved).resolved(channels=store["shape"][0])  # model 'auto': for these images
+        config = config.keeping_preset(saved).resolved(*store["shape"][:2])  # 'auto' settings: for these images
         if chosen_now and config.preset_note:
             print(config.preset_note)
         trained = train_task(config, store["store_dir"])
@@ -110,19 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_config(argv: list[str] | None = None) -> tuple[RunConfig, bool]:
     """The validated config from the command line (``--config FILE.json``, flags on top) and ``--dry-run``."""
     args = build_parser().parse_args(argv)
-    return build_config(config_data(args, RUN_FIELDS)).resolved(), args.dry_run
+    return sized_config(build_config(config_data(args, RUN_FIELDS))).resolved(), args.dry_run
 
 
 def _main(argv: list[str] | None) -> int:
     config, dry_run = parse_config(argv)
     if dry_run:
-        note = config.preset_note or config.preset_choice()  # which preset 'auto' took or will take, and why
-        if note:  # stderr: stdout is the config alone
+        notes = (config.size_note, config.preset_note or config.preset_choice())  # what 'auto' took, and why
+        for note in filter(None, notes):  # stderr: stdout is the config alone
             print(note, file=sys.stderr)
         return print_json(config)
     check_run(config)  # fail in a second, not after the Prefect server has started
-    if config.preset_note:
-        print(config.preset_note)
+    for note in filter(None, (config.size_note, config.preset_note)):
+        print(note)
     check_tracking(config)  # --mlflow-uri without mlflow installed
     with temporary_server():
         summary = gan_pipeline(config)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -82,9 +83,11 @@ class DataConfig(_Section):
     num_images: int = Field(
         20_000, ge=100, le=1_000_000, description="digits: how many images to generate.")
     seed: int = Field(7, ge=0, le=2**63 - 1, description="digits: generator seed (independent of the run seed).")
-    image_size: Literal[28, 32, 64, 128, 256] = Field(
-        28, description="Side of the prepared square images, pixels (resnet: 32 and up; the embedded "
-        "digits are drawn at 28, 32 and 64).")
+    image_size: Literal["auto", 28, 32, 64, 128, 256] = Field(
+        "auto", description="Side of the prepared square images, pixels (resnet: 32 and up; the embedded "
+        "digits are drawn at 28, 32 and 64). 'auto': the images' own size, the largest of these not above "
+        "their shorter side (a folder: the median of a sample), at most 64 when training on a CPU; the "
+        "digits 28.")
     limit: int | None = Field(
         None, ge=1, description="Keep at most this many images (the first N readable ones).")
     channels: Literal["auto", "grayscale", "rgb"] = Field(
@@ -281,6 +284,25 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+IMAGE_SIZES = (28, 32, 64, 128, 256)  # what data.image_size takes besides 'auto'
+CPU_MAX_SIZE = 64  # 'auto' on a CPU: larger images train too slowly there to be a default
+# The shorter side of the named datasets' images, and why: 'auto' needs to read nothing for them.
+KNOWN_SIDES = {"digits": (28, "the embedded digits' classic size"), "mnist": (28, "mnist images are 28 px"),
+               "fashion-mnist": (28, "fashion-mnist images are 28 px"), "kmnist": (28, "kmnist images are 28 px"),
+               "cifar10": (32, "cifar10 images are 32 px"), "celeba": (178, "img_align_celeba images are 178x218 px")}
+
+
+def size_for(side: int, why: str, on_gpu: Callable[[], bool]) -> tuple[int, str]:
+    """``data.image_size`` 'auto' for images whose shorter side is ``side`` px (``why``: how that is known):
+    the largest of ``IMAGE_SIZES`` not above it (the smallest for smaller images), at most ``CPU_MAX_SIZE``
+    unless ``on_gpu()`` (asked only then); returns (size, why)."""
+    natural = max([s for s in IMAGE_SIZES if s <= side], default=IMAGE_SIZES[0])
+    if natural <= CPU_MAX_SIZE or on_gpu():
+        return natural, why
+    return CPU_MAX_SIZE, (f"{why}; {CPU_MAX_SIZE} px at most when training on a CPU, --image-size {natural} "
+                          "trains at their size")
+
+
 def choose_preset(channels: int, image_size: int, gpu: bool = False) -> tuple[str, str]:
     """``model.name auto``: (preset, why) for prepared images of ``channels`` x ``image_size`` px, trained on a
     GPU or not. Measured choices (bench/RESULTS.md): grey 28-px images (digits) get the MLP, the best samples
@@ -296,7 +318,7 @@ def choose_preset(channels: int, image_size: int, gpu: bool = False) -> tuple[st
                      "at equal CPU time (docs/models.md)")
 
 
-def _trains_on_gpu(device: str) -> bool:
+def trains_on_gpu(device: str) -> bool:
     """Whether ``device`` ('auto', 'cpu', 'cuda[:N]', 'mps') trains on a CUDA GPU ('auto': when one is here)."""
     if device == "auto":
         import torch  # only here: the config module stays light (no torch import to validate a config)
@@ -473,6 +495,7 @@ class RunConfig(_Section):
     dist: DistConfig = Field(default_factory=DistConfig)
     # Which preset 'auto' took and why, once resolved here (not saved: config.json names the preset itself).
     _preset_choice: str | None = PrivateAttr(None)
+    _size_choice: str | None = PrivateAttr(None)  # the same for data.image_size 'auto
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("out", mode="before")
@@ -492,17 +515,48 @@ class RunConfig(_Section):
                 f"use a multiple of {world}")
         return self
 
-    def resolved(self, channels: int | None = None) -> RunConfig:
+    def resolved(self, channels: int | None = None, image_size: int | None = None) -> RunConfig:
         """A copy with the run id filled in (a timestamped default when none was given) and the preset's
         settings in place of 'auto' (``for_data``) where they are known before the data is prepared.
 
-        ``channels``: of the prepared images, when known (training passes it; then nothing stays 'auto').
+        ``channels``: of the prepared images, when known (training passes it; then nothing stays 'auto');
+        ``image_size``: theirs, likewise (``with_image_size``; ``ganlib.data.sources.sized_config`` reads it
+        from the source before preparation).
         """
-        cfg = self.for_data(channels if channels is not None else self.known_channels())
+        cfg = self.with_image_size(image_size)
+        cfg = cfg.for_data(channels if channels is not None else cfg.known_channels())
         if cfg.run_id is not None:
             return cfg
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         return cfg.model_copy(update={"run_id": f"{cfg.data.dataset}-{cfg.model.name}-{stamp}"})
+
+    def with_image_size(self, image_size: int | None = None, why: str = "the prepared images' size") -> RunConfig:
+        """``data.image_size`` 'auto' replaced by ``image_size`` (``why``: where it comes from), else by the run's
+        own (its config.json: a run keeps its size on any machine), else by the named datasets' known size
+        (``KNOWN_SIDES``, ``size_for``); left 'auto' otherwise: a folder's or an array file's size is
+        ``ganlib.data.sources.sized_config``'s business (the data layer reads them; this one cannot)."""
+        if self.data.image_size != "auto":
+            return self
+        if image_size is None and self.run_id is not None and (self.run_dir / "config.json").is_file():
+            try:
+                saved = json.loads((self.run_dir / "config.json").read_text())["data"]["image_size"]
+            except (OSError, ValueError, KeyError, TypeError):
+                saved = None
+            if isinstance(saved, int):
+                image_size, why = saved, "the run's own, from its config.json"
+        if image_size is None and self.data.dataset in KNOWN_SIDES:
+            image_size, why = size_for(*KNOWN_SIDES[self.data.dataset], lambda: trains_on_gpu(self.device))
+        if image_size is None:
+            return self
+        cfg = self.model_copy(update={"data": self.data.model_copy(update={"image_size": image_size})})
+        if self.data.dataset != "digits":  # the embedded digits are 28 px unless asked: nothing to say
+            cfg._size_choice = f"image size auto: {image_size} px ({why})"
+        return cfg
+
+    @property
+    def size_note(self) -> str | None:
+        """One line saying which size ``data.image_size`` 'auto' took and why (None when it was given)."""
+        return self._size_choice
 
     def known_channels(self) -> int | None:
         """Channels of the prepared images where the config alone says (None: the source decides)."""
@@ -516,7 +570,9 @@ class RunConfig(_Section):
         if self.model.name != "auto":
             return None
         channels = channels if channels is not None else self.known_channels()
-        gpu = _trains_on_gpu(self.device)
+        gpu = trains_on_gpu(self.device)
+        if self.data.image_size == "auto":
+            return "model auto: chosen once the images are found (their size and channels decide)"
         if channels is None and self.data.image_size == 28:
             other = "r3gan" if gpu else "dcgan"
             return f"model auto: chosen once the images are prepared: mlp if they are grey, {other} if they are RGB"
@@ -536,8 +592,8 @@ class RunConfig(_Section):
         'auto' while ``channels`` is None and the size alone does not decide), then every training setting
         left to the preset ('auto', or None) filled from ``PRESET_DEFAULTS``."""
         name = self.model.name
-        if name == "auto" and (channels is not None or self.data.image_size != 28):
-            name, _ = choose_preset(channels or 3, self.data.image_size, _trains_on_gpu(self.device))
+        if name == "auto" and self.data.image_size != "auto" and (channels is not None or self.data.image_size != 28):
+            name, _ = choose_preset(channels or 3, self.data.image_size, trains_on_gpu(self.device))
         if name == "auto":
             return self
         updates: dict[str, dict[str, Any]] = {"model": {"name": name}, "train": {}}
@@ -589,7 +645,8 @@ RESUMABLE_CHANGES = {
 
 
 # Fields a config may leave to the preset or to a measurement ('auto' or None) until training resolves them.
-_RESOLVED_LATER = {"model.name", "train.precision", *(k for d in PRESET_DEFAULTS.values() for k in d)}
+_RESOLVED_LATER = {"model.name", "data.image_size", "train.precision",
+                   *(k for d in PRESET_DEFAULTS.values() for k in d)}
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ganlib.config import RunConfig, check_resumable
 from ganlib.data.digits import check_digits_size
 from ganlib.data.loader import check_batch_size
-from ganlib.data.sources import check_source
+from ganlib.data.sources import check_source, sized_config
 from ganlib.evaluation import dinov2
 from ganlib.evaluation.inception import check_weights_file
 from ganlib.models import check_image_size
@@ -17,7 +17,7 @@ from ganlib.runs.paths import RunDir
 
 def check_run(cfg: RunConfig) -> None:
     """Validate what pydantic cannot: the device exists, the data is there, a resumed run matches."""
-    cfg = cfg.resolved()
+    cfg = sized_config(cfg).resolved()
     check_under_root(cfg.run_dir, cfg.out)  # behind the run-id pattern: nothing escapes the output root
     check_writable_directory(cfg.run_dir, "out")
     check_not_running(cfg.run_dir)

@@ -37,7 +37,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ganlib.config import DataConfig
+from ganlib.config import CPU_MAX_SIZE, KNOWN_SIDES, DataConfig, RunConfig, size_for, trains_on_gpu
 from ganlib.data import digits, idx
 from ganlib.data.imaging import IMAGE_EXTENSIONS, is_image_file
 from ganlib.errors import DataError
@@ -779,6 +779,70 @@ def open_source(cfg: DataConfig, located: Located) -> Source:
         return _open_idx(cfg, located)
     return {"npz": _open_npz, "cifar10": _open_cifar, "celeba": _open_celeba,
             "folder": _open_folder}[located.dataset](cfg, located)
+
+
+# --- the images' own size (data.image_size auto) -------------------------------------------
+
+SIZE_SAMPLE = 64  # folder files whose headers are read to find the images' size
+
+
+def _folder_side(located: Located) -> tuple[int | None, str]:
+    """The median shorter side of up to ``SIZE_SAMPLE`` of a folder's files, evenly spaced (headers only)."""
+    from PIL import Image  # only here: the size is read from the headers, no image is decoded
+
+    names = [rel for group in located.extra["by_class"].values() for rel in group]
+    picked = [names[i] for i in np.linspace(0, len(names) - 1, min(len(names), SIZE_SAMPLE)).round().astype(int)]
+    sides = []
+    for rel in dict.fromkeys(picked):
+        try:
+            with Image.open(located.root / rel) as im:  # type: ignore[operator]
+                sides.append(min(im.size))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue  # unreadable files are skipped (and listed) by preparation
+    if not sides:
+        return None, f"none of {len(set(picked))} sampled files could be opened"
+    return int(np.median(sides)), f"the median shorter side of {len(sides)} of its {len(names)} images"
+
+
+def native_side(cfg: DataConfig) -> tuple[int | None, str]:
+    """The shorter side of ``cfg``'s images in pixels, and where that comes from (None: not known).
+
+    Known for the named datasets (``KNOWN_SIDES``); read from the headers of IDX and npy files, and of a
+    sample of a folder's files (cheap: nothing is decoded). A one-line ``DataError`` if the source is missing.
+    """
+    if cfg.dataset in KNOWN_SIDES:
+        return KNOWN_SIDES[cfg.dataset]
+    located = locate(cfg)
+    if located.dataset == "idx":
+        dims = located.extra["header"].dims
+        return min(dims[1], dims[2]), f"its IDX header says {dims[1]}x{dims[2]} px"
+    if located.dataset == "npz":
+        shape = located.extra["shape"]
+        return min(shape[1], shape[2]), f"its arrays are {shape[1]}x{shape[2]} px"
+    return _folder_side(located)
+
+
+def auto_image_size(cfg: DataConfig, on_gpu: Callable[[], bool] = lambda: True) -> tuple[int, str]:
+    """``data.image_size auto``: (size, why), by ``ganlib.config.size_for`` (at most ``CPU_MAX_SIZE``
+    unless ``on_gpu()``); ``CPU_MAX_SIZE`` when no sampled file of a folder could be opened."""
+    side, why = native_side(cfg)
+    if side is None:
+        return CPU_MAX_SIZE, f"{why}; {CPU_MAX_SIZE} px by default"
+    return size_for(side, why, on_gpu)
+
+
+def sized_config(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``data.image_size`` 'auto' decided before preparation: the run's own size where it exists
+    (``RunConfig.with_image_size``), else the images' (``auto_image_size``, at most ``CPU_MAX_SIZE`` unless
+    it trains on a GPU); left 'auto' while the source cannot be found (the preflight says why)."""
+    cfg = cfg.with_image_size()
+    if cfg.data.image_size != "auto":
+        return cfg
+    try:
+        size, why = auto_image_size(cfg.data, lambda: trains_on_gpu(cfg.device))
+    except DataError:
+        return cfg
+    return cfg.with_image_size(size, why)
 
 
 # --- preflight and download -----------------------------------------------------------------

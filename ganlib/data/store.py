@@ -83,9 +83,21 @@ def _key(cfg: DataConfig, fingerprint: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def sized(cfg: DataConfig, say: Callable[[str], None] | None = None) -> DataConfig:
+    """``cfg`` with ``image_size`` 'auto' replaced by the images' own size (``sources.auto_image_size``, no
+    device limit: a run's config resolves it first, for its device); ``say`` hears which and why."""
+    if cfg.image_size != "auto":
+        return cfg
+    size, why = sources.auto_image_size(cfg)
+    if say is not None:
+        say(f"dataset: image size auto: {size} px ({why})")
+    return cfg.model_copy(update={"image_size": size})
+
+
 def store_key(cfg: DataConfig) -> str:
     """Hex digest identifying the prepared store of ``cfg`` (spec and source fingerprint)."""
     try:
+        cfg = sized(cfg)
         fingerprint = sources.locate(cfg).fingerprint()
     except DataError:
         fingerprint = "source-not-found"  # e.g. not downloaded yet: no store can exist for it
@@ -101,6 +113,13 @@ def read_store_manifest(store_dir: Path) -> dict[str, Any] | None:
     """A prepared store's ``manifest.json``, or None when the store is not (completely) there."""
     path = Path(store_dir) / MANIFEST
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def prepared_size(store_dir: Path) -> int | None:
+    """The side of a prepared store's images (None when the store is not there): what a run's
+    ``data.image_size`` 'auto' means once its images are prepared."""
+    manifest = read_store_manifest(store_dir)
+    return int(manifest["shape"][1]) if manifest is not None else None
 
 
 def _remove_stale_temporaries(final: Path) -> None:
@@ -128,6 +147,7 @@ def prepare_dataset(cfg: DataConfig, out: Path, log: Callable[[str], None] | Non
     say = log or (lambda message: None)
     if cfg.download:
         sources.download_dataset(cfg, say)
+    cfg = sized(cfg, say)
     located = sources.locate(cfg)
     key = _key(cfg, located.fingerprint())
     final = CacheDir.under(out).dataset(f"{cfg.dataset}-{key}")

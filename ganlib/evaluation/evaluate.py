@@ -52,7 +52,7 @@ import pandas as pd
 import torch
 
 from ganlib.config import EvalConfig, RunConfig
-from ganlib.data.store import PreparedStore, load_store
+from ganlib.data.store import PreparedStore, load_store, prepared_size
 from ganlib.errors import DataError
 from ganlib.evaluation.classifier import DomainClassifier, classify, load_classifier, save_classifier, train_classifier
 from ganlib.evaluation.contrastive import ContrastiveEncoder, load_encoder, save_encoder, train_encoder
@@ -476,7 +476,7 @@ def evaluate_run(cfg: RunConfig, store_dir: Path, rescore: bool = False) -> pd.D
     Rows already scored with the same settings (same checkpoint bytes, generator and
     ``settings_key``) are reused unless ``rescore``, so a retry or a re-run is cheap.
     """
-    cfg = cfg.resolved()
+    cfg = cfg.resolved(image_size=prepared_size(Path(store_dir)))  # 'auto': the size of the images given
     ev = cfg.eval
     paths = RunDir(cfg.run_dir)
     checkpoints = ckpt.list_checkpoints(paths.checkpoints)

@@ -85,7 +85,9 @@ def train(
     ``ctx``: this process's place in a data-parallel run (``ganlib.training.launch`` makes it);
     default: a process on its own, on ``cfg.device``.
     """
-    cfg = cfg.resolved()
+    from ganlib.data.store import prepared_size
+
+    cfg = cfg.resolved(image_size=prepared_size(Path(store_dir)))  # 'auto': the size of the images given
     ctx = ctx or ProcessContext(resolve_device(cfg.device))
     run = RunDir(cfg.run_dir)
     with ctx.run_lock(run.root):
@@ -124,7 +126,7 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
     found = ctx.latest_checkpoint(run.checkpoints)  # the newest checkpoint, if the run has one
     chosen_now = cfg.model.name == "auto"  # else the caller resolved it and said so
     cfg = cfg.keeping_preset(found[1]["config"] if found is not None else None)
-    cfg = cfg.resolved(channels=int(store.images.shape[1]))  # 'auto' settings: the preset's, for these images
+    cfg = cfg.resolved(*map(int, store.images.shape[1:3]))  # 'auto' settings: for these images
     if chosen_now and cfg.preset_note and ctx.is_writer:
         log.info(cfg.preset_note)
     images = BatchSource(store.images, device, cfg.data.resident_limit_mb)  # on the device if it fits

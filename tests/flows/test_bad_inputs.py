@@ -32,7 +32,8 @@ def run_cli(argv, capsys):
     (["--batch-size", "1"], "error: invalid config: train.batch_size: Input should be greater than or equal to 2"),
     (["--num-images", "100", "--batch-size", "128"],
      "error: train.batch_size: 128 is larger than the dataset (100 images); use --batch-size 100 or less"),
-    (["--image-size", "48"], "error: invalid config: data.image_size: Input should be 28, 32, 64, 128 or 256 (got 48)"),
+    (["--image-size", "48"],
+     "error: invalid config: data.image_size: Input should be 'auto', 28, 32, 64, 128 or 256 (got 48)"),
     (["--image-size", "128"], "error: data.image_size: the embedded digits are drawn at (28, 32, 64) px, not 128; "
      "use --image-size 64, or a dataset of larger images"),
     (["--model", "resnet", "--image-size", "28"],

@@ -143,14 +143,44 @@ def test_dry_run_says_which_preset_model_auto_takes_and_why(capsys, tmp_path):
     assert err.startswith("model auto: r3gan (32-px grey images on a GPU")
     assert main(["--dry-run", "--run-id", "dry"]) == 0  # the digits at 28 px: the MLP, as always
     out, err = capsys.readouterr()
-    assert json.loads(out)["model"]["name"] == "mlp" and err.startswith("model auto: mlp (28-px grey images")
+    assert json.loads(out)["model"]["name"] == "mlp" and json.loads(out)["data"]["image_size"] == 28
+    assert err.startswith("model auto: mlp (28-px grey images")  # their size goes without saying
     assert main(["--dry-run", "--model", "dcgan", "--run-id", "dry"]) == 0  # a named model: nothing to say
     assert capsys.readouterr().err == ""
     # A folder at 28 px: grey or RGB is known once its images are prepared, and the line says what follows.
-    assert main(["--dry-run", "--dataset", "folder", "--data-root", str(tmp_path), "--run-id", "dry"]) == 0
+    assert main(["--dry-run", "--dataset", "folder", "--data-root", str(tmp_path), "--run-id", "dry",
+                 "--image-size", "28"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["model"]["name"] == "auto"
     assert err == "model auto: chosen once the images are prepared: mlp if they are grey, dcgan if they are RGB\n"
+    # An empty folder: no size to read, so nothing is chosen yet (the run itself stops at the preflight).
+    assert main(["--dry-run", "--dataset", "folder", "--data-root", str(tmp_path), "--run-id", "dry"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["data"]["image_size"] == "auto" and json.loads(out)["model"]["name"] == "auto"
+    assert err == "model auto: chosen once the images are found (their size and channels decide)\n"
+
+
+def test_image_size_auto_follows_the_images_and_a_run_keeps_its_own(capsys, tmp_path):
+    from PIL import Image
+
+    for i in range(5):
+        Image.new("RGB", (80, 64), (40 * i, 90, 200)).save(tmp_path / f"{i}.png")
+    flags = ["--dry-run", "--dataset", "folder", "--data-root", str(tmp_path), "--out", str(tmp_path / "out"),
+             "--run-id", "mine", "--device", "cpu"]
+    assert main(flags) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["data"]["image_size"] == 64 and json.loads(out)["model"]["name"] == "dcgan"
+    assert err == ("image size auto: 64 px (the median shorter side of 5 of its 5 images)\n"
+                   "model auto: dcgan (64-px RGB images on a CPU: the fast conv preset, which beat r3gan and resnet "
+                   "at equal CPU time (docs/models.md))\n")
+    assert parse_config(flags[1:] + ["--image-size", "auto"])[0].data.image_size == 64  # the word, as a flag
+    run_dir = tmp_path / "out" / "mine"  # a run that started at 32 px resumes at 32, whatever auto says now
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"data": {"image_size": 32}}))
+    assert main(flags) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["data"]["image_size"] == 32
+    assert err.startswith("image size auto: 32 px (the run's own, from its config.json)\n")
 
 
 def test_a_config_file_that_is_not_an_object_is_one_line(tmp_path, capsys):

@@ -23,7 +23,7 @@ def test_defaults_follow_the_tutorial():
     ({"device": "gpu"}, "device: String should match pattern"),
     ({"data": {"dataset": "mnist"}}, "dataset 'mnist' needs data_root"),
     ({"trian": {}}, "trian: unknown field"),
-    ({"data": {"image_size": 30}}, "data.image_size: Input should be 28, 32, 64, 128 or 256 (got 30)"),
+    ({"data": {"image_size": 30}}, "data.image_size: Input should be 'auto', 28, 32, 64, 128 or 256 (got 30)"),
 ])
 def test_invalid_values_give_one_line_naming_the_field(data, message):
     with pytest.raises(ConfigError) as err:
@@ -67,12 +67,14 @@ def test_diffaug_defaults_to_translation_and_none_turns_it_off():
     ({}, None, "mlp"),  # the digits: 28-px grey
     ({"data": {"dataset": "cifar10", "data_root": "x", "image_size": 32}}, None, "dcgan"),  # RGB on this CPU
     ({"data": {"image_size": 64}}, None, "dcgan"),  # larger than 28: a conv preset whatever the channels
-    ({"data": {"dataset": "folder", "data_root": "x"}}, None, "auto"),  # 28 px, channels unknown until prepared
-    ({"data": {"dataset": "folder", "data_root": "x"}}, 1, "mlp"),
-    ({"data": {"dataset": "folder", "data_root": "x"}}, 3, "dcgan"),
-    ({"data": {"dataset": "folder", "data_root": "x", "channels": "rgb"}}, None, "dcgan"),
-    ({"device": "cuda", "data": {"dataset": "folder", "data_root": "x", "channels": "rgb"}}, None, "r3gan"),  # a GPU
+    ({"data": {"dataset": "folder", "data_root": "x", "image_size": 28}}, None, "auto"),  # channels: once prepared
+    ({"data": {"dataset": "folder", "data_root": "x", "image_size": 28}}, 1, "mlp"),
+    ({"data": {"dataset": "folder", "data_root": "x", "image_size": 28}}, 3, "dcgan"),
+    ({"data": {"dataset": "folder", "data_root": "x", "image_size": 28, "channels": "rgb"}}, None, "dcgan"),
+    ({"device": "cuda", "data": {"dataset": "folder", "data_root": "x", "image_size": 28, "channels": "rgb"}}, None,
+     "r3gan"),  # a GPU
     ({"device": "cuda"}, None, "mlp"),
+    ({"data": {"dataset": "folder", "data_root": "x"}}, 3, "auto"),  # no folder there: no size yet, so no preset
     ({"model": {"name": "resnet"}, "data": {"image_size": 64}}, 3, "resnet"),  # named: kept
 ])
 def test_model_auto_follows_the_data_and_the_device(data, channels, model):

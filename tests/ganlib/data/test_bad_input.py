@@ -136,7 +136,7 @@ def test_successful_download_is_moved_into_place_then_prepared(tmp_path, monkeyp
     check_source(cfg(dataset="cifar10", data_root=root, download=True))  # absent is fine with --download
     data = cfg(dataset="cifar10", data_root=root, download=True, split="test")
     path = prepare_dataset(data, tmp_path / "out")
-    assert load_store(path).images.shape == (12, 3, 28, 28)
+    assert load_store(path).images.shape == (12, 3, 32, 32)  # image size auto: CIFAR-10's own
     assert [p.name for p in root.iterdir()] == ["cifar-10-batches-py"]  # no temporary download left
 
 
@@ -322,7 +322,7 @@ def test_resolution_the_model_cannot_make(capsys):
 
     assert main(["--image-size", "48", "--model", "dcgan", "--out", "/tmp/never-written"]) == 2
     err = capsys.readouterr().err
-    assert err == "error: invalid config: data.image_size: Input should be 28, 32, 64, 128 or 256 (got 48)\n"
+    assert err == "error: invalid config: data.image_size: Input should be 'auto', 28, 32, 64, 128 or 256 (got 48)\n"
 
 
 def test_source_needs_a_root_and_classes_need_labels(tmp_path, make):

@@ -120,7 +120,7 @@ def test_cifar10_batch_in_torchvision_layout(tmp_path, make):
     assert store.labels.tolist() == labels and store.manifest["class_names"][3] == "cat"
     assert any("only data_batch_1" in m for m in messages)
     store, _ = prepare(tmp_path, dataset="cifar10", data_root=tmp_path / "cifar", classes=["cat", "dog"])
-    assert store.images.shape == (8, 3, 28, 28) and store.manifest["class_names"] == ["cat", "dog"]
+    assert store.images.shape == (8, 3, 32, 32) and store.manifest["class_names"] == ["cat", "dog"]  # auto: 32
 
 
 def test_cifar_batch_that_is_not_a_plain_pickle_is_refused(tmp_path):
@@ -197,3 +197,60 @@ def test_moved_source_is_a_new_store_and_the_old_one_stays(tmp_path, class_folde
     again, _ = prepare(tmp_path, dataset="folder", data_root=moved, image_size=32)
     assert again.path != store.path and store.path.is_dir()
     assert np.array_equal(again.images, store.images)
+
+
+# --- data.image_size auto: the images' own size --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sides", "on_gpu", "size"), [
+    ([64] * 5, False, 64),  # the emoji case: 64-px images train at 64
+    ([20, 24, 26], False, 28),  # smaller than every size: the smallest
+    ([40, 48, 100], False, 32),  # the median shorter side (48) decides, not the largest image
+    ([300, 400, 500], False, 64),  # a CPU stops at 64
+    ([300, 400, 500], True, 256),  # a GPU takes the largest not above them
+    ([130, 140, 150], True, 128),
+])
+def test_auto_size_of_a_folder_is_the_largest_not_above_its_images(tmp_path, make, sides, on_gpu, size):
+    from ganlib.data.sources import auto_image_size
+
+    for i, side in enumerate(sides):  # landscape: the shorter side is the height
+        make.save(make.pattern(side, side + 7, 3, i), tmp_path / "imgs" / f"{i}.png")
+    got, why = auto_image_size(DataConfig(dataset="folder", data_root=tmp_path / "imgs"), lambda: on_gpu)
+    assert got == size
+    assert f"the median shorter side of {len(sides)} of its {len(sides)} images" in why
+    assert ("--image-size 256 trains at their size" in why) == (sides[0] == 300 and not on_gpu)
+
+
+def test_auto_size_of_arrays_named_datasets_and_unreadable_files(tmp_path, make):
+    from ganlib.data.sources import SIZE_SAMPLE, auto_image_size
+
+    def size(**spec):
+        return auto_image_size(DataConfig(**spec), lambda: False)
+
+    np.save(tmp_path / "a.npy", np.zeros((4, 40, 36, 3), np.uint8))
+    assert size(dataset="npz", data_root=tmp_path / "a.npy") == (32, "its arrays are 40x36 px")
+    make.idx(tmp_path / "s-images-idx3-ubyte", np.zeros((3, 64, 64), np.uint8))
+    assert size(dataset="idx", data_root=tmp_path / "s-images-idx3-ubyte") == (64, "its IDX header says 64x64 px")
+    assert size(dataset="digits")[0] == 28 and size(dataset="mnist", data_root=tmp_path)[0] == 28
+    assert size(dataset="cifar10", data_root=tmp_path)[0] == 32  # known: nothing to read, nor to download first
+    assert size(dataset="celeba", data_root=tmp_path)[0] == 64  # 178 px: 128, but a CPU stops at 64
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(3):
+        (bad / f"{i}.png").write_bytes(b"not a png")
+    assert size(dataset="folder", data_root=bad) == (64, "none of 3 sampled files could be opened; 64 px by default")
+    many = tmp_path / "many"  # a sample, evenly spread: the last files count too
+    for i in range(SIZE_SAMPLE * 2):
+        make.save(make.pattern(8 if i < SIZE_SAMPLE else 70, 8 if i < SIZE_SAMPLE else 70, 1, 0), many / f"{i:03d}.png")
+    got, why = size(dataset="folder", data_root=many)
+    assert "of 64 of its 128 images" in why and got == 32  # 32 of each side sampled: median 39
+
+
+def test_prepare_with_auto_size_trains_at_the_images_size(tmp_path, make):
+    for i in range(6):
+        make.save(make.pattern(64, 64, 3, i), tmp_path / "emoji" / f"{i}.png")
+    store, messages = prepare(tmp_path, dataset="folder", data_root=tmp_path / "emoji")
+    assert store.images.shape == (6, 3, 64, 64) and store.manifest["spec"]["image_size"] == 64
+    assert "dataset: image size auto: 64 px (the median shorter side of 6 of its 6 images)" in messages
+    assert store_key(DataConfig(dataset="folder", data_root=tmp_path / "emoji")) == \
+        store_key(DataConfig(dataset="folder", data_root=tmp_path / "emoji", image_size=64))
