@@ -74,6 +74,8 @@ def test_command_line_on_an_unlabelled_folder(tmp_path, make):
     assert proc.returncode == 0, output
     assert "Traceback" not in output and "skipped 1 of 61 images" in output
     assert "done:" in output and "FD nan" in output
+    # no --image-size: the images' own size (30 px: 28), said once, with the file that would not open left out
+    assert output.count("image size auto: 28 px (the median shorter side of 60 of its 61 images)") == 1
     run = out / "cli"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["selection"]["metric"] == "ssl_fd" and math.isnan(summary["best"]["fd"])
