@@ -495,7 +495,7 @@ class RunConfig(_Section):
     dist: DistConfig = Field(default_factory=DistConfig)
     # Which preset 'auto' took and why, once resolved here (not saved: config.json names the preset itself).
     _preset_choice: str | None = PrivateAttr(None)
-    _size_choice: str | None = PrivateAttr(None)  # the same for data.image_size 'auto
+    _size_choice: str | None = PrivateAttr(None)  # the same for data.image_size 'auto'
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("out", mode="before")
