@@ -569,10 +569,10 @@ class RunConfig(_Section):
         """One line saying which preset ``model.name auto`` picks and why (None when a model is named)."""
         if self.model.name != "auto":
             return None
-        channels = channels if channels is not None else self.known_channels()
-        gpu = trains_on_gpu(self.device)
         if self.data.image_size == "auto":
             return "model auto: chosen once the images are found (their size and channels decide)"
+        channels = channels if channels is not None else self.known_channels()
+        gpu = trains_on_gpu(self.device)
         if channels is None and self.data.image_size == 28:
             other = "r3gan" if gpu else "dcgan"
             return f"model auto: chosen once the images are prepared: mlp if they are grey, {other} if they are RGB"

@@ -793,26 +793,27 @@ def _folder_side(located: Located) -> tuple[int | None, str]:
     names = [rel for group in located.extra["by_class"].values() for rel in group]
     picked = [names[i] for i in np.linspace(0, len(names) - 1, min(len(names), SIZE_SAMPLE)).round().astype(int)]
     sides = []
-    for rel in dict.fromkeys(picked):
+    for rel in picked:  # distinct: at most one pick per file
         try:
             with Image.open(located.root / rel) as im:  # type: ignore[operator]
                 sides.append(min(im.size))
         except (OSError, ValueError, Image.DecompressionBombError):
             continue  # unreadable files are skipped (and listed) by preparation
     if not sides:
-        return None, f"none of {len(set(picked))} sampled files could be opened"
+        return None, f"none of {len(picked)} sampled files could be opened"
     return int(np.median(sides)), f"the median shorter side of {len(sides)} of its {len(names)} images"
 
 
-def native_side(cfg: DataConfig) -> tuple[int | None, str]:
+def native_side(cfg: DataConfig, located: Located | None = None) -> tuple[int | None, str]:
     """The shorter side of ``cfg``'s images in pixels, and where that comes from (None: not known).
 
     Known for the named datasets (``KNOWN_SIDES``); read from the headers of IDX and npy files, and of a
     sample of a folder's files (cheap: nothing is decoded). A one-line ``DataError`` if the source is missing.
+    ``located``: the source, when the caller has already found it (not found again).
     """
     if cfg.dataset in KNOWN_SIDES:
         return KNOWN_SIDES[cfg.dataset]
-    located = locate(cfg)
+    located = located or locate(cfg)
     if located.dataset == "idx":
         dims = located.extra["header"].dims
         return min(dims[1], dims[2]), f"its IDX header says {dims[1]}x{dims[2]} px"
@@ -822,10 +823,11 @@ def native_side(cfg: DataConfig) -> tuple[int | None, str]:
     return _folder_side(located)
 
 
-def auto_image_size(cfg: DataConfig, on_gpu: Callable[[], bool] = lambda: True) -> tuple[int, str]:
+def auto_image_size(cfg: DataConfig, on_gpu: Callable[[], bool] = lambda: True,
+                    located: Located | None = None) -> tuple[int, str]:
     """``data.image_size auto``: (size, why), by ``ganlib.config.size_for`` (at most ``CPU_MAX_SIZE``
     unless ``on_gpu()``); ``CPU_MAX_SIZE`` when no sampled file of a folder could be opened."""
-    side, why = native_side(cfg)
+    side, why = native_side(cfg, located)
     if side is None:
         return CPU_MAX_SIZE, f"{why}; {CPU_MAX_SIZE} px by default"
     return size_for(side, why, on_gpu)

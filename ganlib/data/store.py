@@ -83,12 +83,14 @@ def _key(cfg: DataConfig, fingerprint: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def sized(cfg: DataConfig, say: Callable[[str], None] | None = None) -> DataConfig:
+def sized(cfg: DataConfig, say: Callable[[str], None] | None = None,
+          located: sources.Located | None = None) -> DataConfig:
     """``cfg`` with ``image_size`` 'auto' replaced by the images' own size (``sources.auto_image_size``, no
-    device limit: a run's config resolves it first, for its device); ``say`` hears which and why."""
+    device limit: a run's config resolves it first, for its device); ``say`` hears which and why;
+    ``located``: the source already found (the image size plays no part in finding it)."""
     if cfg.image_size != "auto":
         return cfg
-    size, why = sources.auto_image_size(cfg)
+    size, why = sources.auto_image_size(cfg, located=located)
     if say is not None:
         say(f"dataset: image size auto: {size} px ({why})")
     return cfg.model_copy(update={"image_size": size})
@@ -97,8 +99,8 @@ def sized(cfg: DataConfig, say: Callable[[str], None] | None = None) -> DataConf
 def store_key(cfg: DataConfig) -> str:
     """Hex digest identifying the prepared store of ``cfg`` (spec and source fingerprint)."""
     try:
-        cfg = sized(cfg)
-        fingerprint = sources.locate(cfg).fingerprint()
+        located = sources.locate(cfg)
+        cfg, fingerprint = sized(cfg, located=located), located.fingerprint()
     except DataError:
         fingerprint = "source-not-found"  # e.g. not downloaded yet: no store can exist for it
     return _key(cfg, fingerprint)
@@ -147,8 +149,8 @@ def prepare_dataset(cfg: DataConfig, out: Path, log: Callable[[str], None] | Non
     say = log or (lambda message: None)
     if cfg.download:
         sources.download_dataset(cfg, say)
-    cfg = sized(cfg, say)
     located = sources.locate(cfg)
+    cfg = sized(cfg, say, located)
     key = _key(cfg, located.fingerprint())
     final = CacheDir.under(out).dataset(f"{cfg.dataset}-{key}")
     manifest = read_store_manifest(final)
