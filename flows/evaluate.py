@@ -53,7 +53,7 @@ from prefect import flow, runtime
 
 from flows.server import temporary_server
 from ganlib.config import RunConfig
-from ganlib.data.sources import check_source
+from ganlib.data.sources import check_source, find_source
 from ganlib.data.store import store_path
 from ganlib.errors import RunError
 from ganlib.evaluation import dinov2
@@ -82,8 +82,9 @@ def plan_evaluation(run_dir: Path | str, eval_settings: dict[str, Any] | None = 
     if not ckpt.list_checkpoints(paths.checkpoints):
         raise RunError(f"run {config.run_id!r} has no checkpoints in {paths.checkpoints}; train it first")
     resolve_device(config.device)
-    if not store_path(config.data, config.out).is_dir():
-        check_source(config.data)  # the prepared store is gone: it is rebuilt from the source
+    located = find_source(config.data)  # once, for the store's key and, if need be, the source's check
+    if not store_path(config.data, config.out, located).is_dir():
+        check_source(config.data, located)  # the prepared store is gone: it is rebuilt from the source
     if config.eval.inception_weights is not None and config.eval.inception != "off":
         check_weights_file(config.eval.inception_weights, config.eval.inception_weights_sha256 or "")
     if config.eval.dinov2_weights is not None and config.eval.dinov2 != "off":

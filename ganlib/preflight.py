@@ -5,7 +5,7 @@ from __future__ import annotations
 from ganlib.config import RunConfig, check_resumable
 from ganlib.data.digits import check_digits_size
 from ganlib.data.loader import check_batch_size
-from ganlib.data.sources import check_source, sized_config
+from ganlib.data.sources import Located, check_source, find_source, sized_config
 from ganlib.evaluation import dinov2
 from ganlib.evaluation.inception import check_weights_file
 from ganlib.models import check_image_size
@@ -16,8 +16,12 @@ from ganlib.runs.paths import RunDir
 
 
 def check_run(cfg: RunConfig) -> None:
-    """Validate what pydantic cannot: the device exists, the data is there, a resumed run matches."""
-    cfg = sized_config(cfg).resolved()
+    """Validate what pydantic cannot: the device exists, the data is there, a resumed run matches.
+
+    The source is found (its files listed and stat'ed) once, for its checks, its size and its image count.
+    """
+    located = find_source(cfg.data)
+    cfg = sized_config(cfg, located).resolved()
     check_under_root(cfg.run_dir, cfg.out)  # behind the run-id pattern: nothing escapes the output root
     check_writable_directory(cfg.run_dir, "out")
     check_not_running(cfg.run_dir)
@@ -25,12 +29,12 @@ def check_run(cfg: RunConfig) -> None:
     check_image_size(cfg.model.name, cfg.data.image_size)
     if cfg.data.dataset == "digits":
         check_digits_size(cfg.data.image_size)
-    check_source(cfg.data)  # the source exists and looks right; no images are read
+    located = check_source(cfg.data, located)  # the source exists and looks right; no images are read
     if cfg.eval.inception_weights is not None and cfg.eval.inception != "off":  # before training, not after it
         check_weights_file(cfg.eval.inception_weights, cfg.eval.inception_weights_sha256 or "")
     if cfg.eval.dinov2_weights is not None and cfg.eval.dinov2 != "off":
         dinov2.check_weights_file(cfg.eval.dinov2_weights, cfg.eval.dinov2_weights_sha256 or "")
-    count = _known_image_count(cfg)
+    count = _known_image_count(cfg, located)
     if count is not None:
         check_batch_size(cfg.train.batch_size, count)
     run = RunDir(cfg.run_dir)
@@ -38,18 +42,18 @@ def check_run(cfg: RunConfig) -> None:
         check_resumable(run.read_config(), cfg)
 
 
-def _known_image_count(cfg: RunConfig) -> int | None:
+def _known_image_count(cfg: RunConfig, located: Located | None) -> int | None:
     """The dataset's size (or a bound on it) when known without decoding: generated, already prepared, or
-    a folder's image files counted (some may turn out unreadable, so the store can only be smaller)."""
-    from ganlib.data.sources import locate
+    a folder's image files counted (some may turn out unreadable, so the store can only be smaller).
+    ``located``: the source as ``check_source`` found it (None for a dataset still to be downloaded)."""
     from ganlib.data.store import read_store_manifest, store_path
 
     limit = cfg.data.limit or float("inf")
     if cfg.data.dataset == "digits":
         return int(min(cfg.data.num_images, limit))
-    manifest = read_store_manifest(store_path(cfg.data, cfg.out))
+    manifest = read_store_manifest(store_path(cfg.data, cfg.out, located))
     if manifest is not None:
         return int(manifest["count"])
-    if cfg.data.dataset in ("folder", "celeba") and not cfg.data.classes:
-        return int(min(locate(cfg.data).inputs.count, limit))
+    if located is not None and cfg.data.dataset in ("folder", "celeba") and not cfg.data.classes:
+        return int(min(located.inputs.count, limit))
     return None

@@ -833,15 +833,16 @@ def auto_image_size(cfg: DataConfig, on_gpu: Callable[[], bool] = lambda: True,
     return size_for(side, why, on_gpu)
 
 
-def sized_config(cfg: RunConfig) -> RunConfig:
+def sized_config(cfg: RunConfig, located: Located | None = None) -> RunConfig:
     """``cfg`` with ``data.image_size`` 'auto' decided before preparation: the run's own size where it exists
     (``RunConfig.with_image_size``), else the images' (``auto_image_size``, at most ``CPU_MAX_SIZE`` unless
-    it trains on a GPU); left 'auto' while the source cannot be found (the preflight says why)."""
+    it trains on a GPU); left 'auto' while the source cannot be found (the preflight says why).
+    ``located``: the source, when the caller has already found it."""
     cfg = cfg.with_image_size()
     if cfg.data.image_size != "auto":
         return cfg
     try:
-        size, why = auto_image_size(cfg.data, lambda: trains_on_gpu(cfg.device))
+        size, why = auto_image_size(cfg.data, lambda: trains_on_gpu(cfg.device), located)
     except DataError:
         return cfg
     return cfg.with_image_size(size, why)
@@ -850,32 +851,47 @@ def sized_config(cfg: RunConfig) -> RunConfig:
 # --- preflight and download -----------------------------------------------------------------
 
 
-def check_source(cfg: DataConfig) -> None:
+def find_source(cfg: DataConfig) -> Located | None:
+    """``locate(cfg)`` where there are input files to find, once, for the checks and the size that follow;
+    None for the embedded digits, a dataset still to be downloaded, or a source that cannot be found
+    (``check_source`` then says why)."""
+    if cfg.dataset == "digits" or (cfg.download and cfg.dataset in TORCHVISION_CLASSES):
+        return None
+    try:
+        return locate(cfg)
+    except DataError:
+        return None
+
+
+def check_source(cfg: DataConfig, located: Located | None = None) -> Located | None:
     """Fail fast, with one line, if the source of ``cfg`` is missing or malformed (reads no images).
 
-    With ``download`` set, torchvision datasets may be absent: preparation fetches them.
+    With ``download`` set, torchvision datasets may be absent: preparation fetches them. ``located``: the
+    source, when the caller has already found it. Returns the located source (None for the digits and a
+    dataset still to be downloaded).
     """
     if cfg.dataset == "digits":
         resolve_classes(cfg.classes, KNOWN_CLASS_NAMES["digits"], "digits")
-        return
+        return None
     if cfg.download and cfg.dataset in TORCHVISION_CLASSES:
         root = Path(cfg.data_root)  # type: ignore[arg-type]
         if root.exists() and not root.is_dir():
             raise DataError(f"data.data_root: {root} is a file, not a directory; point --data-root at the "
                             f"directory to download {TORCHVISION_CLASSES[cfg.dataset]} into")
-        return
-    located = locate(cfg)
+        return None
+    located = located or locate(cfg)
     names = KNOWN_CLASS_NAMES.get(cfg.dataset)
     if cfg.dataset == "folder" and located.extra["layout"] == "class sub-folders":
         names, _ = _folder_classes(cfg, located)
     if cfg.classes is None:
-        return
+        return located
     if cfg.dataset in ("npz", "idx"):
         open_source(cfg, located)  # reads the labels only (small), which name the classes
-        return
+        return located
     if cfg.dataset == "cifar10":
         names = _cifar_names(located)
     resolve_classes(cfg.classes, names, cfg.dataset)
+    return located
 
 
 def _move_tree(src: Path, dest: Path) -> None:

@@ -96,19 +96,20 @@ def sized(cfg: DataConfig, say: Callable[[str], None] | None = None,
     return cfg.model_copy(update={"image_size": size})
 
 
-def store_key(cfg: DataConfig) -> str:
-    """Hex digest identifying the prepared store of ``cfg`` (spec and source fingerprint)."""
+def store_key(cfg: DataConfig, located: sources.Located | None = None) -> str:
+    """Hex digest identifying the prepared store of ``cfg`` (spec and source fingerprint); ``located``: the
+    source, when the caller has already found it."""
     try:
-        located = sources.locate(cfg)
+        located = located or sources.locate(cfg)
         cfg, fingerprint = sized(cfg, located=located), located.fingerprint()
     except DataError:
         fingerprint = "source-not-found"  # e.g. not downloaded yet: no store can exist for it
     return _key(cfg, fingerprint)
 
 
-def store_path(cfg: DataConfig, out: Path) -> Path:
+def store_path(cfg: DataConfig, out: Path, located: sources.Located | None = None) -> Path:
     """Where the store of ``cfg`` is (or would be): ``<out>/_cache/datasets/<dataset>-<key>/``."""
-    return CacheDir.under(out).dataset(f"{cfg.dataset}-{store_key(cfg)}")
+    return CacheDir.under(out).dataset(f"{cfg.dataset}-{store_key(cfg, located)}")
 
 
 def read_store_manifest(store_dir: Path) -> dict[str, Any] | None:

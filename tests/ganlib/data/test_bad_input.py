@@ -417,3 +417,25 @@ def test_cli_a_batch_larger_than_a_folder_fails_before_any_work(tmp_path, capsys
     assert code == 2 and err == ("error: train.batch_size: 32 is larger than the dataset (3 images); "
                                  "use --batch-size 3 or less\n")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("image_size", ["auto", 32])
+def test_the_preflight_finds_a_folder_once(tmp_path, class_folder, monkeypatch, image_size):
+    """Each finding lists and stats every file: the preflight's source check, image size auto, the store's key
+    and the batch-size check share one (it was three, four with image size auto)."""
+    from ganlib.data import sources
+    from ganlib.preflight import check_run
+
+    found = []
+    real = sources._locate_folder
+    monkeypatch.setattr(sources, "_locate_folder", lambda *a: found.append(1) or real(*a))
+    run = build_config({"data": {"dataset": "folder", "data_root": str(class_folder), "image_size": image_size},
+                        "train": {"batch_size": 8}, "out": str(tmp_path / "out"), "run_id": "once"})
+    check_run(run)
+    assert len(found) == 1
+    prepare_dataset(run.data if image_size == 32 else run.data.model_copy(update={"image_size": 32}), run.out)
+    found.clear()
+    check_run(run)  # the prepared store's count, keyed by the same finding
+    assert len(found) == 1
+    with pytest.raises(ConfigError, match="larger than the dataset"):
+        check_run(run.model_copy(update={"train": run.train.model_copy(update={"batch_size": 64})}))
