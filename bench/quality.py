@@ -39,6 +39,7 @@ from typing import Any
 import pandas as pd
 
 from bench.common import append_csv, commit, device_name
+from bench.curves import training_seconds
 from ganlib.config import RunConfig, build_config, set_dotted
 from ganlib.data.store import prepare_dataset
 from ganlib.evaluation.evaluate import evaluate_run
@@ -100,19 +101,12 @@ IS_TARGET = 9.0  # the issue's unconditional quality target
 
 
 def seconds_to_reach(run_dir: Path, table: pd.DataFrame, target: float = IS_TARGET) -> float:
-    """Training seconds until the first checkpoint whose classifier IS reaches ``target`` (NaN if none).
-
-    Each row of ``train.parquet`` holds its flush's images/s, so the time of step s is the sum of
-    batch / rate over the rows up to s: checkpoint writing and evaluation are not counted.
-    """
+    """Training seconds until the first checkpoint whose classifier IS reaches ``target`` (NaN if none;
+    ``bench.curves.training_seconds``: checkpoint writing and evaluation are not counted)."""
     reached = table[table["is_mean"] >= target]
     if reached.empty:
         return float("nan")
-    run = RunDir(run_dir)
-    steps = run.read_table(run.train_metrics)
-    batch = run.read_config()["train"]["batch_size"]
-    upto = steps[steps["step"] <= int(reached["step"].min())]
-    return float((batch / upto["images_per_sec"]).sum())
+    return training_seconds(run_dir, [int(reached["step"].min())])[0]
 
 
 def run_one(label: str, settings: dict[str, Any], minutes: float | None, data: dict[str, Any], device: str,
@@ -192,6 +186,7 @@ def main() -> None:
     p.add_argument("--out", default=str(RUNS))
     p.add_argument("--checkpoint-every", type=int, default=5000,
                    help="steps between checkpoints; each is evaluated (the resolution of time-to-quality)")
+    p.add_argument("--csv", type=Path, default=RESULTS, help="the CSV the rows are appended to")
     p.add_argument("--rescore", nargs="+", metavar="RUN_DIR", default=[],
                    help="score finished runs again (e.g. after evaluation changed) instead of training")
     args = p.parse_args()
@@ -224,7 +219,7 @@ def main() -> None:
             row = run_one(label, settings, args.minutes, data, args.device, Path(args.out), args.checkpoint_every,
                           args.steps)
         rows.append(row)
-        append_csv(RESULTS, row)
+        append_csv(args.csv, row)
         print(header)
         for r in rows:
             print(f"{r['label']:<34} {r['steps']:>6} {r['images_per_sec']:>6.0f} {r['is_final']:>6.2f} "
@@ -232,7 +227,7 @@ def main() -> None:
                   f"{r['class_accuracy_final']:>8.3f} {r['is_best']:>7.2f} {r['ssl_fd_final']:>7.3f} "
                   f"{r['ssl_fd_best']:>7.3f} {r['ssl_fd_floor']:>7.3f} {r['memorisation_final']:>5.2f} "
                   f"{r['ada_p_final']:>5.2f}", flush=True)
-    print(f"appended to {RESULTS} (real images: classifier IS {rows[-1]['real_is']}); grids: "
+    print(f"appended to {args.csv} (real images: classifier IS {rows[-1]['real_is']}); grids: "
           + ", ".join(r["grid"] for r in rows))
 
 

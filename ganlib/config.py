@@ -303,18 +303,20 @@ def size_for(side: int, why: str, on_gpu: Callable[[], bool]) -> tuple[int, str]
                           "trains at their size")
 
 
-def choose_preset(channels: int, image_size: int, gpu: bool = False) -> tuple[str, str]:
-    """``model.name auto``: (preset, why) for prepared images of ``channels`` x ``image_size`` px, trained on a
+def choose_preset(channels: int | None, image_size: int, gpu: bool = False) -> tuple[str, str]:
+    """``model.name auto``: (preset, why) for prepared images of ``channels`` (None: not known yet, which only
+    28 px needs: grey or RGB decides there) x ``image_size`` px, trained on a
     GPU or not. Measured choices (bench/RESULTS.md): grey 28-px images (digits) get the MLP, the best samples
     per minute of CPU training there; other images get dcgan on a CPU (on 32-px RGB emoji, 20 minutes of
     the 2-core CPU: self-supervised FD 1.6 against r3gan's 19.9 at its CPU widths: the fast conv preset sees
     5.5x the images) and r3gan on a GPU, the modern preset its paper measured at that scale."""
     if channels == 1 and image_size == 28:
         return "mlp", "28-px grey images: the MLP trains the best digits per minute"
-    kind = "RGB" if channels == 3 else "grey"
+    kind = {1: "grey ", 3: "RGB "}.get(channels, "") if channels is not None else ""
+    images = f"{image_size}-px {kind}images"
     if gpu:
-        return "r3gan", f"{image_size}-px {kind} images on a GPU: the modern conv preset"
-    return "dcgan", (f"{image_size}-px {kind} images on a CPU: the fast conv preset, which beat r3gan and resnet "
+        return "r3gan", f"{images} on a GPU: the modern conv preset"
+    return "dcgan", (f"{images} on a CPU: the fast conv preset, which beat r3gan and resnet "
                      "at equal CPU time (docs/models.md)")
 
 
@@ -576,7 +578,7 @@ class RunConfig(_Section):
         if channels is None and self.data.image_size == 28:
             other = "r3gan" if gpu else "dcgan"
             return f"model auto: chosen once the images are prepared: mlp if they are grey, {other} if they are RGB"
-        name, why = choose_preset(channels or 3, self.data.image_size, gpu)
+        name, why = choose_preset(channels, self.data.image_size, gpu)  # a folder's channels: once prepared
         return f"model auto: {name} ({why})"
 
     def keeping_preset(self, saved: dict[str, Any] | None) -> RunConfig:
@@ -593,7 +595,7 @@ class RunConfig(_Section):
         left to the preset ('auto', or None) filled from ``PRESET_DEFAULTS``."""
         name = self.model.name
         if name == "auto" and self.data.image_size != "auto" and (channels is not None or self.data.image_size != 28):
-            name, _ = choose_preset(channels or 3, self.data.image_size, trains_on_gpu(self.device))
+            name, _ = choose_preset(channels, self.data.image_size, trains_on_gpu(self.device))
         if name == "auto":
             return self
         updates: dict[str, dict[str, Any]] = {"model": {"name": name}, "train": {}}

@@ -49,6 +49,16 @@ def test_curves_draws_each_runs_metrics_and_prints_them(tmp_path, capsys, monkey
     curves.main()
     out = capsys.readouterr().out
     assert (tmp_path / "c.png").stat().st_size > 0 and "a:" in out and "b:" in out and "0.7" in out
+    # Against training time: run b trains at half a's speed, so its checkpoints come at twice the seconds.
+    for name, rate in (("a", 1000.0), ("b", 500.0)):
+        (tmp_path / name / "config.json").write_text(json.dumps({"train": {"batch_size": 100}}))
+        pd.DataFrame({"step": list(range(1, 21)), "images_per_sec": [rate] * 20}).to_parquet(
+            tmp_path / name / "metrics" / "train.parquet")
+    assert curves.training_seconds(tmp_path / "b", [10, 20]) == pytest.approx([2.0, 4.0])
+    monkeypatch.setattr(sys, "argv", ["curves", *runs, "--x", "seconds", "--out", str(tmp_path / "s.png")])
+    curves.main()
+    out = capsys.readouterr().out
+    assert (tmp_path / "s.png").stat().st_size > 0 and "seconds" in out and "4.0" in out
 
 
 @pytest.mark.slow

@@ -171,8 +171,8 @@ def test_image_size_auto_follows_the_images_and_a_run_keeps_its_own(capsys, tmp_
     out, err = capsys.readouterr()
     assert json.loads(out)["data"]["image_size"] == 64 and json.loads(out)["model"]["name"] == "dcgan"
     assert err == ("image size auto: 64 px (the median shorter side of 5 of its 5 images)\n"
-                   "model auto: dcgan (64-px RGB images on a CPU: the fast conv preset, which beat r3gan and resnet "
-                   "at equal CPU time (docs/models.md))\n")
+                   "model auto: dcgan (64-px images on a CPU: the fast conv preset, which beat r3gan and resnet "
+                   "at equal CPU time (docs/models.md))\n")  # grey or RGB: known once prepared (either way dcgan)
     assert parse_config(flags[1:] + ["--image-size", "auto"])[0].data.image_size == 64  # the word, as a flag
     run_dir = tmp_path / "out" / "mine"  # a run that started at 32 px resumes at 32, whatever auto says now
     run_dir.mkdir(parents=True)
