@@ -304,15 +304,15 @@ def size_for(side: int, why: str, on_gpu: Callable[[], bool]) -> tuple[int, str]
 
 
 def choose_preset(channels: int | None, image_size: int, gpu: bool = False) -> tuple[str, str]:
-    """``model.name auto``: (preset, why) for prepared images of ``channels`` (None: not known yet, which only
-    28 px needs: grey or RGB decides there) x ``image_size`` px, trained on a
-    GPU or not. Measured choices (bench/RESULTS.md): grey 28-px images (digits) get the MLP, the best samples
-    per minute of CPU training there; other images get dcgan on a CPU (on 32-px RGB emoji, 20 minutes of
-    the 2-core CPU: self-supervised FD 1.6 against r3gan's 19.9 at its CPU widths: the fast conv preset sees
-    5.5x the images) and r3gan on a GPU, the modern preset its paper measured at that scale."""
+    """``model.name auto``: (preset, why) for prepared images of ``channels`` x ``image_size`` px, trained on a
+    GPU or not (``channels`` None: not known before preparation; only at 28 px does it change the choice).
+    Measured choices (bench/RESULTS.md): grey 28-px images (digits) get the MLP, the best samples per minute
+    of CPU training there; other images get dcgan on a CPU (on 32-px RGB emoji, 20 minutes of the 2-core
+    CPU: self-supervised FD 1.6 against r3gan's 19.9 at its CPU widths: the fast conv preset sees 5.5x the
+    images) and r3gan on a GPU, the modern preset its paper measured at that scale."""
     if channels == 1 and image_size == 28:
         return "mlp", "28-px grey images: the MLP trains the best digits per minute"
-    kind = {1: "grey ", 3: "RGB "}.get(channels, "") if channels is not None else ""
+    kind = {1: "grey ", 3: "RGB "}.get(channels, "")  # type: ignore[call-overload]  (None: left unsaid)
     images = f"{image_size}-px {kind}images"
     if gpu:
         return "r3gan", f"{images} on a GPU: the modern conv preset"
