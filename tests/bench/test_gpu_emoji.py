@@ -25,7 +25,8 @@ def test_check_mode_leaves_what_the_gpu_run_brings_back(tmp_path):
     for i in range(48):
         Image.fromarray(rng.integers(0, 256, (36, 36, 4), dtype=np.uint8), "RGBA").save(data / f"{i}.png")
     out = tmp_path / "out"
-    env = {**os.environ, "DATA": str(data), "OUT": str(out), "WIDTH": "8", "BLOCKS": "1", "STEPS": "20"}
+    env = {**os.environ, "DATA": str(data), "OUT": str(out), "WIDTH": "8", "BLOCKS": "1", "STEPS": "20",
+           "EVERY": "10"}
     done = subprocess.run(["bash", "bench/gpu_emoji.sh", "check"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -35,5 +36,6 @@ def test_check_mode_leaves_what_the_gpu_run_brings_back(tmp_path):
     with open(out / "quality.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert row["model"] == "r3gan" and row["image_size"] == "32" and int(row["steps"]) == 20
-    curve = (out / "curves.txt").read_text()
-    assert "seconds" in curve and "ssl_fd" in curve
+    curve = (out / "curves.txt").read_text().splitlines()
+    assert curve[1].split()[:2] == ["step", "seconds"] and "ssl_fd" in curve[1]
+    assert [line.split()[0] for line in curve[2:4]] == ["10", "20"]  # EVERY=10: both checkpoints scored
