@@ -7,7 +7,7 @@
 #   bash bench/gpu_emoji.sh check        # here: the same steps on the CPU, 20 training steps at 32 px
 #
 # Settings (environment): MINUTES per size (run), STEPS (check), EVERY (steps between checkpoints, each
-# scored: bench.quality's r3gan row would take 250 otherwise), WIDTH,
+# scored), WIDTH,
 # BLOCKS, DATA (the image folder, default .gpu/emoji), OUT (default /tmp/gpu_emoji; the device tool sets it).
 #
 # The GPU machine has torch, pandas, pyarrow, pillow and matplotlib but not pydantic, and no network, so the
@@ -54,7 +54,7 @@ run | check)
         $py -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
         for size in $sizes; do
             $py -m bench.quality --device "$device" "${budget[@]}" --only r3gan --dataset folder \
-                --data-root "$data" --image-size "$size" --set "train.checkpoint_every=$every" --out "$runs" \
+                --data-root "$data" --image-size "$size" --checkpoint-every "$every" --out "$runs" \
                 --set "model.ngf=${WIDTH:-64}" --set "model.ndf=${WIDTH:-64}" --set "model.blocks=${BLOCKS:-2}" \
                 --set eval.num_samples=5000 --set eval.inception=off --set eval.dinov2=off "${quick[@]}" \
                 --label "w${WIDTH:-64}-${size}px" --csv "$out/quality.csv"

@@ -184,8 +184,9 @@ def main() -> None:
     p.add_argument("--data-root", default=str(ROOT.parent.parent / "shared" / "data" / "mnist"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(RUNS))
-    p.add_argument("--checkpoint-every", type=int, default=5000,
-                   help="steps between checkpoints; each is evaluated (the resolution of time-to-quality)")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="steps between checkpoints; each is evaluated (the resolution of time-to-quality); "
+                        "default: the row's own (5000 unless its preset says)")
     p.add_argument("--csv", type=Path, default=RESULTS, help="the CSV the rows are appended to")
     p.add_argument("--rescore", nargs="+", metavar="RUN_DIR", default=[],
                    help="score finished runs again (e.g. after evaluation changed) instead of training")
@@ -202,6 +203,8 @@ def main() -> None:
         if not sep:
             p.error(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr_d=4e-4")
         extra[key] = _parse_value(value)
+    if args.checkpoint_every is not None:  # over the row preset's own spacing, as a --set would be
+        extra["train.checkpoint_every"] = args.checkpoint_every
     data = ({"dataset": args.dataset, "image_size": args.image_size}
             | ({"data_root": args.data_root} if args.dataset != "digits" else {}))
 
@@ -216,7 +219,7 @@ def main() -> None:
             cfg = RunDir(label).load_config()
             row = score_run(cfg, prepare_dataset(cfg.data, cfg.out), label.name, {})
         else:
-            row = run_one(label, settings, args.minutes, data, args.device, Path(args.out), args.checkpoint_every,
+            row = run_one(label, settings, args.minutes, data, args.device, Path(args.out), 5000,
                           args.steps)
         rows.append(row)
         append_csv(args.csv, row)
