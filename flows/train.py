@@ -90,7 +90,7 @@ def gan_pipeline(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B0
     with run_lock(config.run_dir), track_run(config, tags):
         remove_temporary_files(config.run_dir)  # left by a killed attempt; nobody else writes here
         store = prepare_dataset_task(config.data, str(config.out))
-        saved = RunDir(config.run_dir).read_config() if RunDir(config.run_dir).config.is_file() else None
+        saved = RunDir(config.run_dir).saved_config()
         chosen_now = config.model.name == "auto"  # a flow run's parameters name 'auto' (the CLI resolves first)
         config = config.keeping_preset(saved).resolved(*store["shape"][:2])  # 'auto' settings: for these images
         if chosen_now and config.preset_note:

@@ -144,12 +144,14 @@ class ModelConfig(_Section):
         "narrower D trains faster per image (bench/RESULTS.md, issue #19).")
     ngf: int | None = Field(
         None, ge=4, le=1024, description="Conv generators' width: dcgan's last block, resnet's /4, r3gan's at the "
-        "image resolution (doubling per halving of the side, up to 8x). Default: the preset's (32; r3gan 16, "
-        "sized for a CPU at 32 px: give 64 or more on a GPU).")
+        "image resolution (doubling per halving of the side, up to 8x). Default: the preset's (32; r3gan 16 on "
+        "a CPU, sized for 32 px there, and 64 on a GPU).")
     ndf: int | None = Field(
         None, ge=4, le=1024, description="Conv discriminators' width: dcgan's first block, resnet's /4, r3gan's at "
-        "the image resolution. Default: the preset's (32; r3gan 16).")
-    blocks: int = Field(1, ge=1, le=16, description="r3gan: residual blocks per resolution stage (the paper: 2).")
+        "the image resolution. Default: the preset's (32; r3gan 16 on a CPU, 64 on a GPU).")
+    blocks: int | None = Field(
+        None, ge=1, le=16, description="r3gan: residual blocks per resolution stage. Default: the preset's (1; "
+        "r3gan on a GPU 2, the paper's).")
     spectral_norm: bool = Field(False, description="Spectral normalisation of D's weight layers (Miyato et al. 2018).")
 
 
@@ -274,14 +276,27 @@ DEFAULT_STEPS = 10_000
 # older presets keep the settings this project always had; r3gan follows its paper (Huang et al. 2024:
 # Adam betas (0, 0.99), relativistic pairing loss, R1 and R2 with gamma 0.05 as for CIFAR-10) with ADA,
 # lazy penalties and widths that train on a CPU at 32 px (bench/RESULTS.md).
-_CLASSIC = {"model.ngf": 32, "model.ndf": 32, "train.loss": "ns", "train.beta1": 0.5, "train.beta2": 0.999,
-            "train.r1": 0.0, "train.r2": 0.0, "train.r1_every": 1, "train.diffaug": ["translation"],
-            "train.ada": "off"}
+_CLASSIC = {"model.ngf": 32, "model.ndf": 32, "model.blocks": 1, "train.loss": "ns", "train.beta1": 0.5,
+            "train.beta2": 0.999, "train.r1": 0.0, "train.r2": 0.0, "train.r1_every": 1,
+            "train.diffaug": ["translation"], "train.ada": "off"}
 PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
     "mlp": _CLASSIC, "dcgan": _CLASSIC, "resnet": _CLASSIC,
-    "r3gan": {"model.ngf": 16, "model.ndf": 16, "train.loss": "rpgan", "train.beta1": 0.0, "train.beta2": 0.99,
-              "train.r1": 0.05, "train.r2": 0.05, "train.r1_every": 8, "train.diffaug": [], "train.ada": "on"},
+    "r3gan": {"model.ngf": 16, "model.ndf": 16, "model.blocks": 1, "train.loss": "rpgan", "train.beta1": 0.0,
+              "train.beta2": 0.99, "train.r1": 0.05, "train.r2": 0.05, "train.r1_every": 8, "train.diffaug": [],
+              "train.ada": "on"},
 }
+# Where training on a GPU changes a preset's default. r3gan's CPU network (16 channels at the image size, one
+# block per stage) is sized for 2 cores at 32 px; a GPU gets 64 channels and the paper's two blocks per stage
+# (at 32 px 64-128-256-512 channels: about a third of the paper's CIFAR-10 width; G's forward pass 0.42 GFLOP
+# per image at 32 px, 28.7 at 256: `python -m bench.model_size`). A run keeps the values it started with
+# (``keeping_preset``).
+GPU_PRESET_DEFAULTS: dict[str, dict[str, Any]] = {"r3gan": {"model.ngf": 64, "model.ndf": 64, "model.blocks": 2}}
+_PRESET_FIELDS = {k for d in (*PRESET_DEFAULTS.values(), *GPU_PRESET_DEFAULTS.values()) for k in d}
+
+
+def preset_defaults(name: str, gpu: bool) -> dict[str, Any]:
+    """The settings preset ``name`` gives what a config leaves to it, training on a GPU or not (by dotted field)."""
+    return {**PRESET_DEFAULTS[name], **(GPU_PRESET_DEFAULTS.get(name, {}) if gpu else {})}
 
 
 IMAGE_SIZES = (28, 32, 64, 128, 256)  # what data.image_size takes besides 'auto'
@@ -315,7 +330,7 @@ def choose_preset(channels: int | None, image_size: int, gpu: bool = False) -> t
     kind = {1: "grey ", 3: "RGB "}.get(channels, "")  # type: ignore[call-overload]  (None: left unsaid)
     images = f"{image_size}-px {kind}images"
     if gpu:
-        return "r3gan", f"{images} on a GPU: the modern conv preset"
+        return "r3gan", f"{images} on a GPU: the modern conv preset, at its GPU widths"
     return "dcgan", (f"{images} on a CPU: the fast conv preset, which beat r3gan and resnet "
                      "at equal CPU time (docs/models.md)")
 
@@ -498,6 +513,9 @@ class RunConfig(_Section):
     # Which preset 'auto' took and why, once resolved here (not saved: config.json names the preset itself).
     _preset_choice: str | None = PrivateAttr(None)
     _size_choice: str | None = PrivateAttr(None)  # the same for data.image_size 'auto'
+    # Dotted fields ``for_data`` filled (model.name when 'auto' chose it, and the preset's settings): the preset's
+    # values, not the user's, so ``keeping_preset`` may put a resumed run's own back in their place.
+    _preset_filled: frozenset[str] = PrivateAttr(frozenset())
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("out", mode="before")
@@ -516,6 +534,13 @@ class RunConfig(_Section):
                 f"(dist.nproc_per_node {self.dist.nproc_per_node} x dist.nnodes {self.dist.nnodes}); "
                 f"use a multiple of {world}")
         return self
+
+    def __eq__(self, other: object) -> bool:
+        """Equal settings are the same config: the private notes on how 'auto' was resolved do not count (a
+        config rebuilt from its config.json equals the one that wrote it)."""
+        return isinstance(other, RunConfig) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  (mutable, as pydantic models are)
 
     def resolved(self, channels: int | None = None, image_size: int | None = None) -> RunConfig:
         """A copy with the run id filled in (a timestamped default when none was given) and the preset's
@@ -582,12 +607,29 @@ class RunConfig(_Section):
         return f"model auto: {name} ({why})"
 
     def keeping_preset(self, saved: dict[str, Any] | None) -> RunConfig:
-        """With ``model.name auto``, the preset of the run's ``saved`` config (config.json or a checkpoint's), if
-        any: a run keeps the preset it started with, even resumed on another kind of machine."""
-        name = ((saved or {}).get("model") or {}).get("name")
-        if self.model.name != "auto" or name in (None, "auto"):
+        """The preset of the run's ``saved`` config (config.json or a checkpoint's) and the settings it gave
+        the run, in place of what this config leaves to the preset ('auto' or None, or filled by ``for_data``
+        rather than given): a run keeps its preset and settings even resumed on another kind of machine
+        ('auto' and r3gan's widths follow the device) or by a version whose preset defaults changed. Settings
+        the user gives stay as given (the resume check then compares them). Resolve the result again."""
+        saved = saved or {}
+        name = (saved.get("model") or {}).get("name")
+        chosen_here = self.model.name == "auto" or "model.name" in self._preset_filled
+        if name in (None, "auto") or not (chosen_here or self.model.name == name):
             return self
-        return self.model_copy(update={"model": self.model.model_copy(update={"name": name})})
+        updates: dict[str, dict[str, Any]] = {"model": {"name": name}, "train": {}}
+        for dotted in sorted(_PRESET_FIELDS):
+            section, field = dotted.split(".")
+            own = getattr(self, section)
+            if getattr(own, field) not in (None, "auto") and dotted not in self._preset_filled:
+                continue  # the user's
+            value = (saved.get(section) or {}).get(field)
+            # not saved (an older version's config): the preset decides again, when this config is resolved
+            updates[section][field] = value if value not in (None, "auto") else type(own).model_fields[field].default
+        cfg = self.model_copy(update={s: getattr(self, s).model_copy(update=u) for s, u in updates.items()})
+        if name != self.model.name and self.model.name != "auto":  # 'auto' had chosen another preset here
+            cfg._preset_choice = f"model auto: {name} (the run's own, from its saved config)"
+        return cfg
 
     def for_data(self, channels: int | None) -> RunConfig:
         """``model.name auto`` replaced by the preset for images of ``channels`` (``choose_preset``; left
@@ -599,13 +641,16 @@ class RunConfig(_Section):
         if name == "auto":
             return self
         updates: dict[str, dict[str, Any]] = {"model": {"name": name}, "train": {}}
-        for dotted, value in PRESET_DEFAULTS[name].items():
+        gpu = name in GPU_PRESET_DEFAULTS and trains_on_gpu(self.device)
+        for dotted, value in preset_defaults(name, gpu).items():
             section, field = dotted.split(".")
             if getattr(getattr(self, section), field) in (None, "auto"):
                 updates[section][field] = value
         if name == self.model.name and not updates["train"] and len(updates["model"]) == 1:
             return self
         cfg = self.model_copy(update={s: getattr(self, s).model_copy(update=u) for s, u in updates.items()})
+        cfg._preset_filled = self._preset_filled | {f"{s}.{f}" for s, u in updates.items() for f in u
+                                                    if f"{s}.{f}" != "model.name" or self.model.name == "auto"}
         if self.model.name == "auto":
             cfg._preset_choice = self.preset_choice(channels)
         return cfg
@@ -647,8 +692,7 @@ RESUMABLE_CHANGES = {
 
 
 # Fields a config may leave to the preset or to a measurement ('auto' or None) until training resolves them.
-_RESOLVED_LATER = {"model.name", "data.image_size", "train.precision",
-                   *(k for d in PRESET_DEFAULTS.values() for k in d)}
+_RESOLVED_LATER = {"model.name", "data.image_size", "train.precision", *_PRESET_FIELDS}
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -674,8 +718,9 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
 
 def check_resumable(saved: dict[str, Any], current: RunConfig) -> None:
     """``CheckpointError`` (one line, naming each difference) when ``current`` would change what the run
-    saved with config ``saved`` is learning; see ``config_differences``."""
-    diffs = config_differences(saved, current.model_dump(mode="json"))
+    saved with config ``saved`` is learning; see ``config_differences``. What ``current`` leaves to the preset
+    takes the run's own values first (``RunConfig.keeping_preset``), as training will."""
+    diffs = config_differences(saved, current.keeping_preset(saved).resolved().model_dump(mode="json"))
     if diffs:
         raise CheckpointError(f"run {current.run_id!r} exists with a different config ({'; '.join(diffs)}); "
                               "use a new --run-id, or the original settings to resume it")

@@ -41,7 +41,7 @@ class Preset:
     sizes: tuple[int, ...] | None  # image sides it makes; None: any
     batch_independent_d: bool  # D scores each image on its own (no batch norm): real and fake may share a pass
     dcgan_init: bool  # re-initialise with N(0, 0.02) (the preset has no initialisation of its own)
-    width: int = 32  # ngf and ndf where the config leaves them None (the same as ganlib.config.PRESET_DEFAULTS)
+    width: int = 32  # ngf and ndf where the config leaves them None (ganlib.config.PRESET_DEFAULTS: a CPU's)
 
 
 PRESETS: dict[str, Preset] = {
@@ -81,7 +81,7 @@ def build_models(cfg: ModelConfig, channels: int, image_size: int, num_classes: 
     if preset is None:
         raise ConfigError(f"model.name: unknown model {cfg.name!r}; choose one of {', '.join(PRESETS)}")
     check_image_size(cfg.name, image_size)
-    if cfg.ngf is None or cfg.ndf is None:  # an unresolved config: the preset's widths
+    if cfg.ngf is None or cfg.ndf is None or getattr(cfg, "blocks", 1) is None:  # unresolved: the CPU widths
         cfg = _Widths(cfg, preset.width)
     g, d = preset.generator(cfg, channels, image_size, k), preset.discriminator(cfg, channels, image_size, k)
     if preset.dcgan_init:
@@ -93,10 +93,12 @@ def build_models(cfg: ModelConfig, channels: int, image_size: int, num_classes: 
 
 
 class _Widths:
-    """``cfg`` with ngf / ndf None replaced by ``width`` (read by attribute, like ModelConfig)."""
+    """``cfg`` with ngf / ndf None replaced by ``width`` and blocks None by 1 (read by attribute, like
+    ModelConfig)."""
 
     def __init__(self, cfg: ModelConfig, width: int):
         self._cfg, self.ngf, self.ndf = cfg, cfg.ngf or width, cfg.ndf or width
+        self.blocks = getattr(cfg, "blocks", None) or 1
 
     def __getattr__(self, name: str):  # noqa: ANN204
         return getattr(self._cfg, name)

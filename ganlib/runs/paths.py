@@ -112,6 +112,10 @@ class RunDir:
             raise RunError(f"cannot read {self.config}: not a JSON object")
         return data
 
+    def saved_config(self) -> dict[str, Any] | None:
+        """``read_config()`` where the run has a config.json, else None (a run not started yet)."""
+        return self.read_config() if self.config.is_file() else None
+
     def load_config(self, **overrides: Any) -> RunConfig:
         """The run's validated config, placed where the run is now (``out`` and ``run_id`` from this
         directory, so a moved run still works), with top-level ``overrides`` applied."""

@@ -51,6 +51,7 @@ from ganlib.errors import ConfigError, GanlibError
 from ganlib.runs.device import configure_backends, resolve_device
 from ganlib.runs.files import atomic_write_json
 from ganlib.runs.lock import pid_alive, proc_start, read_lock, run_lock
+from ganlib.runs.paths import RunDir
 from ganlib.training.distributed import DistContext
 from ganlib.training.loop import train
 
@@ -280,6 +281,7 @@ def launch(
     (an exception in a callback, a cancellation, a timeout), every process started is killed.
     """
     cfg = cfg.resolved()
+    cfg = cfg.keeping_preset(RunDir(cfg.run_dir).saved_config()).resolved()  # resumed: the run's own preset
     if timeout_s is None and cfg.dist.timeout_minutes is not None:
         timeout_s = 60 * cfg.dist.timeout_minutes
     writer_machine = cfg.dist.node_rank == 0

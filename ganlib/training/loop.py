@@ -132,7 +132,7 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
     images = BatchSource(store.images, device, cfg.data.resident_limit_mb)  # on the device if it fits
     labels = torch.from_numpy(store.labels).to(device) if cfg.model.conditional else None
     num_images, image_shape = len(images), tuple(store.images.shape[1:])
-    saved = found[1]["config"] if found is not None else (run.read_config() if run.config.is_file() else None)
+    saved = found[1]["config"] if found is not None else run.saved_config()
     cfg = _with_measured_settings(cfg, saved, store.images, ctx)
     t = cfg.train
     num_steps, batch = total_steps(t, num_images), t.batch_size

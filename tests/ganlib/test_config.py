@@ -88,8 +88,39 @@ def test_a_run_keeps_the_preset_it_started_with():
     assert saved["model"]["name"] == "r3gan"
     again = build_config({"device": "cpu", "data": {"image_size": 32}}).keeping_preset(saved).resolved()
     assert again.model.name == "r3gan" and again.train.loss == "rpgan"  # resumed on a CPU: still r3gan
+    assert (again.model.ngf, again.model.ndf, again.model.blocks) == (64, 64, 2)  # and the GPU's widths
+    assert config_differences(saved, again.model_dump(mode="json")) == []
     named = build_config({"model": {"name": "dcgan"}}).keeping_preset(saved)
-    assert named.model.name == "dcgan"  # a named model is the user's: the resume check then compares them
+    assert named.model.name == "dcgan" and named.model.ngf is None  # a named model is the user's: the resume
+    # check then compares them
+
+
+@pytest.mark.parametrize(("device", "widths", "auto"), [("cpu", (16, 16, 1), ("dcgan", 32, 1)),
+                                                       ("cuda", (64, 64, 2), ("r3gan", 64, 2))])
+def test_r3gan_is_wider_on_a_gpu_unless_told(device, widths, auto):
+    cfg = build_config({"device": device, "model": {"name": "r3gan"}, "data": {"image_size": 64}}).resolved()
+    assert (cfg.model.ngf, cfg.model.ndf, cfg.model.blocks) == widths
+    told = build_config({"device": device, "model": {"name": "r3gan", "ngf": 32, "blocks": 3},
+                         "data": {"image_size": 64}}).resolved()
+    assert (told.model.ngf, told.model.ndf, told.model.blocks) == (32, widths[1], 3)
+    chosen = build_config({"device": device, "data": {"image_size": 64}}).resolved()  # model auto
+    assert (chosen.model.name, chosen.model.ngf, chosen.model.blocks) == auto
+    dcgan = build_config({"device": device, "model": {"name": "dcgan"}, "data": {"image_size": 64}}).resolved()
+    assert (dcgan.model.ngf, dcgan.model.blocks) == (32, 1)  # only r3gan changes with the device
+
+
+def test_a_resumed_run_keeps_the_settings_it_left_to_the_preset_and_the_users_win():
+    started = build_config({"device": "cpu", "model": {"name": "r3gan"}, "data": {"image_size": 32}}).resolved()
+    saved = started.model_dump(mode="json")
+    on_gpu = build_config({"device": "cuda", "model": {"name": "r3gan"}, "data": {"image_size": 32}})
+    resumed = on_gpu.keeping_preset(saved).resolved()
+    assert (resumed.model.ngf, resumed.model.blocks) == (16, 1)  # started on a CPU: resumed at its widths
+    assert config_differences(saved, resumed.model_dump(mode="json")) == []
+    wider = build_config({"device": "cuda", "model": {"name": "r3gan", "ngf": 64}, "data": {"image_size": 32}})
+    assert config_differences(saved, wider.keeping_preset(saved).resolved().model_dump(mode="json")) == [
+        "model.ngf: 16 -> 64"]  # asked for: refused by the resume check, not silently replaced
+    old = {**saved, "train": {**saved["train"], "beta2": 0.999}}  # saved when the preset said otherwise
+    assert on_gpu.keeping_preset(old).resolved().train.beta2 == 0.999
 
 
 def test_the_presets_settings_fill_only_what_the_user_left_to_them():

@@ -294,3 +294,36 @@ def test_r3gan_with_ada_and_lazy_r1_r2_resumes_bit_identically(tiny):
     ta = pd.read_parquet(whole.run_dir / "metrics" / "train.parquet").drop(columns="images_per_sec")
     tb = pd.read_parquet(whole.out / "part-r3" / "metrics" / "train.parquet").drop(columns="images_per_sec")
     pd.testing.assert_frame_equal(ta, tb)
+
+
+def test_a_run_resumed_where_its_preset_defaults_differ_keeps_its_own(tiny, monkeypatch):
+    """r3gan's widths left to the preset are 16 and one block on a CPU, 64 and two on a GPU: a run started on
+    one and resumed where the other's defaults apply goes on at the widths it saved, not refused or rebuilt."""
+    settings = dict(model__name="r3gan", model__ngf=None, model__ndf=None, data__image_size=32,
+                    data__channels="rgb", train__checkpoint_every=3)
+    cfg = tiny(run_id="moved", **settings, train__steps=3)
+    store = prepare_dataset(cfg.data, cfg.out)
+    train(cfg, store)
+    monkeypatch.setattr("ganlib.config.trains_on_gpu", lambda device: True)  # the GPU's defaults from now on
+    assert tiny(**settings).resolved().model.ngf == 64
+    resumed = train(tiny(run_id="moved", **settings, train__steps=6), store)
+    assert resumed.resumed_from_step == 3 and resumed.final_step == 6
+    saved = load_checkpoint(cfg.run_dir / "checkpoints" / "step_000006.pt")["config"]["model"]
+    assert (saved["ngf"], saved["ndf"], saved["blocks"]) == (16, 16, 1)
+
+
+def test_a_run_whose_preset_auto_chose_on_a_gpu_resumes_as_that_preset_on_a_cpu(tiny, monkeypatch):
+    """'auto' picks r3gan for RGB images on a GPU and dcgan on a CPU: resumed on a CPU, the run stays r3gan at
+    the GPU's widths (the checkpoint's weights), rather than being refused as another model."""
+    settings = dict(model__name="auto", model__ngf=None, model__ndf=None, data__channels="rgb", train__batch_size=8,
+                    train__checkpoint_every=2)
+    with monkeypatch.context() as gpu:
+        gpu.setattr("ganlib.config.trains_on_gpu", lambda device: True)
+        cfg = tiny(run_id="auto-moved", **settings, train__steps=2)
+        store = prepare_dataset(cfg.data, cfg.out)
+        train(cfg, store)
+    assert tiny(**settings).resolved(channels=3).model.name == "dcgan"  # what a CPU run would pick
+    resumed = train(tiny(run_id="auto-moved", **settings, train__steps=4), store)
+    assert resumed.resumed_from_step == 2 and resumed.final_step == 4
+    saved = load_checkpoint(cfg.run_dir / "checkpoints" / "step_000004.pt")["config"]["model"]
+    assert (saved["name"], saved["ngf"], saved["blocks"]) == ("r3gan", 64, 2)
