@@ -16,9 +16,10 @@ What makes it R3GAN's design (and what it is trained with, see ``RECIPE`` in ``g
 
 Trained with the relativistic pairing loss and R1 + R2 penalties (``train.loss rpgan``, ``train.r1``,
 ``train.r2``). Departures from the paper, for this project: G ends in tanh (every preset's images are in
-[-1, 1]); one residual block per stage by default (``model.blocks``) and widths set by ``model.ngf`` /
-``model.ndf`` (the width at the image resolution, doubling per halving up to 8x), so a CPU trains it at
-32 px and a GPU widens it at 256 px. Every op is bf16-safe under autocast (no batch statistics, no
+[-1, 1]); residual blocks per stage set by ``model.blocks`` and widths by ``model.ngf`` / ``model.ndf``
+(the width at the image resolution, doubling per halving up to 8x), by default one block and 16 channels on
+a CPU (it trains at 32 px there) and the paper's two blocks and 64 channels on a GPU
+(``ganlib.config.GPU_PRESET_DEFAULTS``). Every op is bf16-safe under autocast (no batch statistics, no
 normalisation; the losses are computed in fp32 by the training step).
 """
 

@@ -90,9 +90,9 @@ def test_a_run_keeps_the_preset_it_started_with():
     assert again.model.name == "r3gan" and again.train.loss == "rpgan"  # resumed on a CPU: still r3gan
     assert (again.model.ngf, again.model.ndf, again.model.blocks) == (64, 64, 2)  # and the GPU's widths
     assert config_differences(saved, again.model_dump(mode="json")) == []
+    # A named model is the user's: nothing of r3gan's is taken, and the resume check then compares them.
     named = build_config({"model": {"name": "dcgan"}}).keeping_preset(saved)
-    assert named.model.name == "dcgan" and named.model.ngf is None  # a named model is the user's: the resume
-    # check then compares them
+    assert named.model.name == "dcgan" and named.model.ngf is None
 
 
 @pytest.mark.parametrize(("device", "widths", "auto"), [("cpu", (16, 16, 1), ("dcgan", 32, 1)),
