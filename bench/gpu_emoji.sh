@@ -16,8 +16,9 @@
 # checkpoint in the self-supervised space (the emoji are unlabelled; Inception and DINOv2 need weights files
 # the machine cannot download, so they are off), and writes to $OUT (at most 8 files):
 # quality.csv (one row per size), curves.png and curves.txt (ssl FD against training seconds), the two
-# 10x10 grids, and log.txt. Widths: WIDTH (default 64, the "64 or more on a GPU" of docs/models.md) for
-# ngf and ndf, BLOCKS (default 2) residual blocks per stage; precision auto takes bf16 on CUDA.
+# 10x10 grids, and log.txt. Widths: WIDTH (default 64) for ngf and ndf, BLOCKS (default 2) residual blocks
+# per stage: r3gan's GPU defaults (ganlib.config.GPU_PRESET_DEFAULTS), given here so that `check` trains the
+# same network on the CPU; precision auto takes bf16 on CUDA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}
