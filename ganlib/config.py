@@ -606,6 +606,10 @@ class RunConfig(_Section):
         name, why = choose_preset(channels, self.data.image_size, gpu)  # a folder's channels: once prepared
         return f"model auto: {name} ({why})"
 
+    def _updated(self, updates: dict[str, dict[str, Any]]) -> RunConfig:
+        """A copy with ``updates`` ({section: {field: value}}) applied, keeping the private notes."""
+        return self.model_copy(update={s: getattr(self, s).model_copy(update=u) for s, u in updates.items()})
+
     def keeping_preset(self, saved: dict[str, Any] | None) -> RunConfig:
         """The preset of the run's ``saved`` config (config.json or a checkpoint's) and the settings it gave
         the run, in place of what this config leaves to the preset ('auto' or None, or filled by ``for_data``
@@ -626,7 +630,7 @@ class RunConfig(_Section):
             value = (saved.get(section) or {}).get(field)
             # not saved (an older version's config): the preset decides again, when this config is resolved
             updates[section][field] = value if value not in (None, "auto") else type(own).model_fields[field].default
-        cfg = self.model_copy(update={s: getattr(self, s).model_copy(update=u) for s, u in updates.items()})
+        cfg = self._updated(updates)
         if name != self.model.name and self.model.name != "auto":  # 'auto' had chosen another preset here
             cfg._preset_choice = f"model auto: {name} (the run's own, from its saved config)"
         return cfg
@@ -648,7 +652,7 @@ class RunConfig(_Section):
                 updates[section][field] = value
         if name == self.model.name and not updates["train"] and len(updates["model"]) == 1:
             return self
-        cfg = self.model_copy(update={s: getattr(self, s).model_copy(update=u) for s, u in updates.items()})
+        cfg = self._updated(updates)
         cfg._preset_filled = self._preset_filled | {f"{s}.{f}" for s, u in updates.items() for f in u
                                                     if f"{s}.{f}" != "model.name" or self.model.name == "auto"}
         if self.model.name == "auto":
