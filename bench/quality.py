@@ -98,6 +98,7 @@ def _parse_value(text: str) -> Any:
 
 
 IS_TARGET = 9.0  # the unconditional quality target
+CHECKPOINT_EVERY = 5000  # a row's checkpoint spacing where neither its preset nor --checkpoint-every says
 
 
 def seconds_to_reach(run_dir: Path, table: pd.DataFrame, target: float = IS_TARGET) -> float:
@@ -186,7 +187,7 @@ def main() -> None:
     p.add_argument("--out", default=str(RUNS))
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help="steps between checkpoints; each is evaluated (the resolution of time-to-quality); "
-                        "default: the row's own (5000 unless its preset says)")
+                        f"default: the row's own ({CHECKPOINT_EVERY} unless its preset says)")
     p.add_argument("--csv", type=Path, default=RESULTS, help="the CSV the rows are appended to")
     p.add_argument("--rescore", nargs="+", metavar="RUN_DIR", default=[],
                    help="score finished runs again (e.g. after evaluation changed) instead of training")
@@ -219,7 +220,7 @@ def main() -> None:
             cfg = RunDir(label).load_config()
             row = score_run(cfg, prepare_dataset(cfg.data, cfg.out), label.name, {})
         else:
-            row = run_one(label, settings, args.minutes, data, args.device, Path(args.out), 5000,
+            row = run_one(label, settings, args.minutes, data, args.device, Path(args.out), CHECKPOINT_EVERY,
                           args.steps)
         rows.append(row)
         append_csv(args.csv, row)
