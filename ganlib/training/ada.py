@@ -123,13 +123,18 @@ def colour_transforms(n: int, channels: int, p: torch.Tensor, device: torch.devi
     return mat, off
 
 
+def resample(x: torch.Tensor, mats: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Images (N, C, H, W) through the maps ``mats`` (N, 3, 3) of ``geometric_matrices``, interpolated by ``mode``
+    (grid_sample's: 'bilinear', as training does, or 'bicubic') with reflection padding."""
+    grid = F.affine_grid(mats[:, :2, :], list(x.shape), align_corners=False).to(x.dtype)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="reflection", align_corners=False)
+
+
 def augment(x: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Images (N, C, S, S) in [-1, 1], each transform applied with probability ``p`` (a 0-d tensor)."""
-    n, c, h, w = x.shape
+    n, c, _, w = x.shape
     device = x.device
-    mats = geometric_matrices(n, w, p, device, generator)
-    grid = F.affine_grid(mats[:, :2, :], [n, c, h, w], align_corners=False).to(x.dtype)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    x = resample(x, geometric_matrices(n, w, p, device, generator))
     mat, off = colour_transforms(n, c, p, device, generator)
     x = torch.einsum("nij,njhw->nihw", mat.to(x.dtype), x) + off.to(x.dtype).view(n, c, 1, 1)
     return x
