@@ -11,9 +11,9 @@
    median fraction of high-pass energy (the image minus its 3x3 box blur, away from the borders) that survives,
    the share of images keeping under a quarter of it, and the resampling's forward and backward time.
 2. **Spectra** (``--runs``): each run's EMA generator at its last checkpoint (or ``--step``) makes
-   ``--num-samples`` images; their radial power spectrum, divided by that of as many of the run's real images,
-   per frequency (cycles per image). 1 everywhere is a generator with the real images' texture; above 1 at high
-   frequencies is texture the real images do not have.
+   ``--num-samples`` images; their radial power spectrum, divided by that of as many of the run's real images
+   (a fixed random pick), per frequency (cycles per image). 1 everywhere is a generator with the real images'
+   texture; above 1 at high frequencies is texture the real images do not have.
 
 Prints both tables; appends the rows to ``bench/results/ada_spectrum.csv`` with date, device and commit.
 """
@@ -100,9 +100,11 @@ def run_spectrum(run_dir: Path, step: int | None, num_samples: int) -> tuple[int
     step = max(checkpoints) if step is None else step
     if step not in checkpoints:
         raise SystemExit(f"{run_dir} has no checkpoint at step {step}; it has {sorted(checkpoints)}")
-    generator, meta = load_generator(checkpoints[step])
+    generator, _ = load_generator(checkpoints[step])
     store = load_store(prepare_dataset(cfg.data, cfg.out))
-    real = to_unit_range(store.images[:num_samples])
+    # a fixed random pick: a store may be in class order
+    pick = np.sort(np.random.default_rng(0).permutation(len(store.images))[:num_samples])
+    real = to_unit_range(store.images[pick])
     fake = generate(generator, fixed_noise(num_samples, cfg.model.noise_dim, 0))
     return step, radial_power(fake) / radial_power(real)
 
