@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import platform
 import resource
 import subprocess
@@ -49,6 +50,14 @@ def parse_diffaug(text: str) -> tuple[str, ...]:
         raise ValueError(f"--diffaug: unknown {', '.join(sorted(unknown))}; use a comma list of "
                          f"{', '.join(POLICIES)} or none")
     return policy
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set KEY=VALUE`` value: JSON where it parses (numbers, booleans, lists), else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def device_name(device: torch.device) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import append_csv, commit, device_name
+from bench.common import append_csv, commit, device_name, parse_value
 from ganlib.config import build_config, set_dotted
 from ganlib.data.sources import sized_config
 from ganlib.data.store import load_store, prepare_dataset
@@ -108,10 +107,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         key, sep, value = item.partition("=")
         if not sep:
             p.error(f"--set {item!r}: expected KEY=VALUE, e.g. eval.num_samples=5000")
-        try:
-            set_dotted(settings, key, json.loads(value))
-        except json.JSONDecodeError:
-            set_dotted(settings, key, value)
+        set_dotted(settings, key, parse_value(value))
     try:
         cfg = sized_config(build_config(settings)).resolved()
         store = load_store(prepare_dataset(cfg.data, cfg.out))

@@ -38,7 +38,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.common import append_csv, commit, device_name
+from bench.common import append_csv, commit, device_name, parse_value
 from bench.curves import training_seconds
 from ganlib.config import RunConfig, build_config, set_dotted
 from ganlib.data.store import prepare_dataset
@@ -88,13 +88,6 @@ def _nested(settings: dict[str, Any]) -> dict[str, Any]:
     for dotted, value in settings.items():
         set_dotted(out, dotted, value)
     return out
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 IS_TARGET = 9.0  # the unconditional quality target
@@ -203,7 +196,7 @@ def main() -> None:
         key, sep, value = item.partition("=")
         if not sep:
             p.error(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr_d=4e-4")
-        extra[key] = _parse_value(value)
+        extra[key] = parse_value(value)
     if args.checkpoint_every is not None:  # over the row preset's own spacing, as a --set would be
         extra["train.checkpoint_every"] = args.checkpoint_every
     data = ({"dataset": args.dataset, "image_size": args.image_size}
