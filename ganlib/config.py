@@ -214,6 +214,11 @@ class TrainConfig(_Section):
         100.0, gt=0, le=10**6, description="ADA: thousands of images over which p can move from 0 to 1 (the paper: "
         "500, for runs of millions of images).")
     ada_interval: int = Field(4, ge=1, le=10**4, description="ADA: steps between adjustments of p.")
+    ada_pipeline: Literal["bgc", "bg", "bc", "gc", "b", "g", "c"] = Field(
+        "bgc", description="ADA: the transform groups, by letter as StyleGAN2-ADA's --augpipe: b blit (x-flip, "
+        "90-degree rotations, integer translation), g geometric (scaling, rotation, fractional translation), c "
+        "colour (brightness, contrast, luma flip, hue, saturation). 'bgc': all (the paper's default); 'bg' leaves "
+        "colours alone.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="'auto' (default): bf16 autocast on CUDA; on the CPU a probe of a few of the run's own "
         "training steps in fp32 and bf16 (a few seconds) takes bf16 only where it is at least 1.2x faster (CPUs "

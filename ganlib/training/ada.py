@@ -12,6 +12,10 @@ pipeline; each transform is applied to each image with probability ``p``:
   (log-normal, sigma 0.5 ln 2), luma flip, hue rotation about the grey axis, saturation (log-normal,
   sigma ln 2). Grey images take brightness and contrast only.
 
+The first three geometric transforms are the "blit" group (they move whole pixels), the rest "geometric";
+``pipeline`` picks groups by letter as StyleGAN2-ADA's ``--augpipe`` does: 'bgc' (all, the default), 'bg'
+(no colour), 'b', and so on.
+
 Every op is differentiable, so G learns through it, and its randomness comes from the generator passed in
 (the run's saved noise generator), so a resumed run augments exactly as the uninterrupted one.
 
@@ -25,12 +29,18 @@ checkpoints.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
+if TYPE_CHECKING:
+    from ganlib.config import TrainConfig
+
 LN2 = math.log(2.0)
+# The transform groups a pipeline may combine (StyleGAN2-ADA's --augpipe letters): b blit, g geometric,
+# c colour. 'bgc' is the paper's default; 'bg' leaves colours alone.
+PIPELINES = ("bgc", "bg", "bc", "gc", "b", "g", "c")
 
 
 def _coin(p: torch.Tensor, n: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
@@ -70,31 +80,39 @@ def _translation(tx: torch.Tensor, ty: torch.Tensor) -> torch.Tensor:
 
 
 def geometric_matrices(n: int, size: int, p: torch.Tensor, device: torch.device,
-                       generator: torch.Generator | None) -> torch.Tensor:
+                       generator: torch.Generator | None, blit: bool = True, geom: bool = True) -> torch.Tensor:
     """(n, 3, 3) maps from output to input positions in grid_sample's [-1, 1] coordinates.
 
-    The transforms' distributions are symmetric, so the map and its inverse are equally likely: drawing
-    the sampling map directly is drawing the augmentation.
+    ``blit`` (flip, 90-degree rotation, integer translation) and ``geom`` (the rest) switch the two groups;
+    a group switched off draws its random numbers all the same, at probability 0, so the other group sees
+    the same stream as in the full pipeline. The transforms' distributions are symmetric, so the map and its
+    inverse are equally likely: drawing the sampling map directly is drawing the augmentation.
     """
-    def coin() -> torch.Tensor:
-        return _coin(p, n, device, generator)
+    zero = torch.zeros_like(p)
+
+    def coin(group: bool = True) -> torch.Tensor:
+        return _coin(p if group else zero, n, device, generator)
+
+    def geom_coin() -> torch.Tensor:
+        return coin(geom)
 
     m = torch.eye(3, device=device).expand(n, 3, 3)
-    flip = 1 - 2 * coin() * torch.randint(0, 2, (n,), device=device, generator=generator).float()
+    flip = 1 - 2 * coin(blit) * torch.randint(0, 2, (n,), device=device, generator=generator).float()
     m = m @ _scaling(flip, torch.ones_like(flip))
-    quarter = coin() * torch.randint(0, 4, (n,), device=device, generator=generator).float()
+    quarter = coin(blit) * torch.randint(0, 4, (n,), device=device, generator=generator).float()
     m = m @ _rotation(quarter * (math.pi / 2))
     # Integer translation: whole pixels, up to 1/8 of the side (2 / size is one pixel in [-1, 1]).
-    shift = [coin() * torch.round(_uniform(n, device, generator) * 0.125 * size) * (2.0 / size) for _ in range(2)]
+    shift = [coin(blit) * torch.round(_uniform(n, device, generator) * 0.125 * size) * (2.0 / size)
+             for _ in range(2)]
     m = m @ _translation(*shift)
-    iso = torch.exp2(coin() * _randn(n, device, generator) * 0.2)
+    iso = torch.exp2(geom_coin() * _randn(n, device, generator) * 0.2)
     m = m @ _scaling(iso, iso)
-    p_rot = 1 - torch.sqrt((1 - p).clamp(min=0))
+    p_rot = 1 - torch.sqrt((1 - p).clamp(min=0)) if geom else zero
     m = m @ _rotation(_coin(p_rot, n, device, generator) * _uniform(n, device, generator) * math.pi)
-    aniso = torch.exp2(coin() * _randn(n, device, generator) * 0.2)
+    aniso = torch.exp2(geom_coin() * _randn(n, device, generator) * 0.2)
     m = m @ _scaling(aniso, 1 / aniso)
     m = m @ _rotation(_coin(p_rot, n, device, generator) * _uniform(n, device, generator) * math.pi)
-    frac = [coin() * _randn(n, device, generator) * 0.125 * 2 for _ in range(2)]
+    frac = [geom_coin() * _randn(n, device, generator) * 0.125 * 2 for _ in range(2)]
     return m @ _translation(*frac)
 
 
@@ -130,13 +148,19 @@ def resample(x: torch.Tensor, mats: torch.Tensor, mode: str = "bilinear") -> tor
     return F.grid_sample(x, grid, mode=mode, padding_mode="reflection", align_corners=False)
 
 
-def augment(x: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Images (N, C, S, S) in [-1, 1], each transform applied with probability ``p`` (a 0-d tensor)."""
+def augment(x: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None = None,
+            pipeline: str = "bgc") -> torch.Tensor:
+    """Images (N, C, S, S) in [-1, 1], each transform of the groups in ``pipeline`` (PIPELINES) applied with
+    probability ``p`` (a 0-d tensor)."""
+    if not pipeline or set(pipeline) - set("bgc"):
+        raise ValueError(f"ADA pipeline {pipeline!r}: use the letters b (blit), g (geometric), c (colour), e.g. 'bgc'")
     n, c, _, w = x.shape
     device = x.device
-    x = resample(x, geometric_matrices(n, w, p, device, generator))
-    mat, off = colour_transforms(n, c, p, device, generator)
-    x = torch.einsum("nij,njhw->nihw", mat.to(x.dtype), x) + off.to(x.dtype).view(n, c, 1, 1)
+    if "b" in pipeline or "g" in pipeline:
+        x = resample(x, geometric_matrices(n, w, p, device, generator, blit="b" in pipeline, geom="g" in pipeline))
+    if "c" in pipeline:
+        mat, off = colour_transforms(n, c, p, device, generator)
+        x = torch.einsum("nij,njhw->nihw", mat.to(x.dtype), x) + off.to(x.dtype).view(n, c, 1, 1)
     return x
 
 
@@ -148,15 +172,16 @@ class AdaptiveAugment:
     step of p. ``reduce`` sums over the data-parallel ranks (identity alone), so every rank keeps one p.
     """
 
-    def __init__(self, target: float, kimg: float, interval: int, batch_size: int, device: torch.device):
-        self.target, self.interval = target, interval
+    def __init__(self, target: float, kimg: float, interval: int, batch_size: int, device: torch.device,
+                 pipeline: str = "bgc"):
+        self.target, self.interval, self.pipeline = target, interval, pipeline
         self.speed = batch_size * interval / (kimg * 1000)  # change of p per adjustment
         self.p = torch.zeros((), device=device)
         self.sums = torch.zeros(2, device=device)  # (sum of signs, count) since the last adjustment
         self.r_t = torch.zeros((), device=device)  # the last adjustment's r_t, for the log
 
     def augment(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        return augment(x, self.p, generator)
+        return augment(x, self.p, generator, self.pipeline)
 
     @torch.no_grad()
     def observe(self, signs: torch.Tensor) -> None:
@@ -176,3 +201,11 @@ class AdaptiveAugment:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         device = self.p.device
         self.p, self.sums, self.r_t = (state[k].to(device) for k in ("p", "sums", "r_t"))
+
+
+def make_ada(train: TrainConfig, batch_size: int, device: torch.device) -> AdaptiveAugment | None:
+    """The run's ADA controller (p at 0) from its resolved train config, or None where ADA is off."""
+    if train.ada != "on":
+        return None
+    return AdaptiveAugment(train.ada_target, train.ada_kimg, train.ada_interval, batch_size, device,
+                           train.ada_pipeline)

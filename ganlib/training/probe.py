@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ganlib.models import build_models
-from ganlib.training.ada import AdaptiveAugment
+from ganlib.training.ada import make_ada
 from ganlib.training.step import Objective, cpu_has_native_bf16, make_optimizers, train_step, use_channels_last
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ def _seconds_per_step(cfg: RunConfig, real: torch.Tensor, device: torch.device) 
         x = x.repeat_interleave(objective.d_steps, dim=0).contiguous(memory_format=fmt)
         y = torch.arange(len(x), device=device) % 2 if cfg.model.conditional else None
         noise = torch.Generator(device=device).manual_seed(0)
-        ada = AdaptiveAugment(t.ada_target, t.ada_kimg, t.ada_interval, len(real), device) if t.ada == "on" else None
+        ada = make_ada(t, len(real), device)
         times: list[float] = []
         for i in range(WARMUP_STEPS + MAX_STEPS):
             z = torch.randn(len(x), cfg.model.noise_dim, device=device, generator=noise)

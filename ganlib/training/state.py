@@ -23,7 +23,7 @@ from torch import nn
 from ganlib.data.loader import BatchOrder
 from ganlib.models import build_models
 from ganlib.runs import checkpoint as ckpt
-from ganlib.training.ada import AdaptiveAugment
+from ganlib.training.ada import make_ada
 from ganlib.training.distributed import ProcessContext
 from ganlib.training.step import base_learning_rates, make_optimizers, use_channels_last, with_adam_kernel
 
@@ -57,9 +57,7 @@ class TrainingState:
         self.order = BatchOrder(num_images, cfg.train.batch_size, cfg.seed, device, ctx.rank, ctx.world_size)
         self.health: dict[str, Any] = health or {"rollbacks": 0, "lr_scale": 1.0}
         self.opt_g, self.opt_d = make_optimizers(cfg, self.generator, self.discriminator, self.health["lr_scale"])
-        t = cfg.train
-        self.ada = (AdaptiveAugment(t.ada_target, t.ada_kimg, t.ada_interval, t.batch_size, device)
-                    if t.ada == "on" else None)
+        self.ada = make_ada(cfg.train, cfg.train.batch_size, device)
         self.step = 0
 
     def set_learning_rates(self, factor: float) -> None:

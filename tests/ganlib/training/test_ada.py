@@ -76,3 +76,64 @@ def test_a_run_with_ada_logs_p_and_saves_it(tiny):
     # The table logs the p each step trained with; the checkpoint holds p after the last step's adjustment.
     speed = 32 * 2 / 500
     assert min(abs(saved["ada"]["p"].item() - table["ada_p"].iloc[-1] - d) for d in (-speed, 0, speed)) < 1e-6
+
+
+def test_the_blit_pipeline_only_moves_whole_pixels():
+    """'b' (flips, quarter turns, integer shifts with reflection): every output pixel is an input pixel of the
+    same image, unblended (distinct pixels of these random images lie about 0.1 or more apart)."""
+    x = _images(n=8, c=3, s=8, seed=2)
+    out = augment(x, torch.tensor(1.0), torch.Generator().manual_seed(4), pipeline="b")
+    assert not torch.allclose(out, x)
+    for img_out, img_in in zip(out, x, strict=True):
+        pixels_in = img_in.flatten(1).T  # (64, 3): the image's pixels as RGB triples
+        nearest = torch.cdist(img_out.flatten(1).T, pixels_in).amin(dim=1)
+        assert nearest.max() < 2e-3  # float rounding of the sampling grid; a blended pixel is ~0.1 away
+
+
+def test_the_colour_pipeline_keeps_every_pixel_in_place():
+    """'c' alone moves no pixel: each output pixel is the same affine colour map of the input pixel there."""
+    x = _images(n=8, c=3, s=8, seed=2)
+    out = augment(x, torch.tensor(1.0), torch.Generator().manual_seed(4), pipeline="c")
+    assert not torch.allclose(out, x)
+    for img_out, img_in in zip(out, x, strict=True):
+        design = torch.cat([img_in.flatten(1).T, torch.ones(64, 1)], dim=1).double()  # (64, 4)
+        target = img_out.flatten(1).T.double()
+        fit = torch.linalg.lstsq(design, target).solution
+        assert (design @ fit - target).abs().max() < 1e-4
+
+
+def test_a_pipeline_without_colour_leaves_the_colour_histogram_alone_and_bg_is_bgc_without_colour():
+    """'bg' draws the geometric transforms exactly as 'bgc' does (a switched-off group draws at probability 0),
+    so it is 'bgc' with the colour step left out."""
+    x = _images(n=8, c=3, s=16, seed=2)
+    bg = augment(x, torch.tensor(0.7), torch.Generator().manual_seed(4), pipeline="bg")
+    from ganlib.training.ada import geometric_matrices, resample
+    geometric = resample(x, geometric_matrices(8, 16, torch.tensor(0.7), x.device, torch.Generator().manual_seed(4)))
+    assert torch.equal(bg, geometric)
+    g_only = augment(x, torch.tensor(1.0), torch.Generator().manual_seed(4), pipeline="g")
+    b_only = augment(x, torch.tensor(1.0), torch.Generator().manual_seed(4), pipeline="b")
+    assert not torch.allclose(g_only, b_only)
+
+
+def test_an_unknown_pipeline_letter_is_refused_in_the_config_and_the_function(tiny):
+    with pytest.raises(ValueError, match="pipeline 'bx'"):
+        augment(_images(), torch.tensor(0.5), None, pipeline="bx")
+    from ganlib.errors import ConfigError
+    with pytest.raises(ConfigError, match="train.ada_pipeline: Input should be 'bgc'"):
+        tiny(train__ada_pipeline="bgcx")
+
+
+def test_a_run_trains_with_the_pipeline_it_names(tiny, monkeypatch):
+    """A run with ``ada_pipeline='c'`` never resamples an image (no geometric group), and its p still moves."""
+    from ganlib.training import ada as ada_module
+
+    def no_resampling(*args, **kwargs):
+        raise AssertionError("the 'c' pipeline resampled an image")
+
+    monkeypatch.setattr(ada_module, "resample", no_resampling)
+    cfg = tiny(train__ada="on", train__ada_pipeline="c", train__ada_kimg=0.5, train__ada_interval=2).resolved()
+    assert ada_module.make_ada(cfg.train, 4, torch.device("cpu")).pipeline == "c"
+    train(cfg, prepare_dataset(cfg.data, cfg.out))
+    table = pd.read_parquet(cfg.run_dir / "metrics" / "train.parquet")
+    assert table["ada_p"].nunique() > 1
+    assert ada_module.make_ada(tiny(train__ada="off").resolved().train, 4, torch.device("cpu")) is None
