@@ -98,10 +98,14 @@ class BatchSource:
     ``budget_mb``: largest store kept resident on the device (None: ``default_budget_bytes``);
     0 always streams. ``next_batch(order)`` returns the batch, uint8 (batch, C, H, W) on the device,
     and its indices into the store (on the order's device), e.g. to gather its labels.
+
+    ``mirror``: the order runs over 2N items, item N + i being image i flipped left-right (StyleGAN2-ADA's
+    --mirror), so each epoch shows every image once as it is and once mirrored.
     """
 
-    def __init__(self, images: np.ndarray, device: torch.device, budget_mb: int | None = None):
-        self.images, self.device = images, torch.device(device)
+    def __init__(self, images: np.ndarray, device: torch.device, budget_mb: int | None = None,
+                 mirror: bool = False):
+        self.images, self.device, self.mirror = images, torch.device(device), mirror
         budget = default_budget_bytes(self.device) if budget_mb is None else budget_mb * MIB
         self.resident = images.nbytes <= budget
         self._data: torch.Tensor | None = None
@@ -125,7 +129,12 @@ class BatchSource:
         """Advance ``order`` by one batch; return that batch, uint8 (batch, C, H, W) on the device, and its indices."""
         if self._data is not None:
             indices = order.next()
-            return self._data[indices], indices
+            if not self.mirror:
+                return self._data[indices], indices
+            n = len(self.images)
+            batch = self._data[indices % n]
+            flipped = (indices >= n).to(batch.device).view(-1, 1, 1, 1)
+            return torch.where(flipped, batch.flip(-1), batch), indices % n
         state = order.state_dict()
         if self._pending is None or self._pending_state != state:  # first batch, or the order was reset
             self._ahead = copy.copy(order)
@@ -140,15 +149,19 @@ class BatchSource:
         self._pending = self._pool.submit(self._load, self._pending_indices)
         if self._stream is not None:  # the batch was made on the side stream; the step uses it on this one
             batch.record_stream(torch.cuda.current_stream(self.device))
-        return batch, indices
+        return batch, indices % len(self.images) if self.mirror else indices
 
     def _load(self, indices: torch.Tensor) -> torch.Tensor:
         """Gather rows from the memory map (in file order, for locality) onto the device; runs in the
         prefetch thread."""
         idx = indices.numpy()
+        flipped = idx >= len(self.images)  # only with mirror
+        idx = idx % len(self.images)
         order = np.argsort(idx, kind="stable")
         rows = np.empty((len(idx), *self.images.shape[1:]), dtype=np.uint8)
         rows[order] = self.images[idx[order]]
+        if flipped.any():
+            rows[flipped] = rows[flipped][..., ::-1]
         host = torch.from_numpy(rows)
         if self._stream is None:
             return host.to(self.device)

@@ -129,7 +129,7 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
     cfg = cfg.resolved(*map(int, store.images.shape[1:3]))  # 'auto' settings: for these images
     if chosen_now and cfg.preset_note and ctx.is_writer:
         log.info(cfg.preset_note)
-    images = BatchSource(store.images, device, cfg.data.resident_limit_mb)  # on the device if it fits
+    images = BatchSource(store.images, device, cfg.data.resident_limit_mb, mirror=cfg.train.mirror)
     labels = torch.from_numpy(store.labels).to(device) if cfg.model.conditional else None
     num_images, image_shape = len(images), tuple(store.images.shape[1:])
     saved = found[1]["config"] if found is not None else run.saved_config()

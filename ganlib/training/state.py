@@ -54,7 +54,9 @@ class TrainingState:
         ctx.share_batch_statistics(self.generator)  # data-parallel: batch norm over the global batch
         ctx.share_batch_statistics(self.discriminator)
         self.noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        self.order = BatchOrder(num_images, cfg.train.batch_size, cfg.seed, device, ctx.rank, ctx.world_size)
+        # Mirrored (train.mirror): items N..2N-1 are images 0..N-1 flipped left-right (BatchSource).
+        self.order = BatchOrder(num_images * (2 if cfg.train.mirror else 1), cfg.train.batch_size, cfg.seed, device,
+                                ctx.rank, ctx.world_size)
         self.health: dict[str, Any] = health or {"rollbacks": 0, "lr_scale": 1.0}
         self.opt_g, self.opt_d = make_optimizers(cfg, self.generator, self.discriminator, self.health["lr_scale"])
         self.ada = make_ada(cfg.train, cfg.train.batch_size, device)

@@ -32,6 +32,24 @@ def test_resident_and_streamed_batches_follow_batch_order_exactly(tmp_path, budg
     assert order.state_dict() == reference.state_dict()
 
 
+@pytest.mark.parametrize("budget_mb", [None, 0])
+def test_mirrored_batches_show_each_image_once_as_it_is_and_once_flipped_per_epoch(tmp_path, budget_mb):
+    """--mirror: the order runs over 2N items; item N + i is image i flipped left-right, and the indices
+    returned (for the labels) are store rows."""
+    mapped, images = _store(tmp_path, n=20)
+    source = BatchSource(mapped, torch.device("cpu"), budget_mb, mirror=True)
+    order = BatchOrder(40, 10, 5, torch.device("cpu"))
+    seen: list[tuple[int, bool]] = []
+    for _ in range(4):  # one epoch of the 40 items
+        batch, rows = source.next_batch(order)
+        assert rows.max() < 20
+        for image, row in zip(batch.numpy(), rows.tolist(), strict=True):
+            as_is, flipped = np.array_equal(image, images[row]), np.array_equal(image, images[row][..., ::-1])
+            assert as_is != flipped  # random 8x8 images are not symmetric
+            seen.append((row, flipped))
+    assert sorted(seen) == [(i, f) for i in range(20) for f in (False, True)]
+
+
 def test_streaming_follows_an_order_that_jumps(tmp_path):
     """A resumed run loads a saved state into its order: the prefetched batch must not be used."""
     mapped, images = _store(tmp_path)

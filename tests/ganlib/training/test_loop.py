@@ -112,6 +112,8 @@ def test_resume_with_a_different_model_is_refused_naming_the_field(tiny):
     train(cfg, store)
     with pytest.raises(CheckpointError, match=r"model.ngf: 8 -> 16"):
         train(tiny(run_id="r", model__ngf=16), store)
+    with pytest.raises(CheckpointError, match=r"train.mirror: False -> True"):  # the order would change
+        train(tiny(run_id="r", train__mirror=True), store)
 
 
 def test_stop_request_checkpoints_and_returns(tiny):
@@ -277,9 +279,11 @@ def test_a_stop_request_is_served_at_the_step_it_arrives_in_one_process(tiny):
 
 
 def test_r3gan_with_ada_and_lazy_r1_r2_resumes_bit_identically(tiny):
-    """The modern preset's state (ADA's p and its sums, the lazy-penalty phase) survives a resume exactly."""
+    """The modern preset's state (ADA's p and its sums, the lazy-penalty phase) survives a resume exactly, with
+    the dataset mirrored (--mirror) too."""
     settings = dict(model__name="r3gan", model__ngf=4, model__ndf=4, data__image_size=32, data__channels="rgb",
-                    train__ada_kimg=0.5, train__ada_interval=2, train__r1_every=4, train__checkpoint_every=7)
+                    train__ada_kimg=0.5, train__ada_interval=2, train__r1_every=4, train__checkpoint_every=7,
+                    train__mirror=True)
     whole = tiny(run_id="whole-r3", **settings).resolved()
     store = prepare_dataset(whole.data, whole.out)
     train(whole, store)
