@@ -712,21 +712,23 @@ _RESOLVED_LATER = {"model.name", "data.image_size", "train.precision", *_PRESET_
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted names (``model.ngf``: 32 -> 64) of fields that differ and would change the run.
 
-    Evaluation and gallery settings never block a resume; see ``RESUMABLE_CHANGES`` for the rest.
+    Evaluation and gallery settings never block a resume; see ``RESUMABLE_CHANGES`` for the rest. A field
+    the saved config predates counts as its default there (a new field's default is what runs did before it).
     """
     diffs: list[str] = []
 
-    def walk(a: Any, b: Any, prefix: str) -> None:
+    def walk(a: Any, b: Any, prefix: str, default: Any) -> None:
         if isinstance(a, dict) and isinstance(b, dict):
+            default = default if isinstance(default, dict) else {}
             for key in sorted(set(a) | set(b)):
-                if key in a and key in b:  # a field the saved config predates cannot block a resume
-                    walk(a[key], b[key], f"{prefix}.{key}" if prefix else key)
+                if key in b and (key in a or key in default):
+                    walk(a.get(key, default.get(key)), b[key], f"{prefix}.{key}" if prefix else key, default.get(key))
         elif prefix in _RESOLVED_LATER and (a in (None, "auto") or b in (None, "auto")):
             pass  # left to the preset or the probe on one side: training compares the resolved values
         elif a != b and prefix not in RESUMABLE_CHANGES and not prefix.startswith(("eval.", "gallery.")):
             diffs.append(f"{prefix}: {a!r} -> {b!r}")
 
-    walk(saved, current, "")
+    walk(saved, current, "", RunConfig().model_dump(mode="json"))
     return diffs
 
 

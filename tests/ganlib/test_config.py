@@ -55,6 +55,18 @@ def test_config_differences_ignore_length_and_output_but_not_the_model():
     assert config_differences(a, c) == ["model.ngf: 32 -> 64"]
 
 
+def test_a_field_the_saved_config_predates_counts_as_its_default():
+    """A run saved before train.mirror existed trained unmirrored: resuming it as it was is fine, turning the
+    new setting on is a difference like any other."""
+    saved = build_config({"run_id": "x"}).resolved().model_dump(mode="json")
+    del saved["train"]["mirror"], saved["train"]["ada_pipeline"]
+    same = build_config({"run_id": "x"}).resolved().model_dump(mode="json")
+    assert config_differences(saved, same) == []
+    mirrored = build_config({"run_id": "x", "train": {"mirror": True, "ada_pipeline": "bg"}}).resolved()
+    assert config_differences(saved, mirrored.model_dump(mode="json")) == [
+        "train.ada_pipeline: 'bgc' -> 'bg'", "train.mirror: False -> True"]
+
+
 def test_diffaug_defaults_to_translation_and_none_turns_it_off():
     assert build_config({}).train.diffaug is None  # the preset's
     assert build_config({}).resolved().train.diffaug == ["translation"]
