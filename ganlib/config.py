@@ -204,10 +204,10 @@ class TrainConfig(_Section):
         "line; 'none' = off). Default: the preset's: translation (on 10,000 MNIST digits it kept D from "
         "memorising the training set, bench/RESULTS.md); none for r3gan, which uses ADA.")
     mirror: bool = Field(
-        False, description="Dataset x-flips (StyleGAN2-ADA's --mirror): every epoch shows each image twice, as it is "
-        "and mirrored left-right, so a small dataset counts double. Unlike ADA's flips G learns to make mirrored "
-        "images too: for data whose mirror image is as likely as the image (most photos, objects, icons), not for "
-        "digits or text.")
+        False, description="Dataset x-flips (StyleGAN2-ADA's --mirror): batches are drawn from each image as it is "
+        "and mirrored left-right, so a small dataset counts double (epochs still count passes of the images as "
+        "given). Unlike ADA's flips G learns to make mirrored images too: for data whose mirror image is as likely "
+        "as the image (most photos, objects, icons), not for digits or text.")
     ada: Literal["auto", "on", "off"] = Field(
         "auto", description="Adaptive discriminator augmentation (Karras et al. 2020): flips, 90-degree rotations, "
         "translations, scaling, rotation and colour transforms of everything D sees, each with a probability p "

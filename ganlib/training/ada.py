@@ -37,7 +37,6 @@ import torch.nn.functional as F
 if TYPE_CHECKING:
     from ganlib.config import TrainConfig
 
-LN2 = math.log(2.0)
 # The transform groups a pipeline may combine (StyleGAN2-ADA's --augpipe letters): b blit, g geometric,
 # c colour. 'bgc' is the paper's default; 'bg' leaves colours alone.
 PIPELINES = ("bgc", "bg", "bc", "gc", "b", "g", "c")
@@ -90,11 +89,8 @@ def geometric_matrices(n: int, size: int, p: torch.Tensor, device: torch.device,
     """
     zero = torch.zeros_like(p)
 
-    def coin(group: bool = True) -> torch.Tensor:
+    def coin(group: bool) -> torch.Tensor:
         return _coin(p if group else zero, n, device, generator)
-
-    def geom_coin() -> torch.Tensor:
-        return coin(geom)
 
     m = torch.eye(3, device=device).expand(n, 3, 3)
     flip = 1 - 2 * coin(blit) * torch.randint(0, 2, (n,), device=device, generator=generator).float()
@@ -105,14 +101,14 @@ def geometric_matrices(n: int, size: int, p: torch.Tensor, device: torch.device,
     shift = [coin(blit) * torch.round(_uniform(n, device, generator) * 0.125 * size) * (2.0 / size)
              for _ in range(2)]
     m = m @ _translation(*shift)
-    iso = torch.exp2(geom_coin() * _randn(n, device, generator) * 0.2)
+    iso = torch.exp2(coin(geom) * _randn(n, device, generator) * 0.2)
     m = m @ _scaling(iso, iso)
     p_rot = 1 - torch.sqrt((1 - p).clamp(min=0)) if geom else zero
     m = m @ _rotation(_coin(p_rot, n, device, generator) * _uniform(n, device, generator) * math.pi)
-    aniso = torch.exp2(geom_coin() * _randn(n, device, generator) * 0.2)
+    aniso = torch.exp2(coin(geom) * _randn(n, device, generator) * 0.2)
     m = m @ _scaling(aniso, 1 / aniso)
     m = m @ _rotation(_coin(p_rot, n, device, generator) * _uniform(n, device, generator) * math.pi)
-    frac = [geom_coin() * _randn(n, device, generator) * 0.125 * 2 for _ in range(2)]
+    frac = [coin(geom) * _randn(n, device, generator) * 0.125 * 2 for _ in range(2)]
     return m @ _translation(*frac)
 
 
@@ -152,8 +148,9 @@ def augment(x: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None 
             pipeline: str = "bgc") -> torch.Tensor:
     """Images (N, C, S, S) in [-1, 1], each transform of the groups in ``pipeline`` (PIPELINES) applied with
     probability ``p`` (a 0-d tensor)."""
-    if not pipeline or set(pipeline) - set("bgc"):
-        raise ValueError(f"ADA pipeline {pipeline!r}: use the letters b (blit), g (geometric), c (colour), e.g. 'bgc'")
+    if pipeline not in PIPELINES:
+        raise ValueError(f"ADA pipeline {pipeline!r}: use one of {', '.join(PIPELINES)} "
+                         "(b blit, g geometric, c colour)")
     n, c, _, w = x.shape
     device = x.device
     if "b" in pipeline or "g" in pipeline:

@@ -118,6 +118,11 @@ def test_a_pipeline_without_colour_leaves_the_colour_histogram_alone_and_bg_is_b
 def test_an_unknown_pipeline_letter_is_refused_in_the_config_and_the_function(tiny):
     with pytest.raises(ValueError, match="pipeline 'bx'"):
         augment(_images(), torch.tensor(0.5), None, pipeline="bx")
+    from typing import get_args
+
+    from ganlib.config import TrainConfig
+    from ganlib.training.ada import PIPELINES
+    assert get_args(TrainConfig.model_fields["ada_pipeline"].annotation) == PIPELINES  # the config offers them all
     from ganlib.errors import ConfigError
     with pytest.raises(ConfigError, match="train.ada_pipeline: Input should be 'bgc'"):
         tiny(train__ada_pipeline="bgcx")
