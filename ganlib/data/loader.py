@@ -131,10 +131,10 @@ class BatchSource:
             indices = order.next()
             if not self.mirror:
                 return self._data[indices], indices
-            n = len(self.images)
-            batch = self._data[indices % n]
-            flipped = (indices >= n).to(batch.device).view(-1, 1, 1, 1)
-            return torch.where(flipped, batch.flip(-1), batch), indices % n
+            rows = indices % len(self.images)
+            batch = self._data[rows]
+            flipped = (indices != rows).view(-1, 1, 1, 1)  # items N..2N-1; torch.where: no host sync
+            return torch.where(flipped, batch.flip(-1), batch), rows
         state = order.state_dict()
         if self._pending is None or self._pending_state != state:  # first batch, or the order was reset
             self._ahead = copy.copy(order)
