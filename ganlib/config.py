@@ -127,8 +127,9 @@ class ModelConfig(_Section):
     """Generator and discriminator architecture."""
 
     name: Literal["auto", "mlp", "dcgan", "resnet", "r3gan"] = Field(
-        "auto", description="'auto' (default): chosen from the prepared images: 'mlp' for 28-px grey images "
-        "(the best digits per minute of CPU training, bench/RESULTS.md), 'r3gan' for RGB or larger ones. "
+        "auto", description="'auto' (default): chosen from the prepared images and the device: 'mlp' for 28-px "
+        "grey images (the best digits per minute of CPU training, bench/RESULTS.md); for RGB or larger ones "
+        "'dcgan' on a CPU (measured best at equal CPU time) and 'r3gan' on a GPU. "
         "'mlp': the tutorial's MLP done right; 'dcgan': conv nets with batch norm; 'resnet': SNGAN-style "
         "residual nets (32 px and up); 'r3gan': the modern baseline of Huang et al. 2024 (norm-free ResNets, "
         "relativistic loss with R1 + R2, adaptive augmentation). See docs/models.md.")
