@@ -6,8 +6,9 @@
 1. **Retention.** ADA's geometric transforms (``ganlib.training.ada``) resample almost every image once p is
    past 0.3 (fractional translation, scaling, rotation), and interpolation is a low-pass filter: detail near
    the pixel scale reaches D attenuated, so a generator is penalised less for getting it wrong. Stripe patterns
-   of period 2 (the finest an image holds), 4 and 8 pixels go through the geometric part of the pipeline at
-   several p, with grid_sample's bilinear interpolation (what training uses) and bicubic; the table gives the
+   of period 2 (the finest an image holds), 3, 4 and 8 pixels go through the geometric part of the pipeline at
+   several p, with grid_sample's bilinear and bicubic interpolation at the image's own resolution and bilinear
+   at twice it between Lanczos filters ('bilinear 2x', what training uses); the table gives the
    median fraction of high-pass energy (the image minus its 3x3 box blur, away from the borders) that survives,
    the share of images keeping under a quarter of it, and the resampling's forward and backward time.
 2. **Spectra** (``--runs``): each run's EMA generator at its last checkpoint (or ``--step``) makes
@@ -40,14 +41,15 @@ from ganlib.training.ada import geometric_matrices, resample
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "ada_spectrum.csv"
-MODES = ("bilinear", "bicubic")
+# (name, grid_sample mode, supersampled): the ways ganlib.training.ada.resample can interpolate
+MODES = {"bilinear": ("bilinear", False), "bicubic": ("bicubic", False), "bilinear 2x": ("bilinear", True)}
 
 
 def stripes(period: int, size: int) -> torch.Tensor:
-    """(size, size) vertical stripes in [-1, 1]: square waves of period 2 or 4 px, a sine from 8 px (a square
-    wave's harmonics would sit above the image's highest frequency)."""
+    """(size, size) vertical stripes in [-1, 1]: square waves of period 2 or 4 px, a sine of other periods (a
+    square wave's harmonics would sit above the image's highest frequency)."""
     x = torch.arange(size, dtype=torch.float32)
-    if period <= 4:
+    if period in (2, 4):
         row = ((x // (period // 2)) % 2) * 2 - 1
     else:
         row = torch.sin(x * 2 * math.pi / period)
@@ -64,7 +66,7 @@ def retention(period: int, p: float, mode: str, n: int = 512, size: int = 64, se
     """How much of a stripe pattern's high-pass energy the geometric pipeline at ``p`` keeps, by ``mode``."""
     x = stripes(period, size).expand(n, 3, size, size).clone()
     mats = geometric_matrices(n, size, torch.tensor(p), x.device, torch.Generator().manual_seed(seed))
-    kept = high_pass_energy(resample(x, mats, mode), size // 8) / high_pass_energy(x, size // 8)
+    kept = high_pass_energy(resample(x, mats, *MODES[mode]), size // 8) / high_pass_energy(x, size // 8)
     return {"median_kept": float(kept.median()), "share_below_quarter": float((kept < 0.25).float().mean())}
 
 
@@ -75,7 +77,7 @@ def resample_ms(mode: str, n: int = 128, size: int = 64, repeats: int = 5) -> fl
     times = []
     for _ in range(repeats + 1):
         t0 = time.perf_counter()
-        resample(x, mats, mode).sum().backward()
+        resample(x, mats, *MODES[mode]).sum().backward()
         times.append(time.perf_counter() - t0)
     return 1000 * float(np.median(times[1:]))
 
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(prog="python -m bench.ada_spectrum", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--probabilities", default="0.2,0.55,0.8", help="ADA p values of the retention table")
-    p.add_argument("--periods", default="2,4,8", help="stripe periods in pixels")
+    p.add_argument("--periods", default="2,3,4,8", help="stripe periods in pixels")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR", help="runs whose samples' spectra to show")
     p.add_argument("--step", type=int, default=None, help="the runs' checkpoint (default: each run's last)")

@@ -49,7 +49,7 @@ RUN_FIELDS: tuple[str, ...] = (
     "train.steps", "train.epochs", "train.batch_size", "train.lr", "train.lr_g", "train.lr_d", "train.lr_decay",
     "train.lr_decay_start", "train.beta1", "train.beta2", "train.loss", "train.d_steps", "train.top_k",
     "train.top_k_decay", "train.r1", "train.r2", "train.r1_every", "train.ada", "train.ada_target", "train.ada_kimg",
-    "train.ada_pipeline", "train.mirror",
+    "train.ada_pipeline", "train.ada_supersample", "train.mirror",
     "train.ema_decay",
     "train.diffaug", "train.precision", "train.compile", "train.channels_last", "train.fused_optimizer",
     "train.threads", "train.max_minutes", "train.checkpoint_every",

@@ -4,10 +4,13 @@ with Limited Data"), written here from the paper.
 Everything D sees (real and generated images, in the D and the G update) goes through the same random
 pipeline; each transform is applied to each image with probability ``p``:
 
-- geometric, composed into one affine map per image and applied by one bilinear ``grid_sample`` with
-  reflection padding: x-flip, 90-degree rotation, integer translation (up to 1/8 of the side), isotropic
-  scaling (log-normal, sigma 0.2 ln 2), arbitrary rotation (probability 1 - sqrt(1 - p), so the two
-  rotations together happen with p), anisotropic scaling, fractional translation (normal, sigma 1/8);
+- geometric, composed into one affine map per image: x-flip, 90-degree rotation, integer translation (up
+  to 1/8 of the side), isotropic scaling (log-normal, sigma 0.2 ln 2), arbitrary rotation (probability
+  1 - sqrt(1 - p), so the two rotations together happen with p), anisotropic scaling, fractional translation
+  (normal, sigma 1/8). The map is applied by one bilinear ``grid_sample`` with reflection padding, which
+  low-pass filters every image it moves by a fraction of a pixel (almost all of them once p passes 0.3);
+  ``supersample`` (``train.ada_supersample``) resamples those at twice their resolution between Lanczos-3
+  filters instead, as the paper does, and moves the others exactly (``python -m bench.ada_spectrum``);
 - colour, composed into one 3x3 matrix and offset per image: brightness (normal, sigma 0.2), contrast
   (log-normal, sigma 0.5 ln 2), luma flip, hue rotation about the grey axis, saturation (log-normal,
   sigma ln 2). Grey images take brightness and contrast only.
@@ -28,6 +31,7 @@ checkpoints.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -137,24 +141,81 @@ def colour_transforms(n: int, channels: int, p: torch.Tensor, device: torch.devi
     return mat, off
 
 
-def resample(x: torch.Tensor, mats: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """Images (N, C, H, W) through the maps ``mats`` (N, 3, 3) of ``geometric_matrices``, interpolated by ``mode``
-    (grid_sample's: 'bilinear', as training does, or 'bicubic') with reflection padding."""
-    grid = F.affine_grid(mats[:, :2, :], list(x.shape), align_corners=False).to(x.dtype)
-    return F.grid_sample(x, grid, mode=mode, padding_mode="reflection", align_corners=False)
+def _lanczos3(t: torch.Tensor) -> torch.Tensor:
+    return torch.sinc(t) * torch.sinc(t / 3) * (t.abs() < 3)
+
+
+def _half_pixel_filters() -> tuple[torch.Tensor, torch.Tensor]:
+    """Lanczos-3 taps of 2x resampling on pixel centres (align_corners=False), each set summing to 1 (float64).
+
+    Upsampling puts output pixels at input positions i - 1/4 and i + 1/4: (2, 7) taps over inputs i-3..i+3,
+    one row per phase. Downsampling averages the 2x pixels at offsets +-1/4, +-3/4, ..., +-11/4 from an
+    output pixel: (12,) taps over 2x pixels 2i-5..2i+6.
+    """
+    m = torch.arange(-3, 4, dtype=torch.float64)
+    up = torch.stack([_lanczos3(-0.25 - m), _lanczos3(0.25 - m)])
+    down = _lanczos3((torch.arange(12, dtype=torch.float64) - 5) / 2 - 0.25)
+    return up / up.sum(dim=1, keepdim=True), down / down.sum()
+
+
+@functools.lru_cache(maxsize=8)
+def _resampling_matrices(size: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(up (2S, S), down (S, 2S)): the 1-D Lanczos-3 2x upsampling and downsampling of ``size`` pixels, edges
+    reflected, as matrices, so an image is resampled by two matrix products (``up @ x @ up.T``), far faster
+    on a CPU than convolutions with one channel."""
+    up_taps, down_taps = _half_pixel_filters()
+    eye = torch.eye(size, dtype=torch.float64).unsqueeze(1)  # (S, 1, S): row i filters the unit impulse at i
+    phases = F.conv1d(F.pad(eye, (3, 3), mode="reflect"), up_taps.unsqueeze(1))  # (S, 2 phases, S)
+    up = phases.permute(0, 2, 1).reshape(size, 2 * size).T
+    eye2 = torch.eye(2 * size, dtype=torch.float64).unsqueeze(1)
+    down = F.conv1d(F.pad(eye2, (5, 5), mode="reflect"), down_taps.view(1, 1, 12), stride=2).squeeze(1).T
+    return up.to(device, dtype), down.to(device, dtype)
+
+
+def moves_whole_pixels(mats: torch.Tensor, size: int) -> torch.Tensor:
+    """(N,) bool: which maps of ``geometric_matrices`` only flip, turn by quarters and shift by whole pixels
+    (a signed permutation and an integer shift), so sampling needs no interpolation."""
+    linear, shift = mats[:, :2, :2], mats[:, :2, 2] * (size / 2)
+    whole = ((linear - linear.round()).abs() < 1e-4).flatten(1).all(dim=1)
+    return whole & ((shift - shift.round()).abs() < 1e-3).all(dim=1) & (linear.round().abs().sum(dim=(1, 2)) == 2)
+
+
+def resample(x: torch.Tensor, mats: torch.Tensor, mode: str = "bilinear", supersample: bool = False) -> torch.Tensor:
+    """Images (N, C, H, W) through the maps ``mats`` (N, 3, 3) of ``geometric_matrices``, with reflection padding,
+    interpolated by ``mode`` (grid_sample's 'bilinear', as training does, or 'bicubic').
+
+    By default at the images' own resolution (what training does unless ``train.ada_supersample``), a low-pass
+    filter at fractional positions. ``supersample``: images whose map moves whole pixels are moved exactly,
+    the others interpolated at twice their resolution between a Lanczos-3 upsampling and downsampling, as the
+    paper does: more of the detail at 3-4 px periods is kept, less of the finest (``bench.ada_spectrum``).
+    """
+    n, c, h, w = x.shape
+    direct = F.grid_sample(x, F.affine_grid(mats[:, :2, :], [n, c, h, w], align_corners=False).to(x.dtype),
+                           mode=mode, padding_mode="reflection", align_corners=False)
+    if not supersample:
+        return direct
+    up_h, down_h = _resampling_matrices(h, x.device, x.dtype)
+    up_w, down_w = _resampling_matrices(w, x.device, x.dtype)
+    big = up_h @ x @ up_w.T  # (N, C, 2H, 2W)
+    grid = F.affine_grid(mats[:, :2, :], [n, c, 2 * h, 2 * w], align_corners=False).to(x.dtype)
+    big = F.grid_sample(big, grid, mode=mode, padding_mode="reflection", align_corners=False)
+    smooth = down_h @ big @ down_w.T
+    # torch.where, not indexing: no host sync, and each image's gradient flows through the path it took
+    return torch.where(moves_whole_pixels(mats, w).view(n, 1, 1, 1), direct, smooth)
 
 
 def augment(x: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None = None,
-            pipeline: str = "bgc") -> torch.Tensor:
+            pipeline: str = "bgc", supersample: bool = False) -> torch.Tensor:
     """Images (N, C, S, S) in [-1, 1], each transform of the groups in ``pipeline`` (PIPELINES) applied with
-    probability ``p`` (a 0-d tensor)."""
+    probability ``p`` (a 0-d tensor); ``supersample``: see ``resample``."""
     if pipeline not in PIPELINES:
         raise ValueError(f"ADA pipeline {pipeline!r}: use one of {', '.join(PIPELINES)} "
                          "(b blit, g geometric, c colour)")
     n, c, _, w = x.shape
     device = x.device
     if "b" in pipeline or "g" in pipeline:
-        x = resample(x, geometric_matrices(n, w, p, device, generator, blit="b" in pipeline, geom="g" in pipeline))
+        mats = geometric_matrices(n, w, p, device, generator, blit="b" in pipeline, geom="g" in pipeline)
+        x = resample(x, mats, supersample=supersample)
     if "c" in pipeline:
         mat, off = colour_transforms(n, c, p, device, generator)
         x = torch.einsum("nij,njhw->nihw", mat.to(x.dtype), x) + off.to(x.dtype).view(n, c, 1, 1)
@@ -170,15 +231,15 @@ class AdaptiveAugment:
     """
 
     def __init__(self, target: float, kimg: float, interval: int, batch_size: int, device: torch.device,
-                 pipeline: str = "bgc"):
-        self.target, self.interval, self.pipeline = target, interval, pipeline
+                 pipeline: str = "bgc", supersample: bool = False):
+        self.target, self.interval, self.pipeline, self.supersample = target, interval, pipeline, supersample
         self.speed = batch_size * interval / (kimg * 1000)  # change of p per adjustment
         self.p = torch.zeros((), device=device)
         self.sums = torch.zeros(2, device=device)  # (sum of signs, count) since the last adjustment
         self.r_t = torch.zeros((), device=device)  # the last adjustment's r_t, for the log
 
     def augment(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        return augment(x, self.p, generator, self.pipeline)
+        return augment(x, self.p, generator, self.pipeline, self.supersample)
 
     @torch.no_grad()
     def observe(self, signs: torch.Tensor) -> None:
@@ -205,4 +266,4 @@ def make_ada(train: TrainConfig, batch_size: int, device: torch.device) -> Adapt
     if train.ada != "on":
         return None
     return AdaptiveAugment(train.ada_target, train.ada_kimg, train.ada_interval, batch_size, device,
-                           train.ada_pipeline)
+                           train.ada_pipeline, train.ada_supersample)

@@ -90,6 +90,39 @@ def test_the_blit_pipeline_only_moves_whole_pixels():
         assert nearest.max() < 2e-3  # float rounding of the sampling grid; a blended pixel is ~0.1 away
 
 
+def test_fractional_moves_are_resampled_at_twice_the_resolution_keeping_fine_detail():
+    """Shifted by half a pixel, 3-px stripes keep over 85% of their amplitude through the supersampled resampling
+    (bilinear interpolation at the image's own resolution halves them), smooth images pass unchanged, and a flat
+    image stays exactly flat (the filters' taps sum to 1)."""
+    from ganlib.training.ada import _translation, resample
+
+    s = 32
+    x = torch.cos(torch.arange(s) * 2 * torch.pi / 3).expand(1, 1, s, s).contiguous()
+    half_pixel = _translation(torch.tensor([1.0 / s]), torch.tensor([0.0]))  # 2 / s is one pixel
+    inner = (..., slice(8, -8), slice(8, -8))
+    amplitude = {sup: resample(x, half_pixel, supersample=sup)[inner].std() / x[inner].std() for sup in (False, True)}
+    assert amplitude[True] > 0.85 and amplitude[False] < 0.55
+    smooth = torch.cos(torch.arange(s) * 2 * torch.pi / 16).expand(1, 1, s, s).contiguous()
+    shifted = resample(smooth, _translation(torch.tensor([2.0 / s]), torch.tensor([0.0])) @ half_pixel
+                       @ half_pixel)  # one pixel in three moves: blended, then the same as a whole-pixel shift
+    assert (shifted - smooth.roll(-2, dims=-1))[inner].abs().max() < 0.02
+    flat = torch.full((2, 3, 16, 16), 0.3)
+    mats = torch.linalg.inv(_translation(torch.tensor([0.05, -0.02]), torch.tensor([0.01, 0.07])))
+    assert (resample(flat, mats, supersample=True) - 0.3).abs().max() < 1e-6
+
+
+def test_only_maps_that_move_whole_pixels_skip_the_interpolation():
+    from ganlib.training.ada import geometric_matrices, moves_whole_pixels
+
+    blit = geometric_matrices(64, 16, torch.tensor(1.0), torch.device("cpu"), torch.Generator().manual_seed(5),
+                              geom=False)
+    assert moves_whole_pixels(blit, 16).all()
+    geom = geometric_matrices(64, 16, torch.tensor(1.0), torch.device("cpu"), torch.Generator().manual_seed(5),
+                              blit=False)
+    assert not moves_whole_pixels(geom, 16).any()
+    assert moves_whole_pixels(torch.eye(3).expand(2, 3, 3), 16).all()
+
+
 def test_the_colour_pipeline_keeps_every_pixel_in_place():
     """'c' alone moves no pixel: each output pixel is the same affine colour map of the input pixel there."""
     x = _images(n=8, c=3, s=8, seed=2)
@@ -142,3 +175,23 @@ def test_a_run_trains_with_the_pipeline_it_names(tiny, monkeypatch):
     table = pd.read_parquet(cfg.run_dir / "metrics" / "train.parquet")
     assert table["ada_p"].nunique() > 1
     assert ada_module.make_ada(tiny(train__ada="off").resolved().train, 4, torch.device("cpu")) is None
+
+
+def test_supersampling_is_off_by_default_and_a_run_that_asks_for_it_gets_it(tiny, monkeypatch):
+    """``train.ada_supersample`` reaches the resampling; off, augment is what it always was (the default)."""
+    from ganlib.training import ada as ada_module
+
+    x = _images(n=8, c=3, s=16, seed=2)
+    mats = ada_module.geometric_matrices(8, 16, torch.tensor(0.7), x.device, torch.Generator().manual_seed(4))
+    direct = torch.nn.functional.grid_sample(
+        x, torch.nn.functional.affine_grid(mats[:, :2, :], [8, 3, 16, 16], align_corners=False),
+        padding_mode="reflection", align_corners=False)
+    assert torch.equal(augment(x, torch.tensor(0.7), torch.Generator().manual_seed(4), pipeline="bg"), direct)
+    seen = []
+    real_resample = ada_module.resample
+    monkeypatch.setattr(ada_module, "resample", lambda *a, **k: seen.append(k["supersample"]) or real_resample(*a, **k))
+    cfg = tiny(model__name="r3gan", model__ngf=4, model__ndf=4, data__image_size=32, data__channels="rgb",
+               train__ada_supersample=True, train__steps=2).resolved()
+    assert cfg.train.ada == "on" and ada_module.make_ada(cfg.train, 4, torch.device("cpu")).supersample
+    train(cfg, prepare_dataset(cfg.data, cfg.out))
+    assert seen and all(seen)
