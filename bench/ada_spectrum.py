@@ -7,8 +7,9 @@
    past 0.3 (fractional translation, scaling, rotation), and interpolation is a low-pass filter: detail near
    the pixel scale reaches D attenuated, so a generator is penalised less for getting it wrong. Stripe patterns
    of period 2 (the finest an image holds), 3, 4 and 8 pixels go through the geometric part of the pipeline at
-   several p, with grid_sample's bilinear and bicubic interpolation at the image's own resolution and bilinear
-   at twice it between Lanczos filters ('bilinear 2x', what training uses); the table gives the
+   several p, with grid_sample's bilinear (what training uses by default) and bicubic interpolation at the
+   image's own resolution, and bilinear at twice it between Lanczos filters ('bilinear 2x', what
+   ``--ada-supersample`` uses); the table gives the
    median fraction of high-pass energy (the image minus its 3x3 box blur, away from the borders) that survives,
    the share of images keeping under a quarter of it, and the resampling's forward and backward time.
 2. **Spectra** (``--runs``): each run's EMA generator at its last checkpoint (or ``--step``) makes

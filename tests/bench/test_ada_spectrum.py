@@ -30,7 +30,7 @@ def test_without_augmentation_everything_is_kept_and_supersampling_keeps_the_fin
         assert ada_spectrum.retention(4, 0.0, mode, n=32, size=32)["median_kept"] == pytest.approx(1.0, abs=1e-4)
     kept = {mode: ada_spectrum.retention(4, 0.55, mode, n=128, size=32)["median_kept"] for mode in ada_spectrum.MODES}
     assert kept["bilinear"] < 0.8 < kept["bicubic"]  # bilinear interpolation is the stronger low-pass filter
-    assert kept["bilinear 2x"] > 0.85  # what training does: most of the 4-px stripes reach D
+    assert kept["bilinear 2x"] > 0.85  # --ada-supersample: most of the 4-px stripes reach D
 
 
 @pytest.mark.slow
