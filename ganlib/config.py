@@ -228,8 +228,8 @@ class TrainConfig(_Section):
     ada_supersample: bool = Field(
         False, description="ADA: resample images under fractional geometric transforms at twice their resolution "
         "between Lanczos-3 filters, as the paper does, instead of bilinearly at their own: D then sees most of the "
-        "detail at 3-4 px periods (at p 0.55, 62-89% of it against 47-65%) but less at 2 px; 4-8x the resampling "
-        "time on a CPU. Off by default until measured to help (bench/RESULTS.md, issue #17).")
+        "detail at 3-4 px periods (at p 0.55, 62-88% of it against 44-62%) but less at 2 px; about 9x the "
+        "resampling time on a CPU. Off by default until measured to help (bench/RESULTS.md, issue #17).")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="'auto' (default): bf16 autocast on CUDA; on the CPU a probe of a few of the run's own "
         "training steps in fp32 and bf16 (a few seconds) takes bf16 only where it is at least 1.2x faster (CPUs "
