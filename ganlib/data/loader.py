@@ -101,13 +101,16 @@ class BatchSource:
 
     ``mirror``: the order runs over 2N items, item N + i being image i flipped left-right (StyleGAN2-ADA's
     --mirror), so each epoch shows every image once as it is and once mirrored.
+
+    ``close()`` (or ``with BatchSource(...) as source:``) stops the prefetch thread and lets go of the device
+    copy and pinned buffer: a long-lived process (``flows/serve.py``) trains run after run.
     """
 
     def __init__(self, images: np.ndarray, device: torch.device, budget_mb: int | None = None,
                  mirror: bool = False):
         self.images, self.device, self.mirror = images, torch.device(device), mirror
         budget = default_budget_bytes(self.device) if budget_mb is None else budget_mb * MIB
-        self.resident = images.nbytes <= budget
+        self.resident, self.closed = images.nbytes <= budget, False
         self._data: torch.Tensor | None = None
         if self.resident:
             self._data = torch.from_numpy(np.array(images)).to(self.device)  # read and copied once
@@ -125,8 +128,23 @@ class BatchSource:
     def __len__(self) -> int:
         return len(self.images)
 
+    def __enter__(self) -> BatchSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the prefetch thread (waiting for a batch it is loading) and drop the device copy; idempotent."""
+        if not self.resident:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pending, self._pinned = None, None
+        self._data, self.closed = None, True
+
     def next_batch(self, order: BatchOrder) -> tuple[torch.Tensor, torch.Tensor]:
         """Advance ``order`` by one batch; return that batch, uint8 (batch, C, H, W) on the device, and its indices."""
+        if self.closed:
+            raise RuntimeError("BatchSource.next_batch: the source is closed")
         if self._data is not None:
             indices = order.next()
             if not self.mirror:

@@ -345,8 +345,9 @@ def _locate_celeba(cfg: DataConfig, root: Path) -> Located:
         raise DataError(f"data.data_root: {images_dir} has no images for split {cfg.split!r}; "
                         "extract img_align_celeba.zip there")
     inputs = Inputs()
+    base = os.path.join(images_dir, "")
     for name in names:
-        inputs.add(images_dir / name, name)
+        inputs.add(base + name, name)
     if cfg.split != "auto":
         inputs.add(partition)
     return Located("celeba", root, inputs, {"images_dir": images_dir, "names": names, "split": cfg.split})
@@ -409,8 +410,9 @@ def _locate_folder(cfg: DataConfig, root: Path) -> Located:
     else:
         by_class[""] = [name for name in top_files if is_image_file(name)]
     inputs = Inputs()
+    base = os.path.join(root, "")  # plain strings: a Path per file costs more than its stat (200,000 files: 10 s → 2)
     for rel in (rel for names in by_class.values() for rel in names):
-        inputs.add(root / rel, rel)
+        inputs.add(base + rel, rel)
     if inputs.count == 0:
         example = f", e.g. {others[0]}" if others else ""
         raise DataError(f"data.data_root: {root} has no image files ({_EXTENSIONS_TEXT}); found "

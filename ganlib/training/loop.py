@@ -14,6 +14,7 @@ loop's only sync). On the CPU a resumed run continues bit-identically (``ganlib.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -97,7 +98,8 @@ def train(
         with threads(None):  # the run's train.threads while it trains, torch's own count after
             while True:
                 try:
-                    return _train(cfg, Path(store_dir), ctx, on_progress, should_stop, health)
+                    with contextlib.ExitStack() as cleanup:  # closes the batch source, however _train ends
+                        return _train(cfg, Path(store_dir), ctx, on_progress, should_stop, health, cleanup)
                 except NonFiniteLoss as err:  # roll back to the last checkpoint with lower learning rates
                     health = {"rollbacks": err.health["rollbacks"] + 1,
                               "lr_scale": err.health["lr_scale"] * cfg.train.rollback_lr_factor}
@@ -116,7 +118,7 @@ def train(
 
 
 def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, should_stop,
-           health: dict[str, Any] | None) -> TrainResult:
+           health: dict[str, Any] | None, cleanup: contextlib.ExitStack) -> TrainResult:
     from ganlib.config import check_resumable, total_steps  # here: the step imports without pydantic
     from ganlib.data.store import copy_real_grid, load_store
 
@@ -129,7 +131,8 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
     cfg = cfg.resolved(*map(int, store.images.shape[1:3]))  # 'auto' settings: for these images
     if chosen_now and cfg.preset_note and ctx.is_writer:
         log.info(cfg.preset_note)
-    images = BatchSource(store.images, device, cfg.data.resident_limit_mb, mirror=cfg.train.mirror)
+    images = cleanup.enter_context(BatchSource(store.images, device, cfg.data.resident_limit_mb,
+                                               mirror=cfg.train.mirror))
     labels = torch.from_numpy(store.labels).to(device) if cfg.model.conditional else None
     num_images, image_shape = len(images), tuple(store.images.shape[1:])
     saved = found[1]["config"] if found is not None else run.saved_config()

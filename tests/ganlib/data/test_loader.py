@@ -1,5 +1,7 @@
 """Batches resident on the device or streamed from disk are the same batches, in the same order."""
 
+import threading
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,6 +10,7 @@ import torch
 from ganlib.data.loader import BatchOrder, BatchSource
 from ganlib.data.store import load_store, prepare_dataset
 from ganlib.runs.checkpoint import load_checkpoint
+from ganlib.training import loop
 from ganlib.training.loop import train
 
 
@@ -62,13 +65,41 @@ def test_streaming_follows_an_order_that_jumps(tmp_path):
     assert np.array_equal(source.next_batch(order)[0].numpy(), images[reference.next().numpy()])
 
 
-def test_training_streamed_from_disk_is_bit_identical_to_resident(tiny):
+def _prefetch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("ganlib-prefetch")]
+
+
+@pytest.mark.parametrize("budget_mb", [None, 0])
+def test_closing_a_source_stops_its_prefetch_thread_and_refuses_more_batches(tmp_path, budget_mb):
+    mapped, _ = _store(tmp_path)
+    before = _prefetch_threads()
+    with BatchSource(mapped, torch.device("cpu"), budget_mb) as source:
+        source.next_batch(BatchOrder(100, 10, 3, torch.device("cpu")))
+        assert len(_prefetch_threads()) == len(before) + (budget_mb == 0)
+    assert _prefetch_threads() == before
+    source.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        source.next_batch(BatchOrder(100, 10, 3, torch.device("cpu")))
+
+
+def test_training_streamed_from_disk_is_bit_identical_to_resident(tiny, monkeypatch):
     resident = tiny(run_id="resident")
     streamed = tiny(run_id="streamed", data__resident_limit_mb=0)
     store = prepare_dataset(resident.data, resident.out)
     assert prepare_dataset(streamed.data, streamed.out) == store  # the budget is not part of the store
     train(resident, store)
+    made: list[BatchSource] = []  # held here, so only close() can stop their threads (not garbage collection)
+
+    class Recorded(BatchSource):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(loop, "BatchSource", Recorded)
+    before = _prefetch_threads()
     train(streamed, store)
+    assert [s.resident for s in made] == [False] and made[0].closed  # train() closes it: a serving process
+    assert _prefetch_threads() == before  # trains run after run
     a = pd.read_parquet(resident.run_dir / "metrics" / "train.parquet")
     b = pd.read_parquet(streamed.run_dir / "metrics" / "train.parquet")
     pd.testing.assert_frame_equal(a.drop(columns="images_per_sec"), b.drop(columns="images_per_sec"))
