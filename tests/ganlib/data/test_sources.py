@@ -172,6 +172,24 @@ def test_fingerprint_follows_the_source_files(tmp_path, class_folder, make):
     assert store_key(cfg.model_copy(update={"strict": True, "resident_limit_mb": 5})) == store_key(cfg)
 
 
+def test_a_folders_fingerprint_is_its_files_relative_names_sizes_and_times_in_order(tmp_path):
+    """The definition, spelled out: a change to it renames every user's prepared store (rebuilt at next run)."""
+    import hashlib
+
+    from ganlib.data.sources import locate
+
+    files = {"cat/b.png": b"12345", "cat/deep/a.jpg": b"1", "dog/c.png": b"123"}
+    t0 = 1_700_000_000_000_000_000
+    for i, (rel, data) in enumerate(files.items()):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+        os.utime(tmp_path / rel, ns=(0, t0 + i))
+    lines = "".join(f"{rel}\0{len(data)}\0{t0 + i}\n" for i, (rel, data) in enumerate(files.items()))
+    located = locate(DataConfig(dataset="folder", data_root=tmp_path))
+    assert located.fingerprint() == hashlib.sha256(lines.encode()).hexdigest()
+    assert (located.inputs.count, located.inputs.bytes) == (3, 9)
+
+
 def test_worker_processes_give_the_same_store(tmp_path, class_folder, monkeypatch, make):
     import ganlib.data.store as store_mod
 
