@@ -76,6 +76,7 @@ from ganlib.evaluation.metrics import (
 from ganlib.runs import checkpoint as ckpt
 from ganlib.runs.device import resolve_device
 from ganlib.runs.files import atomic_path
+from ganlib.runs.lock import computing
 from ganlib.runs.paths import CacheDir, RunDir
 from ganlib.sampling import fixed_noise, generate, load_generator, to_uint8, to_unit_range
 
@@ -207,8 +208,14 @@ def space_reference(space: Space, store: PreparedStore, out: Path, cfg: EvalConf
     device = device or torch.device("cpu")
     ref_idx, held_idx = real_split(len(store.images), cfg.num_real or cfg.num_samples)
     path = _reference_path(out, space.tag, len(ref_idx), cfg)
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)
+    with computing(path, "evaluation"):  # runs evaluating the same data at once compute it once
+        if path.is_file():
+            return torch.load(path, map_location="cpu", weights_only=True)
+        return _space_reference(space, store, ref_idx, held_idx, path, cfg, device)
+
+
+def _space_reference(space: Space, store: PreparedStore, ref_idx: np.ndarray, held_idx: np.ndarray, path: Path,
+                     cfg: EvalConfig, device: torch.device) -> dict[str, Any]:
     t0 = time.perf_counter()
     features, aux = _embed_store(space, store.images, ref_idx, cfg.batch_size)
     held_features, held_aux = _embed_store(space, store.images, held_idx, cfg.batch_size)
@@ -235,13 +242,14 @@ def pixel_reference(store: PreparedStore, out: Path, cfg: EvalConfig) -> dict[st
     image (float64), cached like the feature-space references."""
     ref_idx, held_idx = real_split(len(store.images), cfg.num_real or cfg.num_samples)
     path = _reference_path(out, f"{store.manifest['key']}-pixels", len(ref_idx), cfg)
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)
-    reference = {"holdout_nearest": nearest_training(pixel_vectors(torch.from_numpy(store.images[held_idx])),
-                                                     pixel_vectors(torch.from_numpy(store.images[ref_idx])))[0],
-                 "num_real": len(ref_idx), "num_holdout": len(held_idx), "space": "pixels"}
-    with atomic_path(path) as tmp:
-        torch.save(reference, tmp)
+    with computing(path, "evaluation"):
+        if path.is_file():
+            return torch.load(path, map_location="cpu", weights_only=True)
+        reference = {"holdout_nearest": nearest_training(pixel_vectors(torch.from_numpy(store.images[held_idx])),
+                                                         pixel_vectors(torch.from_numpy(store.images[ref_idx])))[0],
+                     "num_real": len(ref_idx), "num_holdout": len(held_idx), "space": "pixels"}
+        with atomic_path(path) as tmp:
+            torch.save(reference, tmp)
     return reference
 
 
@@ -259,18 +267,20 @@ def domain_reference(
     name = f"{store.manifest['key']}-v{CLASSIFIER_VERSION}-s{cfg.classifier_steps}-seed{seed}"
     base = CacheDir.under(out).classifier(name)
     model_path = base.with_suffix(".pt")
-    if model_path.is_file():
-        model, meta = load_classifier(model_path, device)
-        log.info("evaluation: reusing domain classifier %s (holdout accuracy %.4f)",
-                 model_path.name, meta["holdout_accuracy"])
-    else:
-        log.info("evaluation: training the domain classifier (%d steps) on %d real images",
-                 cfg.classifier_steps, len(store.images))
-        model, meta = train_classifier(
-            torch.from_numpy(np.array(store.images)), torch.from_numpy(store.labels), store.num_classes,
-            num_steps=cfg.classifier_steps, seed=seed, device=device)
-        save_classifier(model, {**meta, "store_key": store.manifest["key"]}, model_path)
-        log.info("evaluation: classifier holdout accuracy %.4f (%.0f s)", meta["holdout_accuracy"], meta["seconds"])
+    with computing(model_path, "evaluation"):
+        if model_path.is_file():
+            model, meta = load_classifier(model_path, device)
+            log.info("evaluation: reusing domain classifier %s (holdout accuracy %.4f)",
+                     model_path.name, meta["holdout_accuracy"])
+        else:
+            log.info("evaluation: training the domain classifier (%d steps) on %d real images",
+                     cfg.classifier_steps, len(store.images))
+            model, meta = train_classifier(
+                torch.from_numpy(np.array(store.images)), torch.from_numpy(store.labels), store.num_classes,
+                num_steps=cfg.classifier_steps, seed=seed, device=device)
+            save_classifier(model, {**meta, "store_key": store.manifest["key"]}, model_path)
+            log.info("evaluation: classifier holdout accuracy %.4f (%.0f s)", meta["holdout_accuracy"],
+                     meta["seconds"])
     space = domain_space(model, cfg.batch_size, model_path.stem)
     reference = space_reference(space, store, out, cfg, device)
     return model, {**reference, "holdout_accuracy": meta["holdout_accuracy"], "tag": model_path.stem}
@@ -291,26 +301,33 @@ def ssl_reference(store: PreparedStore, out: Path, cfg: EvalConfig, device: torc
     """
     name = f"{store.manifest['key']}-ssl-v{SSL_VERSION}-s{cfg.ssl_steps}-seed{SSL_SEED}.pt"
     model_path = CacheDir.under(out).ssl_encoder(name)
-    if model_path.is_file():
-        model, meta = load_encoder(model_path, device)
-        log.info("evaluation: reusing self-supervised encoder %s (view match %.3f)", model_path.name,
-                 meta["view_match"])
-    else:
-        log.info("evaluation: training the self-supervised encoder (%d steps, at most 20 passes) on %d real "
-                 "images, once per dataset", cfg.ssl_steps, len(store.images))
-
-        def progress(info: dict[str, Any]) -> None:
-            left = info["seconds"] / info["step"] * (info["num_steps"] - info["step"])
-            log.info("evaluation: self-supervised encoder step %d/%d  loss %.3f  (%.0f s, about %.0f s left)",
-                     info["step"], info["num_steps"], info["loss"], info["seconds"], left)
-
-        model, meta = train_encoder(torch.from_numpy(np.array(store.images)), num_steps=cfg.ssl_steps,
-                                    seed=SSL_SEED, device=device, on_log=progress)
-        save_encoder(model, {**meta, "store_key": store.manifest["key"]}, model_path)
-        log.info("evaluation: self-supervised encoder view match %.3f (%.0f s)", meta["view_match"], meta["seconds"])
+    with computing(model_path, "evaluation"):
+        if model_path.is_file():
+            model, meta = load_encoder(model_path, device)
+            log.info("evaluation: reusing self-supervised encoder %s (view match %.3f)", model_path.name,
+                     meta["view_match"])
+        else:
+            model, meta = _train_ssl_encoder(store, model_path, cfg, device)
     space = ssl_space(model, cfg.batch_size, model_path.stem)
     reference = space_reference(space, store, out, cfg, device)
     return model, {**reference, "view_match": meta["view_match"], "tag": model_path.stem}
+
+
+def _train_ssl_encoder(store: PreparedStore, model_path: Path, cfg: EvalConfig, device: torch.device
+                       ) -> tuple[ContrastiveEncoder, dict[str, Any]]:
+    log.info("evaluation: training the self-supervised encoder (%d steps, at most 20 passes) on %d real "
+             "images, once per dataset", cfg.ssl_steps, len(store.images))
+
+    def progress(info: dict[str, Any]) -> None:
+        left = info["seconds"] / info["step"] * (info["num_steps"] - info["step"])
+        log.info("evaluation: self-supervised encoder step %d/%d  loss %.3f  (%.0f s, about %.0f s left)",
+                 info["step"], info["num_steps"], info["loss"], info["seconds"], left)
+
+    model, meta = train_encoder(torch.from_numpy(np.array(store.images)), num_steps=cfg.ssl_steps,
+                                seed=SSL_SEED, device=device, on_log=progress)
+    save_encoder(model, {**meta, "store_key": store.manifest["key"]}, model_path)
+    log.info("evaluation: self-supervised encoder view match %.3f (%.0f s)", meta["view_match"], meta["seconds"])
+    return model, meta
 
 
 def ssl_space(encoder: ContrastiveEncoder, batch_size: int, tag: str) -> Space:

@@ -159,6 +159,37 @@ def _dir_flock(directory: Path) -> Iterator[None]:
         os.close(fd)  # releases the flock
 
 
+@contextlib.contextmanager
+def computing(target: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``target``'s lock file (``.<name>.lock`` beside it) while ``target`` is
+    looked for and, if absent, computed and saved: processes, or threads of a sweep, that need the same
+    cached file at once (an evaluation's classifier, encoder or reference) compute it once; the others
+    wait, logging ``what`` they wait for, then find it. A holder that dies releases the lock (flock); where
+    flock is missing or unsupported it is a no-op and each computes its own, as without it."""
+    target = Path(target)
+    if fcntl is None:
+        yield
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(target.with_name(f".{target.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # e.g. a read-only cache someone else filled: nothing to compute there
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s: another process is computing %s; waiting for it", what, target.name)
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # e.g. NFS without flock
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
 def _describe(info: dict[str, Any]) -> str:
     return f"pid {info.get('pid')} on host {info.get('hostname')} since {info.get('started')}"
 

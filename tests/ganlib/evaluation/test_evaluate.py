@@ -134,10 +134,10 @@ def test_several_seeds_give_the_mean_and_a_standard_deviation(run):
 def test_reference_statistics_are_cached_per_dataset_space_and_count(run, monkeypatch):
     cfg, store = run()
     evaluate_run(cfg, store)
-    cached = sorted(p.name for p in (cfg.out / "_cache" / "eval-reference").iterdir())
+    cached = sorted(p.name for p in (cfg.out / "_cache" / "eval-reference").glob("*.pt"))  # (not the .lock files)
     assert len(cached) == 3 and any("-pixels-n200-" in n for n in cached) and all("-n200-k3-" in n for n in cached)
     assert any("-ssl-v1-" in n for n in cached)
-    reference = torch.load(next((cfg.out / "_cache" / "eval-reference").glob("*-seed7-*")), weights_only=True)
+    reference = torch.load(next((cfg.out / "_cache" / "eval-reference").glob("*-seed7-*.pt")), weights_only=True)
     assert reference["mu"].dtype == torch.float64 and reference["sigma"].dtype == torch.float64
     assert reference["num_real"] == 200 and set(reference["floor"]) >= {"fd", "kid_mean", "precision"}
 
@@ -146,6 +146,34 @@ def test_reference_statistics_are_cached_per_dataset_space_and_count(run, monkey
 
     monkeypatch.setattr(ev, "knn_radii", fail)  # only the reference's radii come from here
     evaluate_run(cfg, store, rescore=True)  # scores the checkpoints again from the cached reference
+
+
+def test_runs_evaluating_the_same_data_at_once_compute_its_reference_once(run, monkeypatch, caplog):
+    """A sweep's members (threads, or processes) reach evaluation together: one computes, the others wait."""
+    import threading
+    import time
+
+    cfg, store_dir = run()
+    store = load_store(store_dir)
+    calls, nearest = [], ev.nearest_training
+
+    def slow_nearest(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        time.sleep(0.5)  # long enough for the other thread to arrive while this one computes
+        return nearest(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "nearest_training", slow_nearest)
+    results: dict[str, dict] = {}
+    threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, ev.pixel_reference(store, cfg.out, cfg.eval)),
+                                name=n) for n in ("a", "b")]
+    with caplog.at_level(logging.INFO, logger="ganlib"):
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert len(calls) == 1 and set(results) == {"a", "b"}
+    assert torch.equal(results["a"]["holdout_nearest"], results["b"]["holdout_nearest"])
+    assert "another process is computing" in caplog.text
 
 
 def test_the_self_supervised_space_changes_no_other_number(run):

@@ -291,3 +291,22 @@ def test_four_runs_trained_in_parallel_each_under_its_own_lock(tmp_path, tiny):
     for i in range(4):
         for j in range(i + 1, 4):
             assert not all(torch.equal(finals[i][k], finals[j][k]) for k in finals[i]), (i, j)
+
+
+def test_computing_makes_another_process_wait_until_the_file_is_there(tmp_path, caplog):
+    """``computing``: a second process that needs the same cached file waits for the first, then finds it."""
+    target = tmp_path / "cache" / "reference.pt"
+    script = ("import sys, time\nfrom pathlib import Path\nfrom ganlib.runs.lock import computing\n"
+              "target = Path(sys.argv[1])\nwith computing(target, 'test'):\n    print('in', flush=True)\n"
+              "    time.sleep(1.0)\n    target.write_text('done')\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "in"  # the other process holds the lock now
+        with caplog.at_level(logging.INFO, logger="ganlib"), lockmod.computing(target, "test"):
+            found = target.read_text() if target.exists() else None
+    finally:
+        proc.wait(30)
+    assert found == "done" and "another process is computing reference.pt" in caplog.text
+    with lockmod.computing(target, "test"):  # free again: no wait, no message
+        pass
+    assert caplog.text.count("another process is computing") == 1
