@@ -100,7 +100,7 @@ def load_generator(path: Path, device: str | torch.device = "cpu", use_ema: bool
     """
     from ganlib.config import ModelConfig
 
-    state = ckpt.load_checkpoint(path, map_location=device)
+    state = ckpt.load_checkpoint(path, map_location="cpu")  # then only G goes to the device, not D and Adam's
     channels, size, _ = state["image_shape"]
     with torch.random.fork_rng(devices=[]):
         generator, _ = build_models(ModelConfig.model_validate(state["config"]["model"]), channels, size,

@@ -16,7 +16,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from ganlib.config import RunConfig
-from ganlib.runs.device import configure_backends, resolve_device
+from ganlib.runs.device import resolve_device, training_backends
 from ganlib.training import train
 from ganlib.training.launch import launch
 from tasks.common import RETRIES, RunInterrupted, StopSignals, artifact_key, retry_unless_user_error
@@ -43,8 +43,8 @@ def train_task(config: RunConfig, store_dir: str) -> dict:
             result = launch(config, Path(store_dir), on_line=get_run_logger().info, on_progress=on_progress,
                             should_stop=stop.requested)
         else:
-            configure_backends(config.train.precision, resolve_device(config.device))
-            result = train(config, Path(store_dir), on_progress=on_progress, should_stop=stop.requested).to_dict()
+            with training_backends(config.train.precision, resolve_device(config.device)):
+                result = train(config, Path(store_dir), on_progress=on_progress, should_stop=stop.requested).to_dict()
     if not result:  # a machine other than 0: rank 0's machine reports the run
         return {}
     if stop.signum is not None:  # also when the stop came with the last step: the run stops, as asked

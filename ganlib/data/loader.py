@@ -80,10 +80,13 @@ class BatchOrder:
 
 
 def default_budget_bytes(device: torch.device) -> int:
-    """Half the device's free memory (CUDA), or half the host's available memory otherwise."""
+    """Half the device's free memory (CUDA), or half the host's available memory otherwise.
+
+    On CUDA, free counts what this process's caching allocator holds unused (a rolled-back or retried
+    attempt's tensors, freed but kept): else each retry would see less and stream a store that fits."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return free // 2
+        return (free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)) // 2
     try:
         with open("/proc/meminfo") as f:
             info = dict(line.split(":", 1) for line in f)
@@ -118,7 +121,14 @@ class BatchSource:
             log.info("data: store of %.0f MiB exceeds the %.0f MiB device budget; streaming batches "
                      "from disk",
                      images.nbytes / MIB, budget / MIB)
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ganlib-prefetch")
+            # The thread's current CUDA device is the run's: else its stream switches make a context on GPU 0
+            # for every data-parallel rank
+            on_cuda = self.device.type == "cuda"
+            self._pool = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="ganlib-prefetch",
+                initializer=torch.cuda.set_device if on_cuda else None,
+                initargs=(self.device.index if self.device.index is not None else torch.cuda.current_device(),)
+                if on_cuda else ())
             self._pinned: torch.Tensor | None = None
             self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
             self._ahead: Any = None  # CPU copy of the order, one batch ahead of the run's

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import torch
 
@@ -28,10 +30,27 @@ def resolve_device(name: str) -> torch.device:
 
 
 def configure_backends(precision: str, device: torch.device) -> None:
-    """Process-wide speed switches for a training process: TF32 matmuls on CUDA with bf16 autocast.
+    """Process-wide speed switches for a training process on CUDA: cuDNN's autotuner (a GAN's shapes never
+    change) and, with bf16 autocast, TF32 matmuls. Nothing changes on a CPU.
 
-    Entry points call this (the training task, the torchrun worker, the benchmarks), never the library:
-    a notebook that imports ganlib keeps its own settings.
+    Entry points call this (the torchrun worker, the benchmarks) or ``training_backends`` (the training
+    task, whose process evaluates next), never the library: a notebook that imports ganlib keeps its own.
     """
-    if precision in ("bf16", "auto") and device.type == "cuda":  # auto is bf16 on CUDA (ganlib.training.probe)
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    if precision in ("bf16", "auto"):  # auto is bf16 on CUDA (ganlib.training.probe)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+
+@contextlib.contextmanager
+def training_backends(precision: str, device: torch.device) -> Iterator[None]:
+    """``configure_backends`` for the length of a block, the process's own switches restored after it: the
+    pipeline evaluates in the process it trained in, and must score as ``flows/evaluate.py`` does alone
+    (full fp32 matmuls, not TF32), or rows of one checkpoint would differ by where they were computed."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    configure_backends(precision, device)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved

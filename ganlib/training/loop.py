@@ -173,7 +173,12 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
     # The step runs wrapped (data-parallel) or compiled modules; checkpoints and the EMA use the originals.
     step_g, step_d = ctx.wrap(state.generator), ctx.wrap(state.discriminator)
     if t.compile:
-        step_g, step_d = torch.compile(step_g), torch.compile(step_d)
+        step_g = torch.compile(step_g)
+        if objective.double_backward:
+            log.info("compile: G only; D runs eagerly, because its %s penalty differentiates D's gradient, which "
+                     "torch.compile cannot (double backward)", "gradient" if objective.loss == "wgan-gp" else "R1/R2")
+        else:
+            step_d = torch.compile(step_d)
     monitor = HealthMonitor(run, t.health_window, t.stop_on_health, state.health, write=ctx.is_writer)
     window = torch.zeros(t.log_every, len(METRIC_COLUMNS), device=device)
     filled, t_start, t_flush, stopped_early = 0, time.perf_counter(), time.perf_counter(), False

@@ -42,6 +42,12 @@ class Objective:
     bf16: bool = False  # autocast to bfloat16
     joint_d: bool = False  # D scores real and fake in one pass (only for a D without batch statistics)
 
+    @property
+    def double_backward(self) -> bool:
+        """Whether D's loss differentiates D's own gradient (R1, R2, WGAN-GP's penalty): torch.compile's
+        AOTAutograd cannot ("does not currently support double backward"), so such a D runs eagerly."""
+        return self.r1 > 0 or self.r2 > 0 or (self.loss == "wgan-gp" and self.gp_weight > 0)
+
     @classmethod
     def from_config(cls, cfg: RunConfig, device: torch.device | None = None) -> Objective:
         t = cfg.resolved().train
@@ -130,7 +136,9 @@ def train_step(
             real_i = real_i.detach().requires_grad_(True)
         with amp():
             fake = generator(z_i, y_i)
-            fake_in = fake.detach().requires_grad_(True) if use_r2 else fake.detach()
+            # R2's input in fp32, as R1's (a real batch) is: its gradient and the squared sum over C*H*W in bf16
+            # lost digits (fp32 runs: .float() is the same tensor)
+            fake_in = fake.detach().float().requires_grad_(True) if use_r2 else fake.detach()
             real_logits, fake_logits = score(real_i, fake_in, y_i)
         d_loss = d_loss_fn(real_logits, fake_logits)
         d_total = d_loss

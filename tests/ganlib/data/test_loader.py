@@ -65,6 +65,17 @@ def test_streaming_follows_an_order_that_jumps(tmp_path):
     assert np.array_equal(source.next_batch(order)[0].numpy(), images[reference.next().numpy()])
 
 
+def test_the_cuda_budget_counts_memory_this_process_holds_unused(monkeypatch):
+    """After a rollback or a retry in the same process the old tensors sit in torch's cache, not in
+    mem_get_info's free: counted, the store that fitted still fits. (Simulated: no GPU here.)"""
+    from ganlib.data.loader import default_budget_bytes
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 8000))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 600)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 200)
+    assert default_budget_bytes(torch.device("cuda")) == (1000 + 600 - 200) // 2
+
+
 def _prefetch_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("ganlib-prefetch")]
 

@@ -87,6 +87,37 @@ def test_rng_state_round_trip():
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
 
 
+def test_a_run_saved_with_more_gpus_visible_resumes_where_fewer_are(monkeypatch):
+    """A checkpoint holds one CUDA RNG state per visible GPU; resuming with fewer (CUDA_VISIBLE_DEVICES, a
+    smaller node) restores those that exist instead of failing on an index. (Simulated: no GPU here.)"""
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append((device, state)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("indexes every saved GPU"))
+    state = {**ckpt.capture_rng_state(), "cuda": [torch.full((16,), 1, dtype=torch.uint8),
+                                                   torch.full((16,), 2, dtype=torch.uint8)]}
+    ckpt.restore_rng_state(state)
+    assert [(device, int(s[0])) for device, s in restored] == [(0, 1)]
+
+
+def test_training_backends_switch_cuda_on_for_the_block_and_leave_the_process_as_it_was():
+    """The pipeline evaluates in the process it trained in: TF32 and the autotuner must not outlive training."""
+    from ganlib.runs.device import training_backends
+
+    flags = lambda: (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,  # noqa: E731
+                     torch.backends.cudnn.benchmark)
+    before = flags()
+    with training_backends("bf16", torch.device("cuda")):  # only sets flags: no GPU needed
+        assert flags() == (True, True, True)
+    assert flags() == before
+    with training_backends("fp32", torch.device("cuda")):
+        assert flags()[2] and flags()[:2] == before[:2]
+    with training_backends("bf16", torch.device("cpu")):
+        assert flags() == before
+    assert flags() == before
+
+
 def test_a_failed_first_write_says_there_is_no_previous_checkpoint_and_leaves_no_checksum(tmp_path, monkeypatch):
     def disk_full(target, data):
         raise OSError(28, "No space left on device")

@@ -331,3 +331,26 @@ def test_a_run_whose_preset_auto_chose_on_a_gpu_resumes_as_that_preset_on_a_cpu(
     assert resumed.resumed_from_step == 2 and resumed.final_step == 4
     saved = load_checkpoint(cfg.run_dir / "checkpoints" / "step_000004.pt")["config"]["model"]
     assert (saved["name"], saved["ngf"], saved["blocks"]) == ("r3gan", 64, 2)
+
+
+@pytest.mark.parametrize("r1", [0.0, 1.0])
+def test_compile_trains_with_an_r1_penalty_by_leaving_d_eager(tiny, monkeypatch, caplog, r1):
+    """torch.compile's AOTAutograd cannot differentiate twice, which R1/R2 need: D then runs eagerly and
+    the log says so; without a penalty both are compiled. (aot_eager: AOTAutograd without a C++ compiler.)"""
+    import functools
+    import logging
+
+    compiled = []
+    real_compile = torch.compile
+
+    def recording_compile(module, **kwargs):
+        compiled.append(type(getattr(module, "_orig_mod", module)).__name__)
+        return real_compile(module, backend="aot_eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", functools.wraps(real_compile)(recording_compile))
+    cfg = tiny(train__compile=True, train__r1=r1, train__steps=2, train__checkpoint_every=2)
+    with caplog.at_level(logging.INFO, logger="ganlib"):
+        result = train(cfg, prepare_dataset(cfg.data, cfg.out))
+    assert result.final_step == 2
+    assert len(compiled) == (1 if r1 else 2)
+    assert ("compile: G only" in caplog.text) == bool(r1)

@@ -391,6 +391,24 @@ def test_the_relativistic_loss_depends_only_on_the_difference_and_r1_r2_match_se
     assert real_fake_penalties(rl, fl, None, fake)[0] == 0
 
 
+def test_under_bf16_r1_and_r2_both_differentiate_at_fp32_inputs(monkeypatch):
+    """G's fakes come out of autocast in bf16: R2's gradient and its squared sum over C*H*W were then bf16
+    while R1's (a real batch) were fp32. Both are taken at fp32 inputs now."""
+    seen = []
+
+    def recording(real_logits, fake_logits, real, fake):
+        seen.append((real.dtype, fake.dtype))
+        return losses.real_fake_penalties(real_logits, fake_logits, real, fake)
+
+    monkeypatch.setattr(step_mod, "real_fake_penalties", recording)
+    torch.manual_seed(0)
+    g, d = build_models(ModelConfig(name="r3gan", ngf=8, ndf=8, blocks=1), 3, 32)
+    opt_g, opt_d = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
+    objective = Objective(loss="rpgan", r1=1.0, r2=1.0, bf16=True, joint_d=True)
+    scalars = train_step(g, d, opt_g, opt_d, torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, 100), objective, 0)
+    assert seen == [(torch.float32, torch.float32)] and torch.isfinite(scalars).all()
+
+
 class _TableGenerator(nn.Module):
     """G whose i-th fake is its i-th weight row, whatever z: which fakes G learned from is visible."""
 
