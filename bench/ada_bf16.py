@@ -2,6 +2,7 @@
 
     python -m bench.ada_bf16                        # this checkout's ganlib.training.ada
     python -m bench.ada_bf16 --against 76664e8      # ... beside the ada.py of another commit (before the fix)
+    python -m bench.ada_bf16 --device cuda          # under CUDA's autocast (bench/gpu_emoji.sh runs it)
 
 Stripe patterns of period 2, 3, 4 and 8 px (``bench.ada_spectrum.stripes``) in bf16, as G's fakes are under
 autocast, go through the geometric part of the pipeline (``augment(..., pipeline="bg")``) inside
@@ -47,10 +48,12 @@ def augment_of(revision: str) -> Callable[..., torch.Tensor]:
     return module.augment
 
 
-def measure(augment: Callable[..., torch.Tensor], period: int, size: int, p: float, n: int = 64) -> dict[str, float]:
-    x = stripes(period, size).expand(n, 3, size, size).to(torch.bfloat16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = augment(x, torch.tensor(p), torch.Generator().manual_seed(1), "bg").float()
+def measure(augment: Callable[..., torch.Tensor], period: int, size: int, p: float, n: int = 64,
+            device: torch.device | None = None) -> dict[str, float]:
+    device = device or torch.device("cpu")
+    x = stripes(period, size).expand(n, 3, size, size).to(device, torch.bfloat16)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        out = augment(x, torch.tensor(p, device=device), torch.Generator(device).manual_seed(1), "bg").float()
     kept = high_pass_energy(out, size // 8) / high_pass_energy(x.float(), size // 8)
     error = (out - x.float()).abs().mean()
     return {"median_kept": round(float(kept.median()), 4), "mean_abs_error": round(float(error), 4)}
@@ -62,10 +65,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--against", default=None, metavar="COMMIT", help="also measure ada.py at this commit")
     parser.add_argument("--sizes", default="64,128,256")
     parser.add_argument("--periods", default="2,3,4,8")
+    parser.add_argument("--device", type=torch.device, default=torch.device("cpu"),
+                        help="where to run it (cuda: CUDA's autocast)")
     parser.add_argument("--csv", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     versions = {"this checkout": ada.augment, **({args.against: augment_of(args.against)} if args.against else {})}
-    stamp = {"date": dt.datetime.now().isoformat(timespec="seconds"), "device": device_name(torch.device("cpu")),
+    stamp = {"date": dt.datetime.now().isoformat(timespec="seconds"), "device": device_name(args.device),
              "commit": commit()}
     print("ADA's geometric pipeline under bf16 autocast: high-pass energy kept at p 0 and 0.55 (median), "
           "mean |error| at p 0")
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for period in map(int, args.periods.split(",")):
             cells = []
             for name, augment in versions.items():
-                at0, at55 = measure(augment, period, size, 0.0), measure(augment, period, size, 0.55)
+                at0, at55 = (measure(augment, period, size, p, device=args.device) for p in (0.0, 0.55))
                 cells.append(f"{at0['median_kept']:>8.3f} {at55['median_kept']:>8.3f} {at0['mean_abs_error']:>12.4f}")
                 rows.append({**stamp, "version": name, "size": size, "period": period,
                              "kept_p0": at0["median_kept"], "kept_p055": at55["median_kept"],

@@ -15,10 +15,11 @@
 # MINUTES (default 3: both sizes, their evaluation and the start fit one 10-minute call), scores every
 # checkpoint in the self-supervised space (the emoji are unlabelled; Inception and DINOv2 need weights files
 # the machine cannot download, so they are off), and writes to $OUT (at most 8 files):
-# quality.csv (one row per size), curves.png and curves.txt (ssl FD against training seconds), the two
-# 10x10 grids, and log.txt. Widths: WIDTH (default 64) for ngf and ndf, BLOCKS (default 2) residual blocks
-# per stage: r3gan's GPU defaults (ganlib.config.GPU_PRESET_DEFAULTS), given here so that `check` trains the
-# same network on the CPU; precision auto takes bf16 on CUDA.
+# quality.csv (one row per size), ada_bf16.csv (ADA under CUDA's bf16 autocast: at p 0 it must change
+# nothing), curves.png and curves.txt (ssl FD against training seconds), the two 10x10 grids, and log.txt.
+# Widths: WIDTH (default 64) for ngf and ndf, BLOCKS (default 2) residual blocks per stage: r3gan's GPU
+# defaults (ganlib.config.GPU_PRESET_DEFAULTS), given here so that `check` trains the same network on the CPU;
+# precision auto takes bf16 on CUDA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}
@@ -53,6 +54,7 @@ run | check)
     export PYTHONUNBUFFERED=1
     {
         $py -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
+        $py -m bench.ada_bf16 --device "$device" --sizes 64,256 --periods 2,4 --csv "$out/ada_bf16.csv"  # ADA under autocast
         for size in $sizes; do
             $py -m bench.quality --device "$device" "${budget[@]}" --only r3gan --dataset folder \
                 --data-root "$data" --image-size "$size" --checkpoint-every "$every" --out "$runs" \

@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -31,8 +32,10 @@ def test_check_mode_leaves_what_the_gpu_run_brings_back(tmp_path):
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     names = sorted(p.name for p in out.iterdir())
-    assert names[:2] == ["curves.png", "curves.txt"] and names[-2:] == ["log.txt", "quality.csv"]
-    assert len(names) == 5 and names[2].startswith("grid-r3gan-w8-32px-20steps-")
+    assert names[:3] == ["ada_bf16.csv", "curves.png", "curves.txt"] and names[-2:] == ["log.txt", "quality.csv"]
+    assert len(names) == 6 and names[3].startswith("grid-r3gan-w8-32px-20steps-")
+    ada = pd.read_csv(out / "ada_bf16.csv")  # ADA under the device's bf16 autocast: p 0 changes nothing
+    assert len(ada) == 4 and (ada["kept_p0"] == 1.0).all() and (ada["mean_abs_error_p0"] == 0.0).all()
     with open(out / "quality.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert row["model"] == "r3gan" and row["image_size"] == "32" and int(row["steps"]) == 20
