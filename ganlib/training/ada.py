@@ -217,8 +217,9 @@ def augment(x: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None 
     probability ``p`` (a 0-d tensor); ``supersample``: see ``resample``.
 
     Always in fp32 (or float64), autocast off, and returned so: under bf16 autocast the maps' products and
-    ``affine_grid`` ran in bf16, whose 8 bits put sampling positions up to 1/256 of the half-side off (0.125 px
-    at 64, 0.5 at 256), so even at p = 0 every image D saw was warped and blurred (mean error 0.03 at 64 px).
+    ``affine_grid`` ran in bf16, whose 8 bits put sampling positions up to about 1/256 of the half-side off
+    (measured 0.125 px at 64, 0.25 at 128), so even at p = 0 every image D saw was warped and blurred
+    (``bench.ada_bf16``).
     D's first layer casts to bf16 as before.
     """
     if pipeline not in PIPELINES:
