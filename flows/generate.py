@@ -36,6 +36,7 @@ if __name__ == "__main__":  # first: the temporary Prefect server starts while t
     launch.begin("generate", sys.argv[1:])
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +53,12 @@ from flows.cli import (  # before prefect: importing flows sets the project's Pr
 from prefect import flow, runtime
 
 from flows.server import temporary_server
+from ganlib.config import DEVICE_PATTERN
 from ganlib.errors import ConfigError
 from ganlib.export import load_exported
 from ganlib.rendering.gallery import GALLERY_NOISE_OFFSET, resolve_checkpoint
 from ganlib.runs.checkpoint import list_checkpoints
+from ganlib.runs.device import resolve_device
 from ganlib.runs.paths import RunDir
 from tasks.export import sample_exported_task
 from tasks.gallery import generate_task
@@ -98,8 +101,12 @@ def plan_generation(run_dir: Path | str, checkpoint: str = "best", num_samples: 
         if dest.is_dir() and not (fmt == "png" and (dest / "meta.json").is_file()):  # not an earlier PNG export:
             dest = dest / default_name  # a directory to write into
         _check_destination(dest, paths, overwrite)
+    device = device or config.device
+    if not re.fullmatch(DEVICE_PATTERN, device):
+        raise ConfigError(f"--device: {device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+    resolve_device(device)  # a GPU asked for where there is none: said now, before any server starts
     return {"checkpoint": str(path), "dest": str(dest), "num_samples": num_samples, "seed": seed, "fmt": fmt,
-            "device": device or config.device, "batch_size": batch_size or config.eval.batch_size,
+            "device": device, "batch_size": batch_size or config.eval.batch_size,
             "class_names": manifest.get("class_names"), "use_ema": getattr(config.eval, "use_ema", True)}
 
 

@@ -114,6 +114,13 @@ class DataConfig(_Section):
             raise ValueError("give at least one class name or index")
         return v
 
+    @field_validator("data_root", mode="before")
+    @classmethod
+    def _root_not_empty(cls, v: Any) -> Any:
+        if v is not None and str(v).strip() == "":  # an unset $DATA: Path("") would mean the current directory
+            raise ValueError("is empty; give the directory or file of the images (--data-root . for this directory)")
+        return v
+
     @model_validator(mode="after")
     def _needs_root(self) -> DataConfig:
         if self.dataset != "digits" and self.data_root is None:

@@ -30,6 +30,9 @@ MIB = 1 << 20
 
 def check_batch_size(batch_size: int, num_images: int) -> None:
     """``ConfigError`` (one line) when a batch of ``batch_size`` cannot be drawn from ``num_images`` images."""
+    if num_images < 2:
+        raise ConfigError(f"train.batch_size: the dataset has {num_images} usable image(s); a GAN needs at least 2 "
+                          "(a batch of at least 2), so add images (the manifest lists any that were skipped)")
     if batch_size > num_images:
         raise ConfigError(f"train.batch_size: {batch_size} is larger than the dataset ({num_images} images); "
                           f"use --batch-size {num_images} or less")
@@ -63,7 +66,7 @@ class BatchOrder:
         return torch.randperm(self.num_items, generator=gen).to(self.device)
 
     def next(self) -> torch.Tensor:
-        if self.position == self.batches_per_epoch:
+        if self.position >= self.batches_per_epoch:  # (>=: a saved position is never past an epoch's end)
             self.epoch, self.position, self._perm = self.epoch + 1, 0, None
         if self._perm is None:
             self._perm = self._permutation()

@@ -79,7 +79,11 @@ class Inputs:
         self.bytes = 0
 
     def add(self, path: Path | str, name: str | None = None) -> None:
-        st = os.stat(path)
+        try:
+            st = os.stat(path)
+        except OSError as err:  # listed, but its folder cannot be entered (no x permission), or gone since
+            raise DataError(f"data.data_root: cannot read {path}: {err.strerror or err}; make the images and their "
+                            "folders readable (e.g. chmod -R a+rX DIR) or remove the file") from None
         # surrogateescape: a file name that is not valid UTF-8 still has an identity (decoding skips it)
         line = f"{name or Path(path).name}\0{st.st_size}\0{st.st_mtime_ns}\n"
         self._hash.update(line.encode(errors="surrogateescape"))
@@ -407,6 +411,10 @@ def _locate_folder(cfg: DataConfig, root: Path) -> Located:
             for rel in _walk_files(root / name, name + "/"):
                 (by_class[name] if is_image_file(rel) else others).append(rel)
         stray = [name for name in top_files if is_image_file(name)]
+        if stray and not any(by_class.values()):  # images beside sub-folders without any (__MACOSX/, notes/):
+            not_taken += [{"path": name, "reason": "a sub-folder without images, beside images at the top level: "
+                           "the folder is read as flat"} for name in class_dirs]
+            class_dirs, by_class, stray, links = [], {"": stray}, [], {}
     else:
         by_class[""] = [name for name in top_files if is_image_file(name)]
     inputs = Inputs()

@@ -365,6 +365,34 @@ def load_store(path: Path, verify: bool = True) -> PreparedStore:
     return PreparedStore(path=path, manifest=manifest, images=images, labels=labels)
 
 
+def _describe_data(manifest: dict[str, Any]) -> str:
+    names = manifest.get("class_names") or []
+    classes = (f"{len(names)} classes ({', '.join(map(str, names[:5]))}{' ...' if len(names) > 5 else ''})"
+               if names else "unlabelled")
+    return f"{manifest.get('count')} images {'x'.join(map(str, manifest.get('shape') or []))}, {classes}"
+
+
+def check_same_data(trained: dict[str, Any], store: PreparedStore, run_id: str, doing: str) -> str | None:
+    """Whether ``store`` holds the images a run trained on (``trained``: the run's ``data/manifest.json``).
+
+    A different count, image shape or class list is a ``DataError`` (one line): the files in data_root
+    changed since the run started, and its models cannot go on with them (a resume would fail on the
+    weights, or draw empty batches; scores would compare against other data). The same count, shape and
+    classes with other pixels returns a warning line: ``doing`` (e.g. 'resuming') goes ahead on the new
+    images. None where they are the same, or the run recorded none (not trained yet).
+    """
+    if not trained.get("sha256") or trained.get("sha256") == store.manifest.get("sha256"):
+        return None
+    now = store.manifest
+    if [trained.get(k) for k in ("count", "shape", "class_names")] != [now.get(k) for k in ("count", "shape",
+                                                                                            "class_names")]:
+        raise DataError(f"run {run_id!r} trained on {_describe_data(trained)}, but its data now prepares to "
+                        f"{_describe_data(now)}: the files in data_root changed since; put the original images "
+                        f"back to go on {doing} it, or start a new --run-id")
+    return (f"run {run_id!r}: the prepared images differ from those it trained on (the same count, size and "
+            f"classes; files in data_root changed since): {doing} it on the new ones")
+
+
 def copy_real_grid(store_dir: Path, dest_dir: Path) -> None:
     """Copy the store's ``real_grid.png`` into ``dest_dir`` (a run's ``data/``), if the store has one."""
     grid = Path(store_dir) / GRID_FILE

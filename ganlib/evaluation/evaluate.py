@@ -52,7 +52,7 @@ import pandas as pd
 import torch
 
 from ganlib.config import EvalConfig, RunConfig
-from ganlib.data.store import PreparedStore, load_store, prepared_size
+from ganlib.data.store import PreparedStore, check_same_data, load_store, prepared_size
 from ganlib.errors import DataError
 from ganlib.evaluation.classifier import DomainClassifier, classify, load_classifier, save_classifier, train_classifier
 from ganlib.evaluation.contrastive import ContrastiveEncoder, load_encoder, save_encoder, train_encoder
@@ -501,6 +501,8 @@ def evaluate_run(cfg: RunConfig, store_dir: Path, rescore: bool = False) -> pd.D
         raise DataError(f"run {cfg.run_id!r} has no checkpoints in {paths.checkpoints}; train it first")
     device = resolve_device(cfg.device)
     store = load_store(store_dir)
+    if changed := check_same_data(paths.read_manifest(), store, cfg.run_id, "scoring"):
+        log.warning("%s", changed)
     labelled = store.labels is not None and store.num_classes >= 2
     ref_idx, _ = real_split(len(store.images), ev.num_real or ev.num_samples)
 

@@ -120,12 +120,15 @@ def train(
 def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, should_stop,
            health: dict[str, Any] | None, cleanup: contextlib.ExitStack) -> TrainResult:
     from ganlib.config import check_resumable, total_steps  # here: the step imports without pydantic
-    from ganlib.data.store import copy_real_grid, load_store
+    from ganlib.data.store import check_same_data, copy_real_grid, load_store
 
     # --- Data, models, optimizers --------------------------------------------------------------
     run, device = RunDir(cfg.run_dir), ctx.device
     store = load_store(store_dir)
     found = ctx.latest_checkpoint(run.checkpoints)  # the newest checkpoint, if the run has one
+    if found is not None and (changed := check_same_data(run.read_manifest(), store, cfg.run_id, "training")):
+        if ctx.is_writer:
+            log.warning("%s", changed)
     chosen_now = cfg.model.name == "auto"  # else the caller resolved it and said so
     cfg = cfg.keeping_preset(found[1]["config"] if found is not None else None)
     cfg = cfg.resolved(*map(int, store.images.shape[1:3]))  # 'auto' settings: for these images

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from flows.generate import DEFAULT_NUM_SAMPLES, main, plan_generation
@@ -51,6 +52,9 @@ def test_plan_defaults_to_the_best_checkpoint_and_the_gallery_seed(run):
     ({"fmt": "jpg"}, ConfigError, "format: 'npz' or 'png'"),
     ({"num_samples": 0}, ConfigError, "at least 1"),
     ({"per_class": 5}, ConfigError, "not class-conditional"),
+    ({"device": "gpu"}, ConfigError, r"--device: 'gpu' is not a device; use auto, cpu, cuda, cuda:N or mps"),
+    pytest.param({"device": "cuda"}, ConfigError, "CUDA is not available here",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")),
 ])
 def test_plan_refuses_mistakes_with_one_line(run, kwargs, error, message):
     with pytest.raises(error, match=message) as info:

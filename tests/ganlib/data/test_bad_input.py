@@ -439,3 +439,64 @@ def test_the_preflight_finds_a_folder_once(tmp_path, class_folder, monkeypatch, 
     assert len(found) == 1
     with pytest.raises(ConfigError, match="larger than the dataset"):
         check_run(run.model_copy(update={"train": run.train.model_copy(update={"batch_size": 64})}))
+
+
+def test_cli_one_image_says_to_add_images_not_to_lower_the_batch(tmp_path, capsys, make, monkeypatch):
+    """'use --batch-size 1 or less' sent the user to a value the config refuses (a batch holds at least 2)."""
+    import flows.train
+    from flows.train import main
+
+    monkeypatch.setattr(flows.train, "gan_pipeline", lambda *a, **k: pytest.fail("the pipeline must not start"))
+    make.save(make.pattern(32, 32, 3, 0), tmp_path / "one" / "0.png")
+    code = main(["--dataset", "folder", "--data-root", str(tmp_path / "one"), "--image-size", "32",
+                 "--batch-size", "2", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: train.batch_size: the dataset has 1 usable image(s); a GAN needs at "
+                                        "least 2") and err.count("\n") == 1
+
+
+def test_a_file_that_is_listed_but_cannot_be_read_is_one_line(tmp_path, class_folder, monkeypatch):
+    """A folder with read but no execute permission lists its files and cannot stat them (root ignores modes,
+    so the stat is made to fail here)."""
+    from ganlib.config import DataConfig
+    from ganlib.data import sources
+
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):
+        if str(path).endswith("c1.png"):
+            raise PermissionError(13, "Permission denied")
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(sources.os, "stat", stat)
+    with pytest.raises(DataError, match=r"cannot read .*c1.png: Permission denied; make the images and their "
+                                        r"folders readable \(e.g. chmod -R a\+rX DIR\)"):
+        sources.locate(DataConfig(dataset="folder", data_root=class_folder))
+
+
+@pytest.mark.parametrize("root", ["", "  "])
+def test_an_empty_data_root_is_refused_not_read_as_this_directory(root):
+    """An unset $DATA in --data-root "$DATA" would have trained on whatever images sit in the current directory."""
+    with pytest.raises(ConfigError, match=r"data.data_root: is empty; give the directory or file of the images"):
+        build_config({"data": {"dataset": "folder", "data_root": root}})
+
+
+def test_images_beside_sub_folders_without_images_are_a_flat_folder(tmp_path, make):
+    """A macOS zip leaves __MACOSX/ (hidden ._ files only) beside the images; a notes/ folder holds text. Every
+    sub-folder counted as a class, the images were 'stray' and the error said 'no image files; found 0 other'."""
+    from ganlib.config import DataConfig
+    from ganlib.data.sources import locate, open_source
+
+    root = tmp_path / "unzipped"
+    for i in range(6):
+        make.save(make.pattern(32, 32, 3, i), root / f"{i}.png")
+    (root / "__MACOSX").mkdir()
+    (root / "__MACOSX" / "._0.png").write_bytes(b"\0\5\26\7")
+    (root / "notes").mkdir()
+    (root / "notes" / "readme.txt").write_text("where the images came from")
+    cfg = DataConfig(dataset="folder", data_root=root)
+    located = locate(cfg)
+    source = open_source(cfg, located)
+    assert located.extra["layout"] == "flat" and source.count == 6 and source.labels is None
+    assert "__MACOSX (a sub-folder without images, beside images at the top level: the folder is read as flat)" \
+        in source.summary and "notes (" in source.summary

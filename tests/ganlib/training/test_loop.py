@@ -354,3 +354,51 @@ def test_compile_trains_with_an_r1_penalty_by_leaving_d_eager(tiny, monkeypatch,
     assert result.final_step == 2
     assert len(compiled) == (1 if r1 else 2)
     assert ("compile: G only" in caplog.text) == bool(r1)
+
+
+def _folder(root, n, shade=0):
+    import numpy as np
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(n + shade)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(root / f"{i:03d}.png")
+
+
+def test_resuming_after_the_folder_changed_is_refused_or_said(tiny, tmp_path, caplog):
+    """The run's data/manifest.json is what it trained on: another count (or size, or classes) cannot go on
+    (the weights would not fit, or batches come out empty); the same count with other pixels goes on, said."""
+    import logging
+
+    from ganlib.errors import DataError
+
+    folder = tmp_path / "imgs"
+    _folder(folder, 40)
+    settings = {"run_id": "f", "data__dataset": "folder", "data__data_root": str(folder), "data__image_size": 28,
+                "model__name": "mlp", "model__hidden_dim": 16, "model__d_hidden_dim": 16,
+                "train__batch_size": 8, "train__steps": 4, "train__checkpoint_every": 4}
+    cfg = tiny(**settings)
+    train(cfg, prepare_dataset(cfg.data, cfg.out))
+    _folder(folder, 48)  # 8 more images
+    more = tiny(**{**settings, "train__steps": 8})
+    with pytest.raises(DataError, match=r"run 'f' trained on 40 images 1x28x28, unlabelled, but its data now "
+                                        r"prepares to 48 images .*put the original images back"):
+        train(more, prepare_dataset(more.data, more.out))
+    for p in sorted(folder.iterdir())[40:]:
+        p.unlink()
+    _folder(folder, 40, shade=1)  # as many images, other pixels
+    with caplog.at_level(logging.WARNING, logger="ganlib"):
+        result = train(more, prepare_dataset(more.data, more.out))
+    assert result.final_step == 8 and "the prepared images differ from those it trained on" in caplog.text
+    _folder(folder, 48)
+    from ganlib.evaluation.evaluate import evaluate_run
+
+    with pytest.raises(DataError, match="now prepares to 48 images .* to go on scoring it"):  # scores: other data
+        evaluate_run(more, prepare_dataset(more.data, more.out))
+
+
+def test_an_order_saved_past_an_epochs_end_starts_the_next_epoch():
+    order = BatchOrder(10, 5, 0, torch.device("cpu"))
+    order.load_state_dict({"epoch": 0, "position": 3})  # 2 batches an epoch: never saved so, but never empty
+    assert len(order.next()) == 5 and order.state_dict() == {"epoch": 1, "position": 1}
