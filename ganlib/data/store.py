@@ -378,7 +378,7 @@ def check_same_data(trained: dict[str, Any], store: PreparedStore, run_id: str, 
     A different count, image shape or class list is a ``DataError`` (one line): the files in data_root
     changed since the run started, and its models cannot go on with them (a resume would fail on the
     weights, or draw empty batches; scores would compare against other data). The same count, shape and
-    classes with other pixels returns a warning line: ``doing`` (e.g. 'resuming') goes ahead on the new
+    classes with other pixels returns a warning line: ``doing`` (e.g. 'training') goes ahead on the new
     images. None where they are the same, or the run recorded none (not trained yet).
     """
     if not trained.get("sha256") or trained.get("sha256") == store.manifest.get("sha256"):
