@@ -19,6 +19,7 @@ Every CLI here is a ``main(argv) -> int`` made of these pieces:
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import signal
 import sys
@@ -33,7 +34,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from ganlib.config import RunConfig, set_dotted
-from ganlib.errors import ConfigError, GanlibError, first_line
+from ganlib.errors import ConfigError, GanlibError, StorageError, first_line
 
 EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -261,7 +262,9 @@ def run_main(body: Callable[[list[str] | None], int | None], argv: list[str] | N
 
     0: done (or the code ``body`` returns). 1: failed, an unexpected exception (a bug), printed with
     its traceback. 2: a user error, a ``GanlibError``, printed as one line ``error: ...`` without a
-    traceback (argparse's mistakes exit 2 the same way, see ``OneLineParser``). 130 / 143: interrupted by
+    traceback (argparse's mistakes exit 2 the same way, see ``OneLineParser``), and so is a full disk (a
+    ``StorageError``, or an ``OSError`` ENOSPC from a library's own write), with ``on_interrupt``'s advice
+    on going on. 130 / 143: interrupted by
     SIGINT (Ctrl-C) / SIGTERM, as 128 + the signal, with one line saying how to go on from there (training
     checkpoints the step it was on first: ``tasks.common.StopSignals``).
     """
@@ -279,7 +282,8 @@ def run_main(body: Callable[[list[str] | None], int | None], argv: list[str] | N
     try:
         code = body(argv)
     except GanlibError as err:
-        print(f"error: {first_line(err)}", file=sys.stderr)
+        how = f"; {on_interrupt}" if isinstance(err, StorageError) and on_interrupt else ""
+        print(f"error: {first_line(err)}{how}", file=sys.stderr)
         return EXIT_USER_ERROR
     except RunInterrupted as err:  # a stage stopped politely on a signal, its work saved
         print(first_line(err), file=sys.stderr)
@@ -289,7 +293,12 @@ def run_main(body: Callable[[list[str] | None], int | None], argv: list[str] | N
         print(f"interrupted by {signal.Signals(signum).name}" + (f": {on_interrupt}" if on_interrupt else ""),
               file=sys.stderr)
         return 128 + signum
-    except Exception:
+    except Exception as err:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):  # met by a write not made
+            where = f" ({err.filename})" if err.filename else ""                   # through ganlib.runs.files
+            print(f"error: {err.strerror}{where}: free disk space, then {on_interrupt or 'run again'}",
+                  file=sys.stderr)
+            return EXIT_USER_ERROR
         traceback.print_exc()
         return EXIT_FAILED
     finally:

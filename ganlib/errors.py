@@ -6,6 +6,8 @@ wrong and what to do; entry points print it without a traceback and exit with co
 Anything else that escapes is a bug and keeps its traceback.
 """
 
+import errno
+
 
 class GanlibError(Exception):
     """Base class for errors whose message is shown to the user as one line."""
@@ -25,6 +27,25 @@ class CheckpointError(GanlibError):
 
 class RunError(GanlibError):
     """A run directory cannot be used (bad run id, locked by another process, ...)."""
+
+
+class StorageError(GanlibError, OSError):
+    """A file could not be written because its disk or quota is full, or its place is read-only.
+
+    Also an ``OSError`` (its ``errno``, ``strerror`` and ``filename`` are the failed write's), so code that
+    cleans up after any failed write still does. Nothing already saved is lost: every file is replaced
+    atomically, so the previous version of the one being written is intact. Made by
+    ``ganlib.runs.files.writing``.
+    """
+
+    kept = "what was saved before is kept"  # a writer that knows more says what (the previous checkpoint)
+
+    def __str__(self) -> str:
+        if self.errno in (errno.ENOSPC, errno.EDQUOT):
+            return (f"no space left to write {self.filename} ({self.strerror}): free disk space and run again; "
+                    f"{self.kept}")
+        return (f"cannot write {self.filename} ({self.strerror}): make its directory writable, or choose another "
+                f"--out (or GANLIB_CACHE_DIR for the shared cache), and run again; {self.kept}")
 
 
 class TrainingDiverged(GanlibError):

@@ -169,8 +169,8 @@ def export_generator(checkpoint: Path, out_dir: Path, formats: Sequence[str] = E
         warnings.simplefilter("ignore", FutureWarning)
         if "torchscript" in formats:
             traced = torch.jit.trace(module, example)
-            with atomic_path(paths["torchscript"]) as tmp:
-                torch.jit.save(traced, str(tmp), _extra_files={CARD_KEY: card_json})
+            with atomic_path(paths["torchscript"]) as tmp, open(tmp, "wb") as f:  # a file: a full disk is OSError
+                torch.jit.save(traced, f, _extra_files={CARD_KEY: card_json})
         if "onnx" in formats:
             _export_onnx(module, example, paths["onnx"], card_json)
     atomic_write_json(paths["card"], card)

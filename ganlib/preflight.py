@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
 from ganlib.config import RunConfig, check_resumable
 from ganlib.data.digits import check_digits_size
 from ganlib.data.loader import check_batch_size
 from ganlib.data.sources import Located, check_source, find_source, sized_config
+from ganlib.errors import RunError
 from ganlib.evaluation import dinov2
 from ganlib.evaluation.inception import check_weights_file
 from ganlib.models import check_image_size
 from ganlib.runs.device import resolve_device
 from ganlib.runs.files import check_writable_directory
 from ganlib.runs.lock import check_not_running, check_under_root
-from ganlib.runs.paths import RunDir
+from ganlib.runs.paths import CACHE_DIR_ENV, CacheDir, RunDir
+
+log = logging.getLogger("ganlib")
 
 
 def check_run(cfg: RunConfig) -> None:
@@ -24,6 +30,7 @@ def check_run(cfg: RunConfig) -> None:
     cfg = sized_config(cfg, located).resolved()
     check_under_root(cfg.run_dir, cfg.out)  # behind the run-id pattern: nothing escapes the output root
     check_writable_directory(cfg.run_dir, "out")
+    _check_shared_cache(cfg)
     check_not_running(cfg.run_dir)
     resolve_device(cfg.device)
     check_image_size(cfg.model.name, cfg.data.image_size)
@@ -40,6 +47,22 @@ def check_run(cfg: RunConfig) -> None:
     run = RunDir(cfg.run_dir)
     if run.config.is_file():
         check_resumable(run.read_config(), cfg)
+
+
+def _check_shared_cache(cfg: RunConfig) -> None:
+    """A cache moved by ``GANLIB_CACHE_DIR`` that this process cannot write: a file in the way is an error; a
+    read-only one (filled by others, shared read-only) is a warning, as a run that finds all it needs there
+    never writes to it, and one that must add to it stops there with one line (``runs.files.writing``)."""
+    cache = CacheDir.under(cfg.out).root
+    if not os.environ.get(CACHE_DIR_ENV, "").strip():
+        return  # <out>/_cache: checked with the run directory
+    try:
+        check_writable_directory(cache, CACHE_DIR_ENV, f"set {CACHE_DIR_ENV} to a directory you can write, or unset it")
+    except RunError as err:
+        if not cache.is_dir():
+            raise
+        log.warning("%s; a run can use what it already holds (prepared datasets, evaluation networks) but "
+                    "cannot add to it", err)
 
 
 def _known_image_count(cfg: RunConfig, located: Located | None) -> int | None:

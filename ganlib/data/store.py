@@ -51,7 +51,7 @@ from ganlib.data.writer import (
     sha256_npy_data,
 )
 from ganlib.errors import DataError
-from ganlib.runs.files import atomic_write_bytes, atomic_write_json, writer_is_gone
+from ganlib.runs.files import atomic_write_bytes, atomic_write_json, writer_is_gone, writing
 from ganlib.runs.paths import CacheDir
 
 STORE_FORMAT = 2
@@ -159,18 +159,19 @@ def prepare_dataset(cfg: DataConfig, out: Path, log: Callable[[str], None] | Non
         _check_strict(cfg, manifest.get("skipped", []), manifest["count"] + len(manifest.get("skipped", [])))
         say(f"dataset: reusing prepared store {final}")
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
-        manifest = _build(cfg, sources.open_source(cfg, located), key, tmp, workers, say)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / MANIFEST).is_file():  # not a concurrent preparation that won
-                raise
+        with writing(final):  # a full disk or a read-only cache: one line, not retried
+            final.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temporaries(final)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            manifest = _build(cfg, sources.open_source(cfg, located), key, tmp, workers, say)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not (final / MANIFEST).is_file():  # not a concurrent preparation that won
+                    raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     say(f"dataset: prepared {manifest['count']} images {tuple(manifest['shape'])}"

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganlib.errors import CheckpointError, first_line
-from ganlib.runs.files import atomic_path
+from ganlib.runs.files import atomic_torch_save
 from ganlib.sampling import to_unit_range
 
 __all__ = [
@@ -423,7 +423,7 @@ def save_classifier(model: DomainClassifier, meta: dict[str, Any], path: str | o
     """Write a classifier (constructor args, weights and ``meta``) to one file, atomically.
 
     The file is written to a temporary name next to ``path``, fsynced, then renamed over ``path``
-    (``ganlib.runs.files.atomic_path``), so a crash never leaves a truncated classifier a later run would trust.
+    (``ganlib.runs.files.atomic_torch_save``), so a crash never leaves a truncated classifier a later run would trust.
 
     Args:
         model: the classifier; weights are stored on the CPU.
@@ -441,8 +441,7 @@ def save_classifier(model: DomainClassifier, meta: dict[str, Any], path: str | o
         "meta": meta,
     }
     # A per-process temporary name: two runs evaluating the same dataset at once may both save.
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    atomic_torch_save(payload, path)
 
 
 def load_classifier(

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganlib.errors import CheckpointError, first_line
-from ganlib.runs.files import atomic_path
+from ganlib.runs.files import atomic_torch_save
 from ganlib.sampling import to_unit_range
 from ganlib.training.augment import diff_augment
 
@@ -200,8 +200,7 @@ def save_encoder(model: ContrastiveEncoder, meta: dict[str, Any], path: str | os
     """Write an encoder (constructor args, weights, ``meta``: plain numbers and strings) atomically."""
     payload = {"format": _FILE_FORMAT, "version": _FILE_VERSION, "config": model.config(),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta}
-    with atomic_path(Path(path)) as tmp:
-        torch.save(payload, tmp)
+    atomic_torch_save(payload, Path(path))
 
 
 def load_encoder(path: str | os.PathLike[str], device: str | torch.device) -> tuple[ContrastiveEncoder, dict[str, Any]]:

@@ -28,7 +28,7 @@ from torch import nn
 from ganlib.config import EvalConfig
 from ganlib.errors import CheckpointError
 from ganlib.evaluation.weights import read_checked_state_dict
-from ganlib.runs.files import atomic_path, sha256_file
+from ganlib.runs.files import atomic_torch_save, sha256_file
 from ganlib.sampling import to_uint8
 
 log = logging.getLogger("ganlib")
@@ -289,6 +289,5 @@ def write_random_weights(path: Path, dim: int = 64, depth: int = 2, pos_grid: in
         model = DinoV2(dim, depth, dim // HEAD_DIM, 14, pos_grid, num_registers)
         for p in model.parameters():  # LayerScale and the tokens start at constants: vary them too
             p.data.add_(torch.randn_like(p) * 0.02)
-    with atomic_path(Path(path)) as tmp:
-        torch.save(model.state_dict(), tmp)
+    atomic_torch_save(model.state_dict(), Path(path))
     return sha256_file(Path(path))

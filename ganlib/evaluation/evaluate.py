@@ -75,7 +75,7 @@ from ganlib.evaluation.metrics import (
 )
 from ganlib.runs import checkpoint as ckpt
 from ganlib.runs.device import resolve_device
-from ganlib.runs.files import atomic_path
+from ganlib.runs.files import atomic_path, atomic_torch_save
 from ganlib.runs.lock import computing
 from ganlib.runs.paths import CacheDir, RunDir
 from ganlib.sampling import fixed_noise, generate, load_generator, to_uint8, to_unit_range
@@ -229,8 +229,7 @@ def _space_reference(space: Space, store: PreparedStore, ref_idx: np.ndarray, he
     reference["holdout_nearest"] = nearest_training(held_features.to(device, torch.float64),
                                                     features.to(device, torch.float64))[0].cpu()
     reference["floor"] = space_scores(space.kind, held_features, held_aux, reference, cfg, SPLIT_SEED, device)
-    with atomic_path(path) as tmp:
-        torch.save(reference, tmp)
+    atomic_torch_save(reference, path)
     log.info("evaluation: %s reference of %d real images, floor (%d held-out images) FD %.4g, precision %.3f "
              "(%.1f s)", space.name, len(ref_idx), len(held_idx), reference["floor"]["fd"],
              reference["floor"]["precision"], time.perf_counter() - t0)
@@ -248,8 +247,7 @@ def pixel_reference(store: PreparedStore, out: Path, cfg: EvalConfig) -> dict[st
         reference = {"holdout_nearest": nearest_training(pixel_vectors(torch.from_numpy(store.images[held_idx])),
                                                          pixel_vectors(torch.from_numpy(store.images[ref_idx])))[0],
                      "num_real": len(ref_idx), "num_holdout": len(held_idx), "space": "pixels"}
-        with atomic_path(path) as tmp:
-            torch.save(reference, tmp)
+        atomic_torch_save(reference, path)
     return reference
 
 

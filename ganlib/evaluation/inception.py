@@ -26,7 +26,7 @@ from torch import nn
 from ganlib.config import EvalConfig
 from ganlib.errors import first_line
 from ganlib.evaluation.weights import read_checked_state_dict
-from ganlib.runs.files import atomic_path, sha256_file
+from ganlib.runs.files import atomic_torch_save, sha256_file
 from ganlib.sampling import to_uint8
 
 log = logging.getLogger("ganlib")
@@ -159,6 +159,5 @@ def write_random_weights(path: Path, seed: int = 0) -> str:
         empty = Path(tmp) / "empty.pt"
         torch.save({}, empty)
         model = _KeepRandom("inception-v3-compat", list(FEATURES), feature_extractor_weights_path=str(empty))
-    with atomic_path(Path(path)) as tmp_path:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp_path)
+    atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, Path(path))
     return sha256_file(Path(path))

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ganlib.errors import CheckpointError, first_line
-from ganlib.runs.files import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
+from ganlib.errors import CheckpointError, StorageError, first_line
+from ganlib.runs.files import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file, writing
 from ganlib.runs.paths import checkpoint_name  # noqa: F401 (part of this module's API)
 
 log = logging.getLogger("ganlib")
@@ -48,8 +48,9 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     sidecar = _sidecar(path)
     old_sum = sidecar.read_text() if sidecar.is_file() else None
     try:
-        atomic_write_text(sidecar, sha256_bytes(data) + "\n")
-        atomic_write_bytes(path, bytes(data))
+        with writing(path):
+            atomic_write_text(sidecar, sha256_bytes(data) + "\n")
+            atomic_write_bytes(path, bytes(data))
     except OSError as err:
         with contextlib.suppress(OSError):
             if old_sum is None:
@@ -60,8 +61,10 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         kept = (f"{path.name} as it was before is intact" if path.is_file()
                 else f"the previous checkpoint {earlier[-1].name} is intact" if earlier
                 else "no checkpoint of this run has been saved yet")
-        raise CheckpointError(f"could not write checkpoint {path}: {err.strerror or err}; free disk space and run "
-                              f"again ({kept})") from None
+        if isinstance(err, StorageError):  # a full disk or a read-only place: the user's to fix, not retried
+            err.kept = kept
+            raise err from None
+        raise CheckpointError(f"could not write checkpoint {path}: {err.strerror or err}; run again ({kept})") from None
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

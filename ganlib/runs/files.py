@@ -8,6 +8,7 @@ A failure part-way (disk full, kill) leaves the previous version of the target u
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -32,6 +33,31 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# Write failures a user fixes, as opposed to a bug or a broken disk: no space, and no permission.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+_NOT_PERMITTED = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+@contextlib.contextmanager
+def writing(target: Path) -> Iterator[None]:
+    """Turn a full disk or quota, or a read-only or forbidden place beside ``target``, met while writing
+    ``target`` into ``StorageError``: one line that says what to do, and not retried by the Prefect tasks (it
+    fails the same way until the user acts). Other ``OSError``s pass through unchanged, among them a file
+    elsewhere that could not be read (a source image, whose own message names it)."""
+    from ganlib.errors import StorageError
+
+    target = Path(target)
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as err:
+        beside = err.filename is None or Path(os.fsdecode(err.filename)).is_relative_to(target.parent)
+        if not (err.errno in _NO_SPACE or (err.errno in _NOT_PERMITTED and beside)):
+            raise
+        raise StorageError(err.errno, os.strerror(err.errno), str(target)) from None  # (pyarrow adds its own words)
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path to write ``target``'s content to; on success it replaces ``target``.
@@ -40,16 +66,17 @@ def atomic_path(target: Path) -> Iterator[Path]:
     extension (Pillow, pandas) behave the same.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_dead_writers_files(target)
     tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        with writing(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _remove_dead_writers_files(target)
+            yield tmp
+            with open(tmp, "rb+") as f:
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -87,6 +114,16 @@ def atomic_write_bytes(target: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def atomic_torch_save(obj: Any, target: Path) -> None:
+    """``torch.save(obj)`` to ``target`` atomically. Through a Python file object: given a path, torch's own
+    writer reports a full disk as an opaque ``RuntimeError`` ("unexpected pos ..."), given a file it is
+    ``OSError(ENOSPC)``, which ``writing`` turns into one line."""
+    import torch
+
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
 def atomic_write_text(target: Path, text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
 
@@ -121,8 +158,9 @@ def remove_temporary_files(root: Path) -> list[Path]:
     return leftovers
 
 
-def check_writable_directory(path: Path, what: str) -> None:
-    """``RunError`` (one line) unless ``path`` is, or can be created as, a directory this process may write.
+def check_writable_directory(path: Path, what: str, fix: str = "choose another --out") -> None:
+    """``RunError`` (one line, ending in ``fix``) unless ``path`` is, or can be created as, a directory this
+    process may write.
 
     Checked before any work: a file in the way or a read-only disk would otherwise surface only after
     the dataset was prepared and a server started.
@@ -132,6 +170,6 @@ def check_writable_directory(path: Path, what: str) -> None:
     path = Path(path)
     existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     if not existing.is_dir():
-        raise RunError(f"{what}: {existing} is a file, not a directory; choose another --out")
+        raise RunError(f"{what}: {existing} is a file, not a directory; {fix}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise RunError(f"{what}: cannot write in {existing} (read-only or not permitted); choose another --out")
+        raise RunError(f"{what}: cannot write in {existing} (read-only or not permitted); {fix}")

@@ -226,6 +226,13 @@ def _take_over(lock_path: Path, judged: bytes, reason: str) -> None:
 
 
 def _acquire(lock_path: Path) -> _Held:
+    from ganlib.runs.files import writing  # (files imports this module)
+
+    with writing(lock_path):  # a full disk or a read-only --out: one line
+        return _acquire_or_wait(lock_path)
+
+
+def _acquire_or_wait(lock_path: Path) -> _Held:
     run_dir = lock_path.parent
     run_dir.mkdir(parents=True, exist_ok=True)
     for _ in range(_MAX_ATTEMPTS):

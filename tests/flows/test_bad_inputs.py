@@ -2,6 +2,7 @@
 nothing written. Dataset rows live in tests/ganlib/data/test_bad_input.py."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -186,3 +187,25 @@ def test_out_that_cannot_be_written_fails_before_any_work(capsys, tmp_path, monk
     monkeypatch.setattr("os.access", lambda path, mode: False)  # a read-only disk, as access(2) reports it
     code, err = run_cli([*FAST, "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and err.startswith(f"error: out: cannot write in {tmp_path} (read-only or not permitted)"), err
+
+
+def test_a_shared_cache_that_is_a_file_fails_before_any_work_and_a_read_only_one_is_a_warning(
+        capsys, tmp_path, monkeypatch, caplog):
+    from ganlib.config import build_config
+    from ganlib.preflight import check_run
+
+    monkeypatch.setattr("flows.train.gan_pipeline", _must_not_run)
+    cache = tmp_path / "shared-cache"
+    cache.write_text("x")
+    monkeypatch.setenv("GANLIB_CACHE_DIR", str(cache))
+    code, err = run_cli([*FAST, "--out", str(tmp_path / "out")], capsys)
+    assert (code, err) == (2, f"error: GANLIB_CACHE_DIR: {cache} is a file, not a directory; set GANLIB_CACHE_DIR "
+                              "to a directory you can write, or unset it\n")
+    cache.unlink()
+    cache.mkdir()
+    real_access = os.access
+    monkeypatch.setattr("os.access", lambda path, mode: Path(path) != cache and real_access(path, mode))
+    with caplog.at_level("WARNING", logger="ganlib"):
+        check_run(build_config({"out": str(tmp_path / "out"), "data": {"num_images": 200}}))
+    assert (f"GANLIB_CACHE_DIR: cannot write in {cache} (read-only or not permitted); set GANLIB_CACHE_DIR to a "
+            "directory you can write, or unset it; a run can use what it already holds") in caplog.text

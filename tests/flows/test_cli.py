@@ -1,4 +1,5 @@
 import ast
+import errno
 import importlib
 import json
 import os
@@ -13,7 +14,7 @@ import pytest
 from flows.cli import RUN_FIELDS, RUN_FLAG_NAMES, add_config_flags, config_field, run_main
 from flows.train import build_parser, main, parse_config
 from ganlib.config import DEFAULT_STEPS, RunConfig, build_config
-from ganlib.errors import ConfigError
+from ganlib.errors import ConfigError, StorageError
 
 REPO = Path(__file__).resolve().parents[2]
 CLIS = ("train", "evaluate", "generate", "continue_run", "serve", "sweep")
@@ -247,6 +248,21 @@ def test_run_main_exit_codes(capsys):
 
     assert run_main(user_error) == 2
     assert capsys.readouterr().err == "error: model.name: 'vae' is not a model\n"
+
+    def disk_full(argv):  # through ganlib.runs.files: the file named, and the CLI's advice on going on
+        raise StorageError(errno.ENOSPC, "No space left on device", "out/r/metrics/train.parquet")
+
+    assert run_main(disk_full, on_interrupt="run again with the same --run-id to resume") == 2
+    assert capsys.readouterr().err == ("error: no space left to write out/r/metrics/train.parquet (No space left on "
+                                       "device): free disk space and run again; what was saved before is kept; run "
+                                       "again with the same --run-id to resume\n")
+
+    def library_disk_full(argv):  # a library's own write (a log handler, Prefect's results): one line too
+        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/prefect/results/x")
+
+    assert run_main(library_disk_full, on_interrupt="run again; rows already scored are kept") == 2
+    assert capsys.readouterr().err == ("error: No space left on device (/tmp/prefect/results/x): free disk space, "
+                                       "then run again; rows already scored are kept\n")
 
     def bug(argv):
         return {}["missing"]

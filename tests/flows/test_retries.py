@@ -44,3 +44,32 @@ def test_rerun_after_an_evaluation_failure_does_not_retrain(tiny, prefect_harnes
     monkeypatch.setattr(evaluate_module, "evaluate_run", real_evaluate)
     summary = pipeline.gan_pipeline(cfg)
     assert summary["train"]["resumed_from_step"] == 12 and summary["train"]["final_step"] == 12
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_fails_the_run_at_once_with_one_line_and_keeps_its_checkpoint(tiny, prefect_harness, monkeypatch):
+    """A full disk is not transient: the training task is not retried (two more attempts would fail the same
+    way), the error is the one line that says so, and the checkpoint saved before it is intact."""
+    import os
+
+    import flows.train as pipeline
+    import tasks.train as train_module
+    from ganlib.errors import StorageError
+    from ganlib.training.loop import train as real_train
+
+    cfg = tiny(run_id="diskfull")
+    table = cfg.run_dir / "metrics" / "train.parquet"
+    calls = []
+
+    def fills_up(cfg, store_dir, **kwargs):
+        calls.append(1)
+        real_train(cfg, store_dir, should_stop=lambda: True)  # checkpoints step 1
+        table.with_name(f".train.tmp-{os.getpid()}.parquet").symlink_to("/dev/full")  # then the disk is full
+        return real_train(cfg, store_dir, **kwargs)
+
+    monkeypatch.setattr(train_module, "train", fills_up)
+    monkeypatch.setattr(pipeline, "train_task", train_module.train_task.with_options(retry_delay_seconds=0))
+    with pytest.raises(StorageError, match=rf"^no space left to write {table} \(No space left on device\)"):
+        pipeline.gan_pipeline(cfg)
+    assert len(calls) == 1
+    assert (cfg.run_dir / "checkpoints" / "step_000001.pt").is_file()

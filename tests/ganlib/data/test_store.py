@@ -8,7 +8,7 @@ import pytest
 from ganlib.config import DataConfig
 from ganlib.data.idx import load_mnist
 from ganlib.data.store import load_store, prepare_dataset, store_key, store_path
-from ganlib.errors import DataError
+from ganlib.errors import DataError, StorageError
 
 pytestmark = pytest.mark.usefixtures("own_cache")  # about <out>/_cache itself, or changes it
 
@@ -51,6 +51,29 @@ def test_interrupted_preparation_leaves_no_complete_looking_store(tmp_path, monk
         prepare_dataset(DataConfig(num_images=300), tmp_path)
     root = tmp_path / "_cache" / "datasets"
     assert list(root.iterdir()) == []
+
+
+def test_a_full_disk_during_preparation_is_one_line_and_leaves_no_store(tmp_path, monkeypatch):
+    import errno
+
+    from ganlib.data.writer import NpyWriter
+
+    real_write = NpyWriter.write
+
+    def fills_up(self, rows):
+        if self.rows > 0:  # the second chunk no longer fits
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(self, rows)
+
+    monkeypatch.setattr(NpyWriter, "write", fills_up)
+    monkeypatch.setattr("ganlib.data.store.TASK_ROWS", 100)
+    cfg = DataConfig(num_images=300)
+    with pytest.raises(StorageError, match=r"^no space left to write .*_cache/datasets/digits-\w+ \(No space left on "
+                                           r"device\): free disk space and run again"):
+        prepare_dataset(cfg, tmp_path, workers=1)
+    assert list((tmp_path / "_cache" / "datasets").iterdir()) == []  # the half-written arrays are gone
+    monkeypatch.undo()
+    assert load_store(prepare_dataset(cfg, tmp_path)).images.shape == (300, 1, 28, 28)  # space freed: it prepares
 
 
 def test_a_dead_preparations_temporary_is_removed_and_a_live_ones_kept(tmp_path, zombie_pid):

@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from ganlib.errors import CheckpointError
+from ganlib.errors import CheckpointError, StorageError
 from ganlib.runs import checkpoint as ckpt
 from ganlib.runs.files import atomic_write_bytes
 
@@ -35,10 +35,24 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", disk_full)
-    with pytest.raises(CheckpointError, match=r"No space left.*\(step_000001.pt as it was before is intact\)"):
+    with pytest.raises(StorageError, match=r"No space left.*; step_000001.pt as it was before is intact$"):
         ckpt.save_checkpoint(path, _state(2))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_is_one_line_not_retried_and_the_previous_checkpoint_still_loads(tmp_path):
+    """For real: the temporary file the checkpoint goes through is a link to /dev/full (every write ENOSPC)."""
+    ckpt.save_checkpoint(tmp_path / "step_000001.pt", _state(1))
+    (tmp_path / f".step_000002.tmp-{os.getpid()}.pt").symlink_to("/dev/full")
+    with pytest.raises(StorageError) as caught:
+        ckpt.save_checkpoint(tmp_path / "step_000002.pt", _state(2))
+    assert str(caught.value) == (f"no space left to write {tmp_path / 'step_000002.pt'} (No space left on device): "
+                                 "free disk space and run again; the previous checkpoint step_000001.pt is intact")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000001.pt", "step_000001.pt.sha256"]
+    path, state = ckpt.latest_checkpoint(tmp_path)
+    assert path.name == "step_000001.pt" and state["step"] == 1
 
 
 def test_truncated_newest_checkpoint_is_moved_aside_and_previous_used(tmp_path):
@@ -123,7 +137,7 @@ def test_a_failed_first_write_says_there_is_no_previous_checkpoint_and_leaves_no
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ckpt, "atomic_write_bytes", disk_full)  # the checksum (small) fits, the checkpoint not
-    with pytest.raises(CheckpointError, match=r"No space left on device; .*\(no checkpoint of this run has been"):
+    with pytest.raises(StorageError, match=r"No space left on device\): .*; no checkpoint of this run has been"):
         ckpt.save_checkpoint(tmp_path / "step_000005.pt", _state(5))
     assert list(tmp_path.iterdir()) == []
 
@@ -132,10 +146,10 @@ def test_a_failed_overwrite_keeps_the_old_checksum_so_the_old_file_still_verifie
     ckpt.save_checkpoint(tmp_path / "step_000001.pt", _state(1))
     ckpt.save_checkpoint(tmp_path / "step_000002.pt", _state(2))
     monkeypatch.setattr(ckpt, "atomic_write_bytes", lambda target, data: (_ for _ in ()).throw(OSError(28, "full")))
-    with pytest.raises(CheckpointError, match=r"\(step_000002.pt as it was before is intact\)"):
+    with pytest.raises(StorageError, match=r"; step_000002.pt as it was before is intact$"):
         ckpt.save_checkpoint(tmp_path / "step_000002.pt", {**_state(2), "extra": 1})
     assert ckpt.load_checkpoint(tmp_path / "step_000002.pt")["step"] == 2  # still verifies
-    with pytest.raises(CheckpointError, match=r"\(the previous checkpoint step_000002.pt is intact\)"):
+    with pytest.raises(StorageError, match=r"; the previous checkpoint step_000002.pt is intact$"):
         ckpt.save_checkpoint(tmp_path / "step_000003.pt", _state(3))
     assert not (tmp_path / "step_000003.pt.sha256").exists()
 
