@@ -54,7 +54,7 @@ from prefect import flow, runtime
 from flows.server import temporary_server
 from ganlib.config import RunConfig
 from ganlib.data.sources import check_source, find_source
-from ganlib.data.store import store_path
+from ganlib.data.store import store_path, trained_store
 from ganlib.errors import RunError
 from ganlib.evaluation import dinov2
 from ganlib.evaluation.inception import check_weights_file
@@ -68,23 +68,28 @@ from tasks.prepare import prepare_dataset_task
 
 
 def plan_evaluation(run_dir: Path | str, eval_settings: dict[str, Any] | None = None,
-                    device: str | None = None) -> RunConfig:
+                    device: str | None = None, data_root: str | None = None) -> RunConfig:
     """The run's config with ``eval_settings`` (fields of ``EvalConfig``) applied, checked before any work.
+    ``data_root``: where the run's images are now, if they moved (used only if its prepared store is gone).
 
     Raises a one-line ``GanlibError``: no such run, no checkpoints, an invalid setting, a missing
     dataset, a weights file that is missing or has the wrong sha256, a run that is training now.
     """
     paths = RunDir(Path(run_dir))
-    overrides: dict[str, Any] = {"eval": {**(paths.read_config().get("eval") or {}), **(eval_settings or {})}}
+    saved = paths.read_config()
+    overrides: dict[str, Any] = {"eval": {**(saved.get("eval") or {}), **(eval_settings or {})}}
     if device is not None:
         overrides["device"] = device
+    if data_root is not None:
+        overrides["data"] = {**(saved.get("data") or {}), "data_root": data_root}
     config = paths.load_config(**overrides)  # placed where the run is now: it may have moved
     if not ckpt.list_checkpoints(paths.checkpoints):
         raise RunError(f"run {config.run_id!r} has no checkpoints in {paths.checkpoints}; train it first")
     resolve_device(config.device)
-    located = find_source(config.data)  # once, for the store's key and, if need be, the source's check
-    if not store_path(config.data, config.out, located).is_dir():
-        check_source(config.data, located)  # the prepared store is gone: it is rebuilt from the source
+    if trained_store(paths.read_manifest(), config.out) is None:  # else it is scored on that: no source needed
+        located = find_source(config.data)  # once, for the store's key and, if need be, the source's check
+        if not store_path(config.data, config.out, located).is_dir():
+            check_source(config.data, located)  # the prepared store is gone: it is rebuilt from the source
     if config.eval.inception_weights is not None and config.eval.inception != "off":
         check_weights_file(config.eval.inception_weights, config.eval.inception_weights_sha256 or "")
     if config.eval.dinov2_weights is not None and config.eval.dinov2 != "off":
@@ -112,13 +117,20 @@ def _flow_run_name() -> str:
 
 @flow(name="evaluate-run", flow_run_name=_flow_run_name, log_prints=True)
 def evaluate_existing_run(run_dir: str, eval_settings: dict[str, Any] | None = None, device: str | None = None,
-                          rescore: bool = False, gallery: bool = True) -> dict[str, Any]:
+                          rescore: bool = False, gallery: bool = True, data_root: str | None = None) -> dict[str, Any]:
     """Score every checkpoint of the run in ``run_dir`` with its eval settings updated by ``eval_settings``;
-    with ``gallery``, render the best checkpoint's pictures and rewrite the summary and report."""
-    config = plan_evaluation(run_dir, eval_settings, device)
+    with ``gallery``, render the best checkpoint's pictures and rewrite the summary and report.
+
+    The run is scored against the prepared images it trained on while they are in the cache (its source may
+    have moved, changed or gone since); otherwise they are prepared again from its ``data_root`` (or the
+    ``data_root`` given, where they are now) and checked to be the same."""
+    config = plan_evaluation(run_dir, eval_settings, device, data_root)
     with run_lock(config.run_dir):  # not while the run trains (or another evaluation writes)
-        store = prepare_dataset_task(config.data, str(config.out))
-        evaluation = evaluate_task(config, store["store_dir"], rescore)
+        kept = trained_store(RunDir(config.run_dir).read_manifest(), config.out)
+        if kept is not None:
+            print(f"scoring against the prepared images it trained on: {kept}")
+        store_dir = str(kept) if kept is not None else prepare_dataset_task(config.data, str(config.out))["store_dir"]
+        evaluation = evaluate_task(config, store_dir, rescore)
         summary = gallery_task(config, evaluation["best_checkpoint"], _train_record(config)) if gallery else None
     print(f"evaluated {evaluation['num_checkpoints']} checkpoints of {config.run_id}: best "
           f"{Path(evaluation['best_checkpoint']).name} ({evaluation['best_generator']})")
@@ -139,6 +151,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_run_flags(parser, "the run to evaluate")
     add_device_flag(parser)
     add_config_flags(parser, EVAL_FIELDS, default_text="(default: the run's)")
+    parser.add_argument("--data-root", metavar="DIR",
+                        help="where the run's images are now, if they moved; needed only when its prepared copy "
+                        "is gone from the cache (default: the run's data.data_root)")
     parser.add_argument("--select-generator", choices=("ema", "raw"),
                         help="choose the best among the EMA or the raw generator's rows (eval.use_ema; default: "
                         "the run's)")
@@ -162,11 +177,12 @@ def _main(argv: list[str] | None) -> int:
     run_dir = str(Path(args.out) / args.run_id)
     settings = eval_settings_from(args)
     # Checked here first: a mistake fails in a second, not after the Prefect server has started.
-    config = plan_evaluation(run_dir, settings, args.device)
+    config = plan_evaluation(run_dir, settings, args.device, args.data_root)
     if args.dry_run:
         return print_json(config)
     with temporary_server():
-        result = evaluate_existing_run(run_dir, settings, args.device, args.rescore, not args.no_gallery)
+        result = evaluate_existing_run(run_dir, settings, args.device, args.rescore, not args.no_gallery,
+                                       args.data_root)
     print(f"done: {run_dir}  best {Path(result['best_checkpoint']).name} ({result['best_generator']})  "
           f"table {result['eval_table']}")
     return 0

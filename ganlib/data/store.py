@@ -112,6 +112,19 @@ def store_path(cfg: DataConfig, out: Path, located: sources.Located | None = Non
     return CacheDir.under(out).dataset(f"{cfg.dataset}-{store_key(cfg, located)}")
 
 
+def trained_store(trained: dict[str, Any], out: Path) -> Path | None:
+    """The prepared store a run trained on, named by its ``data/manifest.json`` (``trained``: its dataset and
+    key), if that store is still whole under ``out``'s cache and holds the same arrays (sha256); else None.
+
+    Scoring a run against it needs neither its source (moved or deleted since) nor a fresh preparation, and
+    scores it against exactly the images it trained on."""
+    if not trained.get("dataset") or not trained.get("key") or not trained.get("sha256"):
+        return None
+    path = CacheDir.under(out).dataset(f"{trained['dataset']}-{trained['key']}")
+    manifest = read_store_manifest(path)
+    return path if manifest is not None and manifest.get("sha256") == trained["sha256"] else None
+
+
 def read_store_manifest(store_dir: Path) -> dict[str, Any] | None:
     """A prepared store's ``manifest.json``, or None when the store is not (completely) there."""
     path = Path(store_dir) / MANIFEST

@@ -120,3 +120,48 @@ def test_the_flow_rescores_a_run_and_rewrites_its_summary(trained, prefect_harne
                  "--no-gallery"]) == 0
     again = pd.read_parquet(run_dir / "metrics" / "eval.parquet")
     pd.testing.assert_frame_equal(table, again)
+
+
+def _folder(root, n: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(n)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(root / f"{i:03d}.png")
+
+
+@pytest.mark.slow
+def test_a_run_whose_images_moved_is_scored_on_its_prepared_copy_or_where_they_are_now(
+        tmp_path, tiny_settings, prefect_harness, capsys):
+    """The run's data/manifest.json names the store it trained on: while that is in the cache, the run is
+    scored on it wherever its source went; once both are gone, --data-root says where the images are now."""
+    from flows.evaluate import evaluate_existing_run
+    from ganlib.data.store import trained_store
+    from ganlib.errors import DataError
+    from ganlib.runs.paths import RunDir
+
+    folder, moved = tmp_path / "imgs", tmp_path / "moved" / "imgs"
+    _folder(folder, 40)
+    settings = copy.deepcopy(tiny_settings)
+    settings["data"] = {"dataset": "folder", "data_root": str(folder), "image_size": 28}
+    settings["model"] = {"name": "mlp", "hidden_dim": 16, "d_hidden_dim": 16}
+    settings["train"].update(batch_size=8, steps=4, checkpoint_every=4)
+    cfg = build_config({"run_id": "moved", "out": str(tmp_path / "out"), **settings})
+    store = prepare_dataset(cfg.data, cfg.out)
+    train(cfg, store)
+    moved.parent.mkdir()
+    folder.rename(moved)
+
+    assert trained_store(RunDir(cfg.run_dir).read_manifest(), cfg.out) == store
+    result = evaluate_existing_run(str(cfg.run_dir), gallery=False)  # the source is gone, its prepared copy not
+    assert result["num_checkpoints"] == 1 and pd.read_parquet(result["eval_table"])["ssl_fd"].notna().all()
+
+    shutil.rmtree(store)  # and now the prepared copy too
+    with pytest.raises(DataError, match=rf"^data.data_root: {folder} is not a directory \(it does not exist\); point --data-root at a "):
+        plan_evaluation(cfg.run_dir)
+    code = main(["--run-id", "moved", "--out", str(cfg.out), "--data-root", str(moved), "--dry-run"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["data"]["data_root"] == str(moved)
+    result = evaluate_existing_run(str(cfg.run_dir), data_root=str(moved), gallery=False, rescore=True)
+    assert result["num_checkpoints"] == 1  # prepared again from where they are now: the same images, so scored
