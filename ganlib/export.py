@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 import warnings
@@ -29,10 +30,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ganlib.errors import CheckpointError, ConfigError
+from ganlib.errors import CheckpointError, ConfigError, RunError
 from ganlib.runs.files import atomic_path, atomic_write_json
 from ganlib.runs.paths import RunDir
 from ganlib.sampling import class_names_for, is_conditional, load_generator
+
+log = logging.getLogger("ganlib")
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -78,7 +81,11 @@ def config_hash(config: dict[str, Any]) -> str:
 def checkpoint_scores(run_dir: Path, checkpoint_name: str, weights: str) -> dict[str, Any]:
     """The row of ``metrics/eval.parquet`` for this checkpoint and generator (raw/ema) as plain values, NaN
     as None; ``{}`` when the run has no evaluation of it."""
-    table = RunDir(run_dir).read_table(RunDir(run_dir).eval_metrics)
+    try:
+        table = RunDir(run_dir).read_table(RunDir(run_dir).eval_metrics)
+    except RunError as err:  # the model card goes without scores, and says why in the log
+        log.warning("%s; the model card has no scores", str(err).rsplit("; ", 1)[0])
+        return {}
     if table is None or "checkpoint" not in table:
         return {}
     rows = table[table["checkpoint"] == checkpoint_name]

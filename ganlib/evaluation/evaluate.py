@@ -552,7 +552,7 @@ def evaluate_run(cfg: RunConfig, store_dir: Path, rescore: bool = False) -> pd.D
     settings_key = _settings_key(ctx, len(ref_idx))
 
     previous: dict[tuple, dict[str, Any]] = {}
-    table = None if rescore else paths.read_table(paths.eval_metrics)
+    table = None if rescore else paths.read_table_or_set_aside(paths.eval_metrics, "every checkpoint is scored again")
     if table is not None:
         for row in table.to_dict("records"):
             previous[(row.get("checkpoint_sha256"), row.get("generator"), row.get("settings_key"))] = row

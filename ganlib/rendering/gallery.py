@@ -289,7 +289,8 @@ def resolve_checkpoint(run_dir: Path, which: str = "best") -> Path:
     checkpoints_dir = run.checkpoints
     found = ckpt.list_checkpoints(checkpoints_dir)
     if which == "best":
-        table = run.read_table(run.eval_metrics)
+        table = run.read_table(run.eval_metrics, f"score the run again with flows/evaluate.py --run-id {run.root.name}"
+                                                 ", or name a checkpoint (--checkpoint latest or a step)")
         if table is None:
             raise CheckpointError(f"run {run.root} has no evaluation ({run.eval_metrics} is missing), so no best "
                                   "checkpoint; evaluate it first or name one (--checkpoint latest or a step)")

@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from ganlib.errors import RunError
 from ganlib.runs.files import atomic_write_text
 from ganlib.runs.paths import RunDir
 
@@ -107,7 +108,7 @@ def _figure(path: Path, alt: str, caption: str = "", display_width: int | None =
 def _read_table(run: RunDir, path: Path) -> pd.DataFrame | None:
     try:
         return run.read_table(path)
-    except (OSError, ValueError):  # a report shows what it can
+    except RunError:  # a report shows what it can
         return None
 
 

@@ -136,27 +136,37 @@ class RunDir:
         """``summary.json``, or ``{}`` before the gallery stage wrote it."""
         return read_json_object(self.summary)
 
-    def read_table(self, path: Path) -> pd.DataFrame | None:
-        """One of the run's parquet tables, or None when it does not exist (yet)."""
+    def read_table(self, path: Path, fix: str = "move it aside and run again") -> pd.DataFrame | None:
+        """One of the run's parquet tables, or None when it does not exist (yet). An unreadable one (truncated
+        by a full disk or a copy) is a one-line ``RunError`` that ends in ``fix``."""
         import pandas as pd
 
-        return pd.read_parquet(path) if Path(path).is_file() else None
+        if not Path(path).is_file():
+            return None
+        try:
+            return pd.read_parquet(path)
+        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+            why = (err.strerror if isinstance(err, OSError) and err.errno
+                   else "not a whole parquet file: corrupt or truncated")
+            raise RunError(f"{path} is unreadable ({why}); {fix}") from None
+
+    def read_table_or_set_aside(self, path: Path, then: str) -> pd.DataFrame | None:
+        """``read_table``, where an unreadable table must not make the run impossible to go on: it is moved to
+        ``metrics/corrupt/`` (kept, never deleted) with a warning that ends in ``then``, and None returned."""
+        try:
+            return self.read_table(path)
+        except RunError as err:
+            aside = self.metrics / "corrupt"
+            aside.mkdir(exist_ok=True)
+            Path(path).replace(aside / Path(path).name)
+            log.warning("%s; moved it to %s, and %s", str(err).rsplit("; ", 1)[0], aside, then)
+            return None
 
     def read_train_rows(self, up_to_step: int) -> list[dict[str, Any]]:
         """The rows of ``metrics/train.parquet`` up to ``up_to_step`` (a resume redoes the ones after it).
-
-        An unreadable table (truncated by a full disk or a copy) must not make the run impossible to
-        resume: it is moved to ``metrics/corrupt/`` with a warning, and the table starts again here.
-        """
-        try:
-            table = self.read_table(self.train_metrics)
-        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
-            aside = self.metrics / "corrupt"
-            aside.mkdir(exist_ok=True)
-            self.train_metrics.replace(aside / self.train_metrics.name)
-            log.warning("%s is unreadable (%s); moved it to %s, and the training table restarts at step %d",
-                        self.train_metrics, first_line(err), aside, up_to_step + 1)
-            return []
+        An unreadable table is set aside and starts again here (``read_table_or_set_aside``)."""
+        then = f"the training table restarts at step {up_to_step + 1}"
+        table = self.read_table_or_set_aside(self.train_metrics, then)
         return [] if table is None else [r for r in table.to_dict("records") if r["step"] <= up_to_step]
 
     def read_health_rows(self) -> list[dict[str, Any]]:

@@ -159,7 +159,8 @@ def test_a_run_whose_images_moved_is_scored_on_its_prepared_copy_or_where_they_a
     assert result["num_checkpoints"] == 1 and pd.read_parquet(result["eval_table"])["ssl_fd"].notna().all()
 
     shutil.rmtree(store)  # and now the prepared copy too
-    with pytest.raises(DataError, match=rf"^data.data_root: {folder} is not a directory \(it does not exist\); point --data-root at a "):
+    with pytest.raises(DataError, match=rf"^data.data_root: {folder} is not a directory \(it does not exist\); "
+                                        r"point --data-root at a "):
         plan_evaluation(cfg.run_dir)
     code = main(["--run-id", "moved", "--out", str(cfg.out), "--data-root", str(moved), "--dry-run"])
     assert code == 0 and json.loads(capsys.readouterr().out)["data"]["data_root"] == str(moved)

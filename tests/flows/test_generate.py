@@ -67,6 +67,20 @@ def test_plan_refuses_a_missing_run(tmp_path):
         plan_generation(tmp_path / "nope")
 
 
+def test_a_corrupt_evaluation_table_is_one_line_that_says_what_to_do(run, capsys, tmp_path):
+    import shutil
+
+    copy = tmp_path / "out" / run.run_id
+    shutil.copytree(run.run_dir, copy, ignore=shutil.ignore_patterns(".lock"))
+    table = copy / "metrics" / "eval.parquet"
+    table.write_bytes(table.read_bytes()[:60])  # truncated by a full disk or a copy
+    assert main(["--run-id", run.run_id, "--out", str(copy.parent), "--dry-run"]) == 2
+    assert capsys.readouterr().err == (f"error: {table} is unreadable (not a whole parquet file: corrupt or "
+                                       "truncated); score the run again with flows/evaluate.py --run-id "
+                                       f"{run.run_id}, or name a checkpoint (--checkpoint latest or a step)\n")
+    assert plan_generation(copy, checkpoint="latest")["checkpoint"].endswith("step_000012.pt")  # naming one works
+
+
 def test_command_line_errors_fail_fast_without_prefect(run, capsys, tmp_path):
     assert main(["--run-id", "nope", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err

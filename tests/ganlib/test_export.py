@@ -94,6 +94,20 @@ def test_the_model_card_says_what_the_generator_is(runs):
     assert load_exported(record["files"]["torchscript"]).card == card == load_exported(record["files"]["onnx"]).card
 
 
+def test_a_corrupt_evaluation_table_leaves_the_card_without_scores_and_says_why(runs, tmp_path, caplog):
+    from ganlib.export import checkpoint_scores
+
+    cfg, _, _ = runs[False]
+    copy = tmp_path / "run"
+    (copy / "metrics").mkdir(parents=True)
+    table = copy / "metrics" / "eval.parquet"
+    table.write_bytes((cfg.run_dir / "metrics" / "eval.parquet").read_bytes()[:50])
+    with caplog.at_level("WARNING", logger="ganlib"):
+        assert checkpoint_scores(copy, "step_000004.pt", "ema") == {}
+    assert f"{table} is unreadable (not a whole parquet file: corrupt or truncated); the model card has no scores" \
+        in caplog.text
+
+
 def test_torchscript_samples_in_a_fresh_interpreter_without_ganlib(runs, tmp_path):
     _, checkpoint, record = runs[True]
     code = (

@@ -112,6 +112,20 @@ def test_same_checkpoint_and_seed_give_identical_numbers(run):
     np.testing.assert_array_equal(first[numeric].to_numpy(), second[numeric].to_numpy())
 
 
+def test_a_corrupt_table_is_set_aside_and_every_checkpoint_scored_again(run, caplog):
+    cfg, store = run()
+    first = evaluate_run(cfg, store)
+    table = cfg.run_dir / "metrics" / "eval.parquet"
+    table.write_bytes(table.read_bytes()[:100])  # truncated by a full disk or a copy
+    with caplog.at_level("WARNING", logger="ganlib"):
+        again = evaluate_run(cfg, store)
+    numeric = [c for c in first.columns if c != "seconds" and first[c].dtype.kind == "f"]
+    np.testing.assert_array_equal(first[numeric].to_numpy(), again[numeric].to_numpy())
+    assert (cfg.run_dir / "metrics" / "corrupt" / "eval.parquet").is_file()  # kept, never deleted
+    assert (f"{table} is unreadable (not a whole parquet file: corrupt or truncated); moved it to "
+            f"{cfg.run_dir / 'metrics' / 'corrupt'}, and every checkpoint is scored again") in caplog.text
+
+
 def test_several_seeds_give_the_mean_and_a_standard_deviation(run):
     cfg1, store = run(generators="selected")
     one = evaluate_run(cfg1, store)
