@@ -29,6 +29,7 @@ import hashlib
 import os
 import pickle
 import shutil
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -803,12 +804,14 @@ def _folder_side(located: Located) -> tuple[int | None, str]:
     names = [rel for group in located.extra["by_class"].values() for rel in group]
     picked = [names[i] for i in np.linspace(0, len(names) - 1, min(len(names), SIZE_SAMPLE)).round().astype(int)]
     sides = []
-    for rel in picked:  # distinct: at most one pick per file
-        try:
-            with Image.open(located.root / rel) as im:  # type: ignore[operator]
-                sides.append(min(im.size))
-        except (OSError, ValueError, Image.DecompressionBombError):
-            continue  # unreadable files are skipped (and listed) by preparation
+    with warnings.catch_warnings():  # a huge image's header is read, not decoded: Pillow's warning is no news
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        for rel in picked:  # distinct: at most one pick per file
+            try:
+                with Image.open(located.root / rel) as im:  # type: ignore[operator]
+                    sides.append(min(im.size))
+            except (OSError, ValueError, Image.DecompressionBombError):
+                continue  # unreadable files are skipped (and listed) by preparation
     if not sides:
         return None, f"none of {len(picked)} sampled files could be opened"
     return int(np.median(sides)), f"the median shorter side of {len(sides)} of its {len(names)} images"

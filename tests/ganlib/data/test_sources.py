@@ -264,6 +264,21 @@ def test_auto_size_of_arrays_named_datasets_and_unreadable_files(tmp_path, make)
     assert "of 64 of its 128 images" in why and got == 32  # 32 of each side sampled: median 39
 
 
+def test_auto_size_reads_a_huge_images_header_without_pillows_warning(tmp_path, make, monkeypatch):
+    import warnings
+
+    from PIL import Image
+
+    from ganlib.data.sources import auto_image_size
+
+    for i in range(3):
+        make.save(make.pattern(64, 64, 3, i), tmp_path / "imgs" / f"{i}.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # 64x64 is then "a decompression bomb" to Pillow
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # DecompressionBombWarning printed during every CLI run's size check
+        assert auto_image_size(DataConfig(dataset="folder", data_root=tmp_path / "imgs"), lambda: False)[0] == 64
+
+
 def test_prepare_with_auto_size_trains_at_the_images_size(tmp_path, make):
     for i in range(6):
         make.save(make.pattern(64, 64, 3, i), tmp_path / "emoji" / f"{i}.png")
