@@ -49,6 +49,7 @@ from flows.server import temporary_server
 from flows.train import gan_pipeline
 from ganlib.config import DEVICE_PATTERN, RUN_ID_PATTERN, RunConfig, build_config, set_dotted
 from ganlib.errors import RunError
+from ganlib.preflight import check_run
 from ganlib.runs.checkpoint import list_checkpoints
 from ganlib.runs.paths import RunDir
 
@@ -139,6 +140,7 @@ def _main(argv: list[str] | None) -> int:
     config = continued_config(args.run_id, args.out, args.more_steps, args.device)  # fail before Prefect starts
     if args.dry_run:
         return print_json(config)
+    check_run(config)  # its data, its device, not running now: in a second, not after the server has started
     with temporary_server():
         summary = continue_training(args.run_id, args.out, args.more_steps, args.device)
     best = summary["best"]

@@ -181,6 +181,21 @@ def test_continue_run_dry_run_prints_the_config_it_would_run(tiny, tmp_path, cap
     assert capsys.readouterr().err.startswith("error: run 'nope' not found: ")
 
 
+def test_continue_run_checks_the_run_before_the_server_starts(tiny, tmp_path, capsys, monkeypatch):
+    from flows.continue_run import main as continue_main
+
+    def must_not_start():
+        raise AssertionError("the server started before the run was checked")
+
+    monkeypatch.setattr("flows.continue_run.temporary_server", must_not_start)
+    gone = tmp_path / "imgs"
+    cfg = tiny(run_id="cont", data__dataset="folder", data__data_root=str(gone), data__image_size=28)
+    (cfg.run_dir / "checkpoints").mkdir(parents=True)
+    (cfg.run_dir / "config.json").write_text(cfg.to_json())
+    assert continue_main(["--run-id", "cont", "--out", str(cfg.out), "--more-steps", "5"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: data.data_root: {gone} is not a directory (it does not exist)")
+
+
 # --- a real Prefect server (integration) -----------------------------------------------------------------
 
 
