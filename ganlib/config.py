@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -116,10 +117,14 @@ class DataConfig(_Section):
 
     @field_validator("data_root", mode="before")
     @classmethod
-    def _root_not_empty(cls, v: Any) -> Any:
-        if v is not None and str(v).strip() == "":  # an unset $DATA: Path("") would mean the current directory
+    def _root_absolute(cls, v: Any) -> Any:
+        """An absolute path (``~`` expanded, links kept as given): a run's config.json then names the same
+        place from any directory (a relative one made evaluate.py, run elsewhere, look elsewhere)."""
+        if v is None:
+            return v
+        if str(v).strip() == "":  # an unset $DATA: Path("") would mean the current directory
             raise ValueError("is empty; give the directory or file of the images (--data-root . for this directory)")
-        return v
+        return Path(os.path.abspath(os.path.expanduser(v)))
 
     @model_validator(mode="after")
     def _needs_root(self) -> DataConfig:
@@ -711,6 +716,9 @@ RESUMABLE_CHANGES = {
     "train.precision",  # autocast only: weights, gradients' updates and Adam's state stay fp32
     "train.health_window", "train.stop_on_health", "train.max_minutes",
     "data.strict", "data.download", "data.resident_limit_mb",
+    # Where the images are, not which: a run checks at resume that they prepare to the arrays it trained on
+    # (``ganlib.data.store.check_same_data``), so a moved folder (or a relative path saved before) goes on.
+    "data.data_root",
     # The global batch (train.batch_size) is what the run learns from; how many processes share it is not.
     "dist.nproc_per_node", "dist.nnodes", "dist.node_rank", "dist.rdzv_endpoint", "dist.backend",
     "dist.timeout_minutes",

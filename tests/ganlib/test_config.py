@@ -1,7 +1,7 @@
 import pytest
 
 from ganlib.config import DEFAULT_STEPS, RunConfig, build_config, config_differences, total_steps
-from ganlib.errors import ConfigError
+from ganlib.errors import CheckpointError, ConfigError
 
 
 def test_defaults_follow_the_tutorial():
@@ -159,3 +159,28 @@ def test_fields_left_to_the_preset_do_not_block_a_resume_but_other_optional_ones
     unresolved = build_config({"run_id": "x"}).model_dump(mode="json")
     assert config_differences(resolved, unresolved) == ["train.lr_g: 0.0001 -> None"]  # lr_g is not the preset's
     assert config_differences(unresolved, resolved) == ["train.lr_g: None -> 0.0001"]
+
+
+def test_data_root_is_kept_absolute_and_where_the_images_are_may_change_at_resume(tmp_path, monkeypatch):
+    """A relative --data-root was saved as given: evaluate.py run from elsewhere looked elsewhere. It is made
+    absolute (links kept as given, ``~`` expanded); and as a run checks at resume that its images prepare to
+    the arrays it trained on, where they are may change (a moved folder, or a relative path saved before)."""
+    from pathlib import Path
+
+    from ganlib.config import check_resumable
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    def root(given):
+        return build_config({"data": {"dataset": "folder", "data_root": given}}).data.data_root
+
+    assert root("link/a") == tmp_path / "link" / "a" and root("~/x") == Path.home() / "x"
+    now = build_config({"run_id": "r", "data": {"dataset": "folder", "data_root": "imgs"}})
+    saved = now.resolved().model_dump(mode="json")
+    saved["data"].update(data_root="imgs", image_size=28)  # as runs saved it before
+    check_resumable(saved, now)
+    check_resumable(saved, build_config({"run_id": "r", "data": {"dataset": "folder", "data_root": "/moved/imgs"}}))
+    with pytest.raises(CheckpointError, match=r"\(data.image_size: 28 -> 32\)"):  # what the images become still counts
+        check_resumable(saved, build_config({"run_id": "r", "data": {"dataset": "folder", "data_root": "imgs",
+                                                                     "image_size": 32}}))
