@@ -236,16 +236,18 @@ def _space_reference(space: Space, store: PreparedStore, ref_idx: np.ndarray, he
     return reference
 
 
-def pixel_reference(store: PreparedStore, out: Path, cfg: EvalConfig) -> dict[str, Any]:
+def pixel_reference(store: PreparedStore, out: Path, cfg: EvalConfig,
+                    device: torch.device | str = "cpu") -> dict[str, Any]:
     """The memorisation baseline in pixel space: each held-out image's distance to its nearest reference
-    image (float64), cached like the feature-space references."""
+    image (float64, searched on ``device``), cached like the feature-space references."""
     ref_idx, held_idx = real_split(len(store.images), cfg.num_real or cfg.num_samples)
     path = _reference_path(out, f"{store.manifest['key']}-pixels", len(ref_idx), cfg)
     with computing(path, "evaluation"):
         if path.is_file():
             return torch.load(path, map_location="cpu", weights_only=True)
         reference = {"holdout_nearest": nearest_training(pixel_vectors(torch.from_numpy(store.images[held_idx])),
-                                                         pixel_vectors(torch.from_numpy(store.images[ref_idx])))[0],
+                                                         pixel_vectors(torch.from_numpy(store.images[ref_idx])),
+                                                         device)[0],
                      "num_real": len(ref_idx), "num_holdout": len(held_idx), "space": "pixels"}
         atomic_torch_save(reference, path)
     return reference
@@ -442,7 +444,7 @@ def _score_generator(ctx: _Context, path: Path, step: int, use_ema: bool, device
         if ctx.memorisation_training is not None:
             vectors = (pixel_vectors(to_uint8(images)) if ctx.memorisation_kind == "pixels"
                        else space_features[ctx.memorisation_kind].double())
-            distances, index = nearest_training(vectors, ctx.memorisation_training)
+            distances, index = nearest_training(vectors, ctx.memorisation_training, device)
             scores.update(memorisation_scores(distances, ctx.memorisation_baseline))
             if i == 0:
                 picture = ctx.eval_dir / f"memorisation-step{step:06d}-{meta['weights']}.png"
@@ -539,7 +541,7 @@ def evaluate_run(cfg: RunConfig, store_dir: Path, rescore: bool = False) -> pd.D
     if too_few:
         mem_space = "none (too few real images)"
     elif mem_kind == "pixels":
-        mem_training, mem_baseline = pixel_vectors(reference_images), pixel_reference(store, cfg.out, ev)[
+        mem_training, mem_baseline = pixel_vectors(reference_images), pixel_reference(store, cfg.out, ev, device)[
             "holdout_nearest"]
     elif mem_kind == "domain" and labelled:
         mem_training, mem_baseline = domain_ref["features"].double(), domain_ref["holdout_nearest"]

@@ -44,3 +44,34 @@ def test_closest_pairs_picture_shows_sixteen_pairs(tmp_path):
     with Image.open(path) as picture:
         # 8 cells (4 pairs) across, 4 rows, each 8 px enlarged x7 with 2 px padding, plus the caption strip.
         assert picture.width == 8 * (8 * 7 + 2 * 7) + 2 * 7 and picture.height > 4 * 8 * 7
+
+
+def _float_search(query: torch.Tensor, training: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The search as it was, on float32 copies of every vector (what the uint8 search must reproduce)."""
+    from ganlib.evaluation.metrics import nearest_neighbours
+
+    q, t = query.to(torch.float32), training.to(torch.float32)
+    _, index = nearest_neighbours(q, t)
+    return (q.double() - t[index].double()).norm(dim=1), index
+
+
+def test_pixel_vectors_stay_uint8_and_the_search_in_parts_gives_the_same_pairs(monkeypatch):
+    """Kept uint8 (a quarter of the memory: 10,000 images of 256 px were 7.9 GB a side in float32) and searched
+    against at most SEARCH_BYTES of float32 training vectors at a time: the same pairs and distances, bit for
+    bit, whether the training vectors fit one part (the same arithmetic as before) or take several."""
+    from ganlib.evaluation import memorisation
+
+    training = torch.randint(0, 256, (300, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    query = torch.randint(0, 256, (70, 3, 16, 16), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    query[5], query[9] = training[123], training[299]  # copies: distance 0, found in a later part too
+    q, t = pixel_vectors(query), pixel_vectors(training)
+    assert q.dtype == torch.uint8 and q.shape == (70, 768)
+    expected = _float_search(q, t)
+    for per_part in (300, 64, 7, 1):  # one part; several; one training vector at a time
+        monkeypatch.setattr(memorisation, "SEARCH_BYTES", per_part * 4 * 768)
+        distances, index = nearest_training(q, t)
+        assert torch.equal(index, expected[1]) and torch.equal(distances, expected[0]), per_part
+    assert index[5] == 123 and index[9] == 299 and distances[5] == distances[9] == 0
+    ties = torch.cat([t[:4], t[:4]])  # the same vectors twice: the lower index wins, in one part or across two
+    monkeypatch.setattr(memorisation, "SEARCH_BYTES", 4 * 4 * 768)
+    assert nearest_training(t[:4], ties)[1].tolist() == [0, 1, 2, 3]
