@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from PIL import Image
 
@@ -75,3 +76,13 @@ def test_pixel_vectors_stay_uint8_and_the_search_in_parts_gives_the_same_pairs(m
     ties = torch.cat([t[:4], t[:4]])  # the same vectors twice: the lower index wins, in one part or across two
     monkeypatch.setattr(memorisation, "SEARCH_BYTES", 4 * 4 * 768)
     assert nearest_training(t[:4], ties)[1].tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_pixel_search_on_a_gpu_finds_the_pairs_the_cpu_finds():
+    training = torch.randint(0, 256, (500, 3, 32, 32), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    query = torch.randint(0, 256, (200, 3, 32, 32), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    q, t = pixel_vectors(query), pixel_vectors(training)
+    on_cpu, on_gpu = nearest_training(q, t), nearest_training(q, t, device="cuda")
+    assert torch.equal(on_gpu[1], on_cpu[1]) and on_gpu[0].device.type == "cpu"
+    torch.testing.assert_close(on_gpu[0], on_cpu[0], rtol=0, atol=1e-9)  # exact float64 recomputation on both
