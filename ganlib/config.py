@@ -243,7 +243,8 @@ class TrainConfig(_Section):
         "detail at 3-4 px periods (at p 0.55, 62-88% of it against 44-62%) but less at 2 px; about 9x the "
         "resampling time on a CPU. Off by default until measured to help (bench/RESULTS.md, issue #17).")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="'auto' (default): bf16 autocast on CUDA; on the CPU a probe of a few of the run's own "
+        "auto", description="'auto' (default): bf16 autocast on GPUs with bf16 units (compute capability 8.0 "
+        "and up; fp32 on a T4 or V100, where bf16 is emulated); on the CPU a probe of a few of the run's own "
         "training steps in fp32 and bf16 (a few seconds) takes bf16 only where it is at least 1.2x faster (CPUs "
         "with AMX: 1.5-2.3x here; with only AVX512-BF16 it was slower, bench/RESULTS.md); the log says what was "
         "measured, and the run's config keeps the choice. 'fp32' or 'bf16' force one (bf16: with TF32 matmuls on "

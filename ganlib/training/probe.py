@@ -62,13 +62,25 @@ def cpu_instruction_set() -> str:
     return f"{isa}, ONEDNN_MAX_CPU_ISA={cap}" if cap else isa
 
 
+def cuda_precision(device: torch.device) -> tuple[str, str]:
+    """bf16 on a GPU with bf16 units (compute capability 8.0 and up: A100, H100, RTX 30xx and later; ROCm),
+    fp32 before them (V100, T4, RTX 20xx), where ``torch.cuda.is_bf16_supported()`` still answers yes
+    because bf16 is emulated there, slower than fp32."""
+    if torch.version.hip:
+        return "bf16", "a ROCm GPU (bf16 units)"
+    props = torch.cuda.get_device_properties(device)
+    if props.major >= 8:
+        return "bf16", f"{props.name} (compute capability {props.major}.{props.minor}) has bf16 units"
+    return "fp32", (f"{props.name} (compute capability {props.major}.{props.minor}) has no bf16 units, so bf16 "
+                    "would be emulated")
+
+
 def choose_precision(cfg: RunConfig, real: torch.Tensor, device: torch.device,
                      timings: Timings | None = None) -> tuple[str, str]:
     """(``fp32`` or ``bf16``, why in one line) for ``train.precision auto``; ``real``: one batch of the run's
     images (uint8 or float, (N, C, H, W)) on ``device``."""
     if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
-        return ("bf16", "CUDA with bf16 support") if ok else ("fp32", "this GPU has no bf16")
+        return cuda_precision(device)
     if device.type != "cpu":
         return "fp32", f"bf16 autocast is used on CUDA and the CPU only, not {device.type}"
     if not cpu_has_native_bf16():

@@ -24,6 +24,21 @@ def test_a_cpu_without_native_bf16_takes_fp32_without_probing(tiny, monkeypatch)
     assert choice == "fp32" and "no native bf16" in why
 
 
+@pytest.mark.parametrize(("major", "minor", "name", "expected"), [
+    (7, 5, "Tesla T4", "fp32"), (7, 0, "Tesla V100-SXM2-16GB", "fp32"),  # bf16 emulated: is_bf16_supported() said yes
+    (8, 0, "NVIDIA A100-SXM4-40GB", "bf16"), (9, 0, "NVIDIA H200", "bf16"),
+])
+def test_a_gpu_takes_bf16_only_with_bf16_units(tiny, monkeypatch, major, minor, name, expected):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what torch says on a T4 too
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: SimpleNamespace(major=major, minor=minor, name=name))
+    choice, why = probe.choose_precision(tiny().resolved(), torch.zeros(2, 1, 28, 28), torch.device("cuda"))
+    assert choice == expected and why.startswith(f"{name} (compute capability {major}.{minor}) has ")
+
+
 @pytest.mark.parametrize(("speedup", "expected"), [(1e9, "fp32"), (0.0, "bf16")])
 def test_the_probe_picks_by_the_measured_ratio_and_says_so(tiny, monkeypatch, speedup, expected):
     monkeypatch.setattr(probe, "cpu_has_native_bf16", lambda: True)
