@@ -358,6 +358,11 @@ def _locate_celeba(cfg: DataConfig, root: Path) -> Located:
     return Located("celeba", root, inputs, {"images_dir": images_dir, "names": names, "split": cfg.split})
 
 
+def printable(name: str) -> str:
+    """A file or folder name as text that encodes (bytes that are not UTF-8 shown as U+FFFD)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _class_dirs(root: Path, names: list[str]) -> tuple[list[str], dict[str, str], list[dict[str, str]]]:
     """(class folders taken, {symlinked one: its target}, [{"path", "reason"} of those not taken]).
 
@@ -370,6 +375,12 @@ def _class_dirs(root: Path, names: list[str]) -> tuple[list[str], dict[str, str]
     links: dict[str, str] = {}
     not_taken: list[dict[str, str]] = []
     for name in sorted(names, key=lambda n: (root / n).is_symlink()):  # real folders first
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # os.fsdecode's surrogates: as a class name it would break the manifest
+            not_taken.append({"path": printable(name), "reason": "a folder whose name is not valid UTF-8; rename "
+                              "it to use its images"})
+            continue
         real = os.path.realpath(root / name)
         if real == real_root or real_root.startswith(real + os.sep):
             not_taken.append({"path": name, "reason": f"a symlink to {real}, which holds data_root itself; "

@@ -401,6 +401,19 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_listed(tmp_path, class_fold
         "file name is not valid UTF-8; rename the file to use it"]
 
 
+def test_a_class_folder_whose_name_is_not_utf8_is_not_taken_and_said_once(tmp_path, class_folder):
+    """It was kept as a class of 0 images, each of its files blamed for the folder's name."""
+    bad = os.path.join(os.fsencode(class_folder), b"bird\xff")
+    os.mkdir(bad)
+    with open(os.path.join(bad, b"b0.png"), "wb") as f:
+        f.write((class_folder / "cat" / "c0.png").read_bytes())
+    path = prepare_dataset(cfg(dataset="folder", data_root=class_folder, image_size=32), tmp_path / "out")
+    m = json.loads((path / "manifest.json").read_text())
+    assert m["count"] == 10 and m["class_names"] == ["cat", "dog"] and m["skipped"] == []
+    assert m["source"]["not_taken"] == [{"path": "bird\ufffd", "reason": "a folder whose name is not valid UTF-8; "
+                                         "rename it to use its images"}]
+
+
 def test_cli_a_batch_larger_than_a_folder_fails_before_any_work(tmp_path, capsys, make, monkeypatch):
     """Issue #22: 3 images with --batch-size 32 failed only after the server started and the store was made."""
     import flows.train
