@@ -16,7 +16,6 @@ it to ``bench/results/ada_bf16.csv`` with date, device and commit.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib.util
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 
 from bench.ada_spectrum import high_pass_energy, stripes
-from bench.common import append_csv, commit, device_name
+from bench.common import append_csv, stamp
 from ganlib.training import ada
 
 ROOT = Path(__file__).resolve().parent
@@ -70,8 +69,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--csv", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     versions = {"this checkout": ada.augment, **({args.against: augment_of(args.against)} if args.against else {})}
-    stamp = {"date": dt.datetime.now().isoformat(timespec="seconds"), "device": device_name(args.device),
-             "commit": commit()}
+    header = stamp(args.device)
     print("ADA's geometric pipeline under bf16 autocast: high-pass energy kept at p 0 and 0.55 (median), "
           "mean |error| at p 0")
     print(f"{'size':>4} {'period':>6} " + " ".join(f"{name[:24]:>32}" for name in versions))
@@ -82,7 +80,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             for name, augment in versions.items():
                 at0, at55 = (measure(augment, period, size, p, device=args.device) for p in (0.0, 0.55))
                 cells.append(f"{at0['median_kept']:>8.3f} {at55['median_kept']:>8.3f} {at0['mean_abs_error']:>12.4f}")
-                rows.append({**stamp, "version": name, "size": size, "period": period,
+                rows.append({**header, "version": name, "size": size, "period": period,
                              "kept_p0": at0["median_kept"], "kept_p055": at55["median_kept"],
                              "mean_abs_error_p0": at0["mean_abs_error"]})
             print(f"{size:>4} {period:>6} " + " ".join(f"{c:>32}" for c in cells))

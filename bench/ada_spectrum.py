@@ -23,7 +23,6 @@ Prints both tables; appends the rows to ``bench/results/ada_spectrum.csv`` with 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import math
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.common import append_csv, commit, device_name
+from bench.common import append_csv, stamp
 from ganlib.data.store import load_store, prepare_dataset
 from ganlib.runs.checkpoint import list_checkpoints
 from ganlib.runs.paths import RunDir
@@ -123,8 +122,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--num-samples", type=int, default=600)
     p.add_argument("--csv", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    stamp = {"date": dt.datetime.now().isoformat(timespec="seconds"), "device": device_name(torch.device("cpu")),
-             "commit": commit()}
+    header = stamp(torch.device("cpu"))
     rows = []
     ms = {mode: resample_ms(mode, size=args.size) for mode in MODES}
     print(f"high-pass energy kept by ADA's geometric resampling ({args.size} px; median over 512 images; "
@@ -136,7 +134,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             print(f"{period:>6} {prob:>5.2f} " + " ".join(
                 f"{kept[m]['median_kept']:>12.3f} ({kept[m]['share_below_quarter']:>5.2f})" for m in MODES))
             for m in MODES:
-                rows.append({**stamp, "part": "retention", "period": period, "p": prob, "mode": m, **kept[m],
+                rows.append({**header, "part": "retention", "period": period, "p": prob, "mode": m, **kept[m],
                              "resample_ms": round(ms[m], 2)})
     print("resampling 128 images forward and backward: " + ", ".join(f"{m} {ms[m]:.1f} ms" for m in MODES))
     if args.runs:
@@ -146,7 +144,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             step, ratio = run_spectrum(run, args.step, args.num_samples)
             shown = [b for b in bins if b < len(ratio)]
             print(f"{run.name[:40]:<40} step {step:>6}: " + " ".join(f"{ratio[b]:5.2f}" for b in shown))
-            rows.append({**stamp, "part": "spectrum", "run": run.name, "step": step,
+            rows.append({**header, "part": "spectrum", "run": run.name, "step": step,
                          **{f"ratio_{b}": round(float(ratio[b]), 4) for b in shown}})
     for row in rows:
         append_csv(args.csv, row)

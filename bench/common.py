@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import datetime as dt
 import json
 import platform
 import resource
@@ -65,6 +66,15 @@ def device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     # The instruction set is part of every CPU figure: bf16 is 1.8x faster with AMX and slower without it.
     return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads, {cpu_instruction_set()}"
+
+
+def stamp(device: torch.device | None = None) -> dict[str, str]:
+    """The columns every benchmark row starts with: when (``date``), on what (``device``: the GPU, or the CPU
+    with its threads and instruction set; left out when ``device`` is None) and which code (``commit``)."""
+    row = {"date": dt.datetime.now().isoformat(timespec="seconds")}
+    if device is not None:
+        row["device"] = device_name(device)
+    return {**row, "commit": commit()}
 
 
 def append_csv(path: Path, row: dict[str, Any]) -> None:

@@ -22,7 +22,6 @@ Everything it writes goes under ``bench/results/eval-space-runs/`` (the encoders
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from bench.common import append_csv, commit, device_name
+from bench.common import append_csv, stamp
 from ganlib.config import EvalConfig, build_config
 from ganlib.data.store import PreparedStore, load_store, prepare_dataset
 from ganlib.evaluation.contrastive import embed
@@ -193,20 +192,19 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("ganlib").setLevel(logging.INFO)
 
-    stamp = {"date": dt.datetime.now().isoformat(timespec="seconds"), "device": device_name(torch.device("cpu")),
-             "commit": commit()}
+    header = stamp(torch.device("cpu"))
     if not args.skip_ranking:
         rows = run_ranking(args.num_samples, args.ssl_steps)
         print("\nFD against the reference set (lower is closer to the real data):")
         print(pd.DataFrame(rows).drop(columns="part").to_string(index=False))
         for row in rows:
-            append_csv(RESULTS, {**stamp, "ssl_steps": args.ssl_steps, **row})
+            append_csv(RESULTS, {**header, "ssl_steps": args.ssl_steps, **row})
     if not args.skip_mnist_run:
         agreement = run_agreement(args.mnist_steps, args.checkpoint_every, args.num_samples, args.ssl_steps)
         print("\nMNIST checkpoints in both spaces:")
         print(agreement.pop("table").to_string(index=False))
         print(pd.Series(agreement).to_string())
-        append_csv(RESULTS, {**stamp, "ssl_steps": args.ssl_steps, **agreement})
+        append_csv(RESULTS, {**header, "ssl_steps": args.ssl_steps, **agreement})
 
 
 if __name__ == "__main__":

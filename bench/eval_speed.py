@@ -24,7 +24,6 @@ and settings.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import os
 import tempfile
@@ -34,7 +33,7 @@ from typing import Any
 
 import torch
 
-from bench.common import append_csv, commit, device_name
+from bench.common import append_csv, stamp
 from ganlib.config import build_config
 from ganlib.data.store import load_store, prepare_dataset
 from ganlib.evaluation.classifier import classify
@@ -127,12 +126,11 @@ def main() -> None:
         train(cfg, store_dir)
         domain = {**base, "eval": {"num_samples": args.num_samples, "generators": "selected"}}
         rows = []
-        stamp = {"date": dt.datetime.now().isoformat(timespec="seconds"), "device": device_name(device),
-                 "commit": commit(), "torch": torch.__version__, "dataset": data["dataset"],
+        header = {**stamp(device), "torch": torch.__version__, "dataset": data["dataset"],
                  "images": len(load_store(store_dir).images)}
 
         def record(label: str, num_samples: int, wall: float, row_seconds: float) -> None:
-            rows.append({**stamp, "what": label, "num_samples": num_samples, "wall_s": round(wall, 2),
+            rows.append({**header, "what": label, "num_samples": num_samples, "wall_s": round(wall, 2),
                          "row_s": round(row_seconds, 2), "row_s_per_10k": round(row_seconds * 10_000 / num_samples, 1),
                          "load_avg_1m": round(os.getloadavg()[0], 2)})
 

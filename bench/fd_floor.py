@@ -24,7 +24,6 @@ fit; appends one row per space to ``bench/results/fd_floor.csv`` with date, devi
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import append_csv, commit, device_name, parse_value
+from bench.common import append_csv, parse_value, stamp
 from ganlib.config import build_config, set_dotted
 from ganlib.data.sources import sized_config
 from ganlib.data.store import load_store, prepare_dataset
@@ -125,8 +124,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         spaces.append(("fd", domain_space(classifier, ev.batch_size, domain_ref["tag"]), domain_ref))
 
     sizes = subset_sizes(len(held_idx), args.smallest, args.sizes)
-    stamp = {"date": dt.datetime.now().isoformat(timespec="seconds"), "device": device_name(device),
-             "commit": commit(), "dataset": args.dataset, "data_root": args.data_root,
+    header = {**stamp(device), "dataset": args.dataset, "data_root": args.data_root,
              "image_size": store.images.shape[-1], "num_reference": int(ssl_ref["num_real"]),
              "num_holdout": len(held_idx)}
     rows = []
@@ -135,7 +133,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         curve = floor_curve(features, reference, sizes, args.repeats)
         a, b = fit_inverse([r["n"] for r in curve], [r["fd_mean"] for r in curve])
         worst = max(abs(r["fd_mean"] - (a + b / r["n"])) for r in curve)
-        print(f"\n{name}: held-out subsets of n images against the {stamp['num_reference']}-image reference "
+        print(f"\n{name}: held-out subsets of n images against the {header['num_reference']}-image reference "
               f"({args.repeats} draws per n)")
         print(f"{'n':>6} {'FD mean':>9} {'sd':>7} {'fit':>9}")
         for r in curve:
@@ -143,7 +141,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(f"fit FD(n) = {a:.4f} + {b:.1f}/n (largest residual {worst:.4f}); the floor the evaluator reports "
               f"(n={len(held_idx)}): {curve[-1]['fd_mean']:.4f}; a flawless generator's {at} samples: "
               f"{a + b / at:.4f}")
-        row = {**stamp, "space": name, "sizes": " ".join(str(r["n"]) for r in curve),
+        row = {**header, "space": name, "sizes": " ".join(str(r["n"]) for r in curve),
                "fd_means": " ".join(f"{r['fd_mean']:.4f}" for r in curve), "repeats": args.repeats,
                "fit_a": round(a, 5), "fit_b": round(b, 3), "max_residual": round(worst, 5),
                "floor_reported": round(curve[-1]["fd_mean"], 5), "at": at, "floor_at": round(a + b / at, 5)}

@@ -16,13 +16,12 @@ Prints images/s per process and appends rows to ``bench/results/openmp_spin.csv`
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import statistics
 from pathlib import Path
 
 from bench.ab_step import result, start
-from bench.common import append_csv, commit
+from bench.common import append_csv, stamp
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results" / "openmp_spin.csv"
@@ -70,8 +69,7 @@ def main() -> None:
             rates = [result(child, REPO)["images_per_sec"] for child in children]
             each = statistics.median(rates)
             print(f"{setting:>8} {count:>9} {each:>14,.0f} {sum(rates):>8,.0f}", flush=True)
-            append_csv(args.csv, {"date": dt.datetime.now().isoformat(timespec="seconds"), "commit": commit(),
-                                  "setting": setting, "processes": count, "batch_size": args.batch_size,
+            append_csv(args.csv, {**stamp(), "setting": setting, "processes": count, "batch_size": args.batch_size,
                                   "hidden_dim": args.hidden_dim, "precision": args.precision, "steps": steps,
                                   "images_per_sec_each": round(each, 1), "images_per_sec_all": round(sum(rates), 1)})
     print(f"appended to {args.csv}")

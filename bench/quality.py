@@ -38,7 +38,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.common import append_csv, commit, device_name, parse_value
+from bench.common import append_csv, parse_value, stamp
 from bench.curves import training_seconds
 from ganlib.config import RunConfig, build_config, set_dotted
 from ganlib.data.store import prepare_dataset
@@ -106,9 +106,9 @@ def seconds_to_reach(run_dir: Path, table: pd.DataFrame, target: float = IS_TARG
 def run_one(label: str, settings: dict[str, Any], minutes: float | None, data: dict[str, Any], device: str,
             out: Path, checkpoint_every: int, steps: int | None = None) -> dict[str, Any]:
     """Train one configuration for ``minutes`` (or ``steps``), then score it (``score_run``)."""
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    started = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     budget = f"{steps}steps" if steps else f"{minutes:g}m"
-    base = {"out": str(out), "run_id": f"{label}-{budget}-{stamp}", "device": device, "data": dict(data),
+    base = {"out": str(out), "run_id": f"{label}-{budget}-{started}", "device": device, "data": dict(data),
             "eval": {"generators": "selected"},
             "train": {"steps": steps or 1_000_000, "max_minutes": None if steps else minutes,
                       "checkpoint_every": checkpoint_every, "log_every": 20}}
@@ -142,8 +142,7 @@ def score_run(cfg: RunConfig, store_dir: Path, label: str, settings: dict[str, A
            for m in ("fd", "kid_mean", "precision", "recall", "coverage") for which, row in
            (("final", final), ("best", best))}
     return {
-        "date": dt.datetime.now().isoformat(timespec="seconds"), "device": device_name(resolve_device(cfg.device)),
-        "commit": commit(), "label": label, "minutes": cfg.train.max_minutes,
+        **stamp(resolve_device(cfg.device)), "label": label, "minutes": cfg.train.max_minutes,
         "settings": json.dumps(settings, sort_keys=True), "dataset": cfg.data.dataset,
         "steps": int(steps["step"].max()), "train_seconds": round(train_seconds, 1),
         "images_per_sec": round(len(steps) * cfg.train.batch_size / train_seconds, 1),

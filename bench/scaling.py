@@ -27,7 +27,6 @@ matplotlib, not pydantic or prefect (run as a module from the repository root, g
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import sys
 import tempfile
@@ -40,10 +39,9 @@ import torch
 from bench.common import (
     ModelSpec,
     append_csv,
-    commit,
-    device_name,
     make_step,
     peak_memory_mb,
+    stamp,
     time_steps,
     train_step_flops_per_image,
 )
@@ -86,8 +84,7 @@ class Runner:
         self.flops: dict[tuple, float] = {}
         self.rows: list[dict[str, Any]] = []
         self.common = {
-            "date": dt.datetime.now().isoformat(timespec="seconds"), "device": device_name(device),
-            "commit": commit(), "torch": torch.__version__,
+            **stamp(device), "torch": torch.__version__,
         }
 
     def spec(self) -> ModelSpec:

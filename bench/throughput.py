@@ -19,7 +19,6 @@ nor pydantic (run as a module from the repository root, ganlib need not be insta
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -30,11 +29,10 @@ import torch
 from bench.common import (
     ModelSpec,
     append_csv,
-    commit,
-    device_name,
     make_step,
     parse_diffaug,
     peak_memory_mb,
+    stamp,
     time_steps,
 )
 
@@ -88,9 +86,7 @@ def main() -> None:
     images_per_sec = args.steps * args.batch_size / seconds
     peak_mb = peak_memory_mb(device)
     row = {
-        "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "device": device_name(device),
-        "commit": commit(),
+        **stamp(device),
         "torch": torch.__version__,
         "model": args.model, "image_size": args.image_size, "channels": args.channels,
         "batch_size": args.batch_size, "ngf": args.ngf, "ndf": args.ndf, "hidden_dim": args.hidden_dim,

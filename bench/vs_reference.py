@@ -23,7 +23,6 @@ to ``bench/results/vs_reference.csv``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import statistics
 import tempfile
 from pathlib import Path
@@ -33,7 +32,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from bench.common import append_csv, commit, device_name, matmul_gflops, train_step_flops_per_image
+from bench.common import append_csv, matmul_gflops, stamp, train_step_flops_per_image
 from bench.reference_dcgan import run as run_reference
 from ganlib.config import ModelConfig, build_config
 from ganlib.data.digits import generate_digits
@@ -118,8 +117,7 @@ def main() -> None:
                                      contestants[name])["images_per_sec"]
                 results[name].append(ips)
                 append_csv(RESULTS, {
-                    "date": dt.datetime.now().isoformat(timespec="seconds"),
-                    "device": device_name(torch.device("cpu")), "commit": commit(), "torch": torch.__version__,
+                    **stamp(torch.device("cpu")), "torch": torch.__version__,
                     "implementation": name, "precision": contestants[name], "round": r, "image_size": SIZE,
                     "batch_size": BATCH, "ngf": WIDTH,
                     "ndf": WIDTH, "steps": args.steps, "images_per_sec": round(ips, 1),

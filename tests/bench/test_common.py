@@ -119,3 +119,14 @@ def test_the_timed_step_can_include_the_default_runs_augmentation_and_ema():
     assert not torch.equal(bare.step(), full.step())  # same weights and batch, but augmented
     moved = [p for p, p0 in zip(full.ema.parameters(), start) if not torch.equal(p, p0)]
     assert moved and all(not torch.equal(e, g) for e, g in zip(full.ema.parameters(), full.generator.parameters()))
+
+
+def test_every_row_starts_with_when_on_what_and_which_code():
+    import torch
+
+    from bench.common import stamp
+
+    row = stamp(torch.device("cpu"))
+    assert list(row) == ["date", "device", "commit"]
+    assert "threads" in row["device"] and row["commit"] and row["date"][:2] == "20"
+    assert list(stamp()) == ["date", "commit"]

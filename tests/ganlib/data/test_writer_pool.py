@@ -173,7 +173,7 @@ def _result_queue_is_the_workers_second_argument() -> bool:
 
 
 @pytest.mark.skipif(not _result_queue_is_the_workers_second_argument(),
-                    reason="reaches into CPython's pool worker (its result queue), which this Python lays out otherwise")
+                    reason="reaches into CPython's pool worker (its result queue), laid out otherwise here")
 def test_a_worker_killed_half_way_through_sending_a_result_is_an_error_not_a_hang():
     # What the out-of-memory killer can do: the pool's thread has read a message's length, the rest never
     # comes, and the pool itself never notices the death. Before the fix the wait for the result hung.
