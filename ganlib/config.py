@@ -120,11 +120,11 @@ class DataConfig(_Section):
     def _root_absolute(cls, v: Any) -> Any:
         """An absolute path (``~`` expanded, links kept as given): a run's config.json then names the same
         place from any directory (a relative one made evaluate.py, run elsewhere, look elsewhere)."""
-        if v is None:
-            return v
+        if not isinstance(v, str | os.PathLike):
+            return v  # None, or not a path: pydantic says so
         if str(v).strip() == "":  # an unset $DATA: Path("") would mean the current directory
             raise ValueError("is empty; give the directory or file of the images (--data-root . for this directory)")
-        return Path(os.path.abspath(os.path.expanduser(v)))
+        return absolute(v)
 
     @model_validator(mode="after")
     def _needs_root(self) -> DataConfig:
@@ -717,9 +717,6 @@ RESUMABLE_CHANGES = {
     "train.precision",  # autocast only: weights, gradients' updates and Adam's state stay fp32
     "train.health_window", "train.stop_on_health", "train.max_minutes",
     "data.strict", "data.download", "data.resident_limit_mb",
-    # Where the images are, not which: a run checks at resume that they prepare to the arrays it trained on
-    # (``ganlib.data.store.check_same_data``), so a moved folder (or a relative path saved before) goes on.
-    "data.data_root",
     # The global batch (train.batch_size) is what the run learns from; how many processes share it is not.
     "dist.nproc_per_node", "dist.nnodes", "dist.node_rank", "dist.rdzv_endpoint", "dist.backend",
     "dist.timeout_minutes",
@@ -747,11 +744,20 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
                     walk(a.get(key, default.get(key)), b[key], f"{prefix}.{key}" if prefix else key, default.get(key))
         elif prefix in _RESOLVED_LATER and (a in (None, "auto") or b in (None, "auto")):
             pass  # left to the preset or the probe on one side: training compares the resolved values
+        elif prefix == "data.data_root" and a is not None and b is not None and absolute(a) == absolute(b):
+            pass  # saved relative before it was kept absolute: the same place, from here
         elif a != b and prefix not in RESUMABLE_CHANGES and not prefix.startswith(("eval.", "gallery.")):
             diffs.append(f"{prefix}: {a!r} -> {b!r}")
 
     walk(saved, current, "", RunConfig().model_dump(mode="json"))
     return diffs
+
+
+def absolute(path: str | os.PathLike[str]) -> Path:
+    """``path`` with ``~`` expanded, made absolute against the current directory; ``..`` and links are kept
+    as given (collapsing ``link/..`` by the letters could name another folder)."""
+    p = Path(os.path.expanduser(os.fspath(path)))
+    return p if p.is_absolute() else Path.cwd() / p
 
 
 def check_resumable(saved: dict[str, Any], current: RunConfig) -> None:

@@ -41,6 +41,8 @@ class StorageError(GanlibError, OSError):
     kept = "what was saved before is kept"  # a writer that knows more says what (the previous checkpoint)
 
     def __str__(self) -> str:
+        if self.errno is None:  # rebuilt from its message alone (a data-parallel rank's error.json)
+            return super().__str__()
         if self.errno in (errno.ENOSPC, errno.EDQUOT):
             return (f"no space left to write {self.filename} ({self.strerror}): free disk space and run again; "
                     f"{self.kept}")

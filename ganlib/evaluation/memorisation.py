@@ -55,18 +55,23 @@ def nearest_training(query: torch.Tensor, training: torch.Tensor,
         return exact, index
     device = torch.device(device) if device is not None else query.device
     per_part = max(1, SEARCH_BYTES // (4 * training.shape[1]))
+    # One part: the query blocks of a search over float32 copies; several: also at most SEARCH_BYTES each.
+    rows_per_block = _rows_per_block(min(per_part, len(training)))
+    if per_part < len(training):
+        rows_per_block = min(rows_per_block, per_part)
     found = torch.full((len(query),), float("inf"), dtype=torch.float64, device=device)
     index = torch.zeros(len(query), dtype=torch.int64, device=device)
     for start in range(0, len(training), per_part):
         part = training[start:start + per_part].to(device, torch.float32)
-        for rows in torch.arange(len(query), device=device).split(min(_rows_per_block(len(part)), per_part)):
+        for rows in torch.arange(len(query), device=device).split(rows_per_block):
             distance, nearest = nearest_neighbours(query[rows.to(query.device)].to(device, torch.float32), part)
             closer = distance < found[rows]  # strictly: an equal distance in a later part keeps the earlier index
             found[rows] = torch.where(closer, distance, found[rows])
             index[rows] = torch.where(closer, nearest + start, index[rows])
     index = index.cpu()
-    exact = [(query[rows.to(query.device)].to(device, torch.float64)
-              - training[index[rows]].to(device, torch.float64)).norm(dim=1).cpu()
+    # The pairs' distances, exactly, on the CPU (as before: the same numbers whichever device searched).
+    exact = [(query[rows.to(query.device)].cpu().to(torch.float64)
+              - training[index[rows].to(training.device)].cpu().to(torch.float64)).norm(dim=1)
              for rows in torch.arange(len(query)).split(_rows_per_block(training.shape[1]))]
     return torch.cat(exact), index
 

@@ -39,7 +39,7 @@ def configure_backends(precision: str, device: torch.device) -> None:
     if device.type != "cuda":
         return
     torch.backends.cudnn.benchmark = True
-    if precision in ("bf16", "auto"):  # auto is bf16 on CUDA (ganlib.training.probe)
+    if precision in ("bf16", "auto"):  # auto: bf16 on GPUs with bf16 units, which are the ones with TF32
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
 

@@ -52,8 +52,11 @@ def writing(target: Path) -> Iterator[None]:
     except StorageError:
         raise
     except OSError as err:
-        beside = err.filename is None or Path(os.fsdecode(err.filename)).is_relative_to(target.parent)
-        if not (err.errno in _NO_SPACE or (err.errno in _NOT_PERMITTED and beside)):
+        # A permission error is the write's when it names the target's folder, a file in it, or a folder above
+        # (mkdir of a missing parent); not one without a name (a semaphore) or one elsewhere (a source image).
+        named = Path(os.fsdecode(err.filename)) if err.filename is not None else None
+        ours = named is not None and (named.is_relative_to(target.parent) or target.parent.is_relative_to(named))
+        if not (err.errno in _NO_SPACE or (err.errno in _NOT_PERMITTED and ours)):
             raise
         raise StorageError(err.errno, os.strerror(err.errno), str(target)) from None  # (pyarrow adds its own words)
 
@@ -91,7 +94,7 @@ def _remove_dead_writers_files(target: Path) -> None:
     """
     for tmp in target.parent.glob(f".{target.stem}.tmp-*{target.suffix}"):
         if writer_is_gone(tmp):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError, PermissionError):  # another user's, in a shared cache
                 tmp.unlink()
 
 

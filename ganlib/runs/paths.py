@@ -138,28 +138,31 @@ class RunDir:
 
     def read_table(self, path: Path, fix: str = "move it aside and run again") -> pd.DataFrame | None:
         """One of the run's parquet tables, or None when it does not exist (yet). An unreadable one (truncated
-        by a full disk or a copy) is a one-line ``RunError`` that ends in ``fix``."""
-        import pandas as pd
-
-        if not Path(path).is_file():
-            return None
+        by a full disk or a copy, or not permitted) is a one-line ``RunError`` that ends in ``fix``."""
         try:
-            return pd.read_parquet(path)
-        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
-            why = (err.strerror if isinstance(err, OSError) and err.errno
-                   else "not a whole parquet file: corrupt or truncated")
-            raise RunError(f"{path} is unreadable ({why}); {fix}") from None
+            return _read_parquet(path)
+        except (OSError, ValueError) as err:
+            raise RunError(f"{path} is unreadable ({_why_unreadable(err)}); {fix}") from None
 
     def read_table_or_set_aside(self, path: Path, then: str) -> pd.DataFrame | None:
-        """``read_table``, where an unreadable table must not make the run impossible to go on: it is moved to
-        ``metrics/corrupt/`` (kept, never deleted) with a warning that ends in ``then``, and None returned."""
+        """``read_table``, where a corrupt table must not make the run impossible to go on: it is moved to
+        ``metrics/corrupt/`` (kept, never overwritten) with a warning that ends in ``then``, and None returned.
+        One that cannot be read for another reason (permissions) is ``read_table``'s one line: not moved."""
         try:
-            return self.read_table(path)
-        except RunError as err:
+            return _read_parquet(path)
+        except (OSError, ValueError) as err:
+            if isinstance(err, OSError) and err.errno:
+                raise RunError(f"{path} is unreadable ({_why_unreadable(err)}); make it readable and run "
+                               "again") from None
             aside = self.metrics / "corrupt"
             aside.mkdir(exist_ok=True)
-            Path(path).replace(aside / Path(path).name)
-            log.warning("%s; moved it to %s, and %s", str(err).rsplit("; ", 1)[0], aside, then)
+            name, n = Path(path).name, 1
+            while (aside / name).exists():  # an earlier corrupt copy stays
+                n += 1
+                name = f"{Path(path).stem}.{n}{Path(path).suffix}"
+            Path(path).replace(aside / name)
+            log.warning("%s is unreadable (%s); moved it to %s, and %s", path, _why_unreadable(err),
+                        aside / name, then)
             return None
 
     def read_train_rows(self, up_to_step: int) -> list[dict[str, Any]]:
@@ -170,7 +173,7 @@ class RunDir:
         return [] if table is None else [r for r in table.to_dict("records") if r["step"] <= up_to_step]
 
     def read_health_rows(self) -> list[dict[str, Any]]:
-        table = self.read_table(self.health_metrics)
+        table = self.read_table_or_set_aside(self.health_metrics, "the health events restart here")
         return [] if table is None else table.to_dict("records")
 
     # --- writers -----------------------------------------------------------------------------------
@@ -228,6 +231,20 @@ def write_table(rows: list[dict[str, Any]], path: Path) -> None:
 
     with atomic_path(path) as tmp:
         pd.DataFrame(rows).to_parquet(tmp, index=False)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame | None:
+    """The table at ``path``, or None when there is none; pyarrow's errors as they come (ArrowInvalid is a
+    ValueError, a truncated file an OSError without an errno)."""
+    import pandas as pd
+
+    return pd.read_parquet(path) if Path(path).is_file() else None
+
+
+def _why_unreadable(err: OSError | ValueError) -> str:
+    if isinstance(err, OSError) and err.errno:
+        return err.strerror or os.strerror(err.errno)
+    return "not a whole parquet file: corrupt or truncated"
 
 
 def read_json_object(path: Path) -> dict[str, Any]:

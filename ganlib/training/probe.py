@@ -196,8 +196,8 @@ def measured_settings(cfg: RunConfig, saved_train: dict[str, Any] | None, first_
 
     A run that has begun keeps the choices in ``saved_train`` (its newest checkpoint's ``train`` section,
     or config.json's when killed before the first checkpoint). Data-parallel ranks do not probe (they
-    must agree, and on a CPU would time each other): fp32 and NHWC on CPU ranks, bf16 on CUDA, and the
-    launcher's thread count.
+    must agree, and on a CPU would time each other): fp32 and NHWC on CPU ranks, on CUDA bf16 where the
+    GPU has bf16 units (``cuda_precision``), and the launcher's thread count.
     """
     saved_train = saved_train or {}
     lines: list[str] = []
@@ -205,7 +205,7 @@ def measured_settings(cfg: RunConfig, saved_train: dict[str, Any] | None, first_
     real: torch.Tensor | None = None
     deciders = (
         ("precision", lambda v: v == "auto", choose_precision,
-         lambda: "fp32" if device.type == "cpu" else "bf16"),
+         lambda: cuda_precision(device)[0] if device.type == "cuda" else "fp32"),
         ("channels_last", lambda v: v == "auto", choose_channels_last,
          lambda: "on" if use_channels_last("auto", cfg.model.name, device) else "off"),
         ("threads", lambda v: v is None and device.type == "cpu", choose_threads, None),

@@ -122,8 +122,9 @@ def test_a_corrupt_table_is_set_aside_and_every_checkpoint_scored_again(run, cap
     numeric = [c for c in first.columns if c != "seconds" and first[c].dtype.kind == "f"]
     np.testing.assert_array_equal(first[numeric].to_numpy(), again[numeric].to_numpy())
     assert (cfg.run_dir / "metrics" / "corrupt" / "eval.parquet").is_file()  # kept, never deleted
-    assert (f"{table} is unreadable (not a whole parquet file: corrupt or truncated); moved it to "
-            f"{cfg.run_dir / 'metrics' / 'corrupt'}, and every checkpoint is scored again") in caplog.text
+    aside = cfg.run_dir / "metrics" / "corrupt" / "eval.parquet"
+    assert (f"{table} is unreadable (not a whole parquet file: corrupt or truncated); moved it to {aside}, and "
+            "every checkpoint is scored again") in caplog.text
 
 
 def test_several_seeds_give_the_mean_and_a_standard_deviation(run):

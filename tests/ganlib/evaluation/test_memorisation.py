@@ -72,6 +72,11 @@ def test_pixel_vectors_stay_uint8_and_the_search_in_parts_gives_the_same_pairs(m
         monkeypatch.setattr(memorisation, "SEARCH_BYTES", per_part * 4 * 768)
         distances, index = nearest_training(q, t)
         assert torch.equal(index, expected[1]) and torch.equal(distances, expected[0]), per_part
+    monkeypatch.setattr(memorisation, "_rows_per_block", lambda columns: 3)  # many query blocks, in both stages
+    for per_part in (300, 7):
+        monkeypatch.setattr(memorisation, "SEARCH_BYTES", per_part * 4 * 768)
+        distances, index = nearest_training(q, t)
+        assert torch.equal(index, expected[1]) and torch.equal(distances, expected[0]), per_part
     assert index[5] == 123 and index[9] == 299 and distances[5] == distances[9] == 0
     ties = torch.cat([t[:4], t[:4]])  # the same vectors twice: the lower index wins, in one part or across two
     monkeypatch.setattr(memorisation, "SEARCH_BYTES", 4 * 4 * 768)

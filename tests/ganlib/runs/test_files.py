@@ -112,6 +112,18 @@ def test_a_place_that_cannot_be_written_is_one_line_and_a_file_elsewhere_keeps_i
     with pytest.raises(OSError) as caught, writing(target):  # and other errors pass through
         raise OSError(errno.EIO, "Input/output error")
     assert not isinstance(caught.value, StorageError)
+    # A folder above, that mkdir could not make, is the write's; a permission error naming nothing is not.
+    with pytest.raises(StorageError, match=r"^cannot write .*entry\.pt \(Permission denied\)"), writing(target):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
+    with pytest.raises(PermissionError) as caught, writing(target):
+        raise PermissionError(errno.EACCES, "Permission denied")
+    assert not isinstance(caught.value, StorageError)
+
+
+def test_a_storage_error_rebuilt_from_its_message_says_it():
+    """The distributed launcher raises a rank's error again from error.json's type and message alone."""
+    error = StorageError(errno.ENOSPC, "No space left on device", "out/r/checkpoints/step_000004.pt")
+    assert str(StorageError(str(error))) == str(error)
 
 
 def test_a_run_lock_on_a_full_disk_is_one_line(tmp_path, monkeypatch):

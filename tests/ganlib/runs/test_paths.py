@@ -63,6 +63,27 @@ def test_an_unreadable_train_table_is_set_aside_not_fatal(tmp_path, caplog):
         assert run.read_train_rows(up_to_step=5) == []
     assert (run.metrics / "corrupt" / "train.parquet").is_file() and not run.train_metrics.exists()
     assert "is unreadable" in caplog.text and "restarts at step 6" in caplog.text
+    run.write_train_rows([{"step": 1, "d_loss": 0.5}])
+    run.train_metrics.write_bytes(b"not parquet at all")  # corrupt again: the first copy is kept beside it
+    assert run.read_train_rows(up_to_step=5) == []
+    assert sorted(p.name for p in (run.metrics / "corrupt").iterdir()) == ["train.2.parquet", "train.parquet"]
+
+
+def test_a_table_that_cannot_be_read_for_permissions_is_one_line_and_stays(tmp_path, monkeypatch):
+    import errno
+
+    from ganlib.errors import RunError
+
+    run = RunDir(tmp_path / "r")
+    run.write_health_rows([{"step": 1, "event": "x"}])
+
+    def denied(path, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr("pandas.read_parquet", denied)
+    with pytest.raises(RunError, match=r"health.parquet is unreadable \(Permission denied\); make it readable"):
+        run.read_health_rows()
+    assert run.health_metrics.is_file() and not (run.metrics / "corrupt").exists()
 
 
 def test_ganlib_cache_dir_moves_the_shared_cache_for_every_output_root(tmp_path, monkeypatch):

@@ -167,6 +167,19 @@ def test_data_parallel_ranks_do_not_probe(tiny, monkeypatch):
     assert all("data-parallel" in line for line in lines) and len(lines) == 2
 
 
+@pytest.mark.parametrize(("major", "expected"), [(7, "fp32"), (9, "bf16")])
+def test_data_parallel_ranks_on_gpus_take_bf16_only_with_bf16_units(tiny, monkeypatch, major, expected):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: SimpleNamespace(major=major, minor=0, name="a GPU"))
+    monkeypatch.setattr(probe, "use_channels_last", lambda *a: True)
+    cfg, _ = probe.measured_settings(_all_auto(tiny), None, lambda: pytest.fail("a batch made"),
+                                     torch.device("cuda"), 2)
+    assert cfg.train.precision == expected
+
+
 @pytest.mark.parametrize(("model", "timed"), [("dcgan", 4), ("mlp", 3)])
 def test_each_configuration_is_timed_once_across_the_settings(tiny, monkeypatch, model, timed):
     """The layout probe's NHWC is the precision probe's winner, the thread probe's all-threads the layout's."""
