@@ -273,8 +273,8 @@ def domain_reference(
             log.info("evaluation: reusing domain classifier %s (holdout accuracy %.4f)",
                      model_path.name, meta["holdout_accuracy"])
         else:
-            log.info("evaluation: training the domain classifier (%d steps) on %d real images",
-                     cfg.classifier_steps, len(store.images))
+            log.info("evaluation: training the domain classifier (%d steps) on %d real images, once per dataset "
+                     "(runs on the same data reuse it)", cfg.classifier_steps, len(store.images))
             model, meta = train_classifier(
                 torch.from_numpy(np.array(store.images)), torch.from_numpy(store.labels), store.num_classes,
                 num_steps=cfg.classifier_steps, seed=seed, device=device)
