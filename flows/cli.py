@@ -264,9 +264,8 @@ def run_main(body: Callable[[list[str] | None], int | None], argv: list[str] | N
     its traceback. 2: a user error, a ``GanlibError``, printed as one line ``error: ...`` without a
     traceback (argparse's mistakes exit 2 the same way, see ``OneLineParser``), and so is a full disk (a
     ``StorageError``, or an ``OSError`` ENOSPC from a library's own write), with ``on_interrupt``'s advice
-    on going on. 130 / 143: interrupted by
-    SIGINT (Ctrl-C) / SIGTERM, as 128 + the signal, with one line saying how to go on from there (training
-    checkpoints the step it was on first: ``tasks.common.StopSignals``).
+    on going on. 130 / 143: interrupted by SIGINT (Ctrl-C) / SIGTERM, as 128 + the signal, with one line
+    saying how to go on from there (training checkpoints the step it was on first: ``tasks.common.StopSignals``).
     """
     from prefect.exceptions import TerminationSignal
 
