@@ -35,7 +35,7 @@ class StorageError(GanlibError, OSError):
     Also an ``OSError`` (its ``errno``, ``strerror`` and ``filename`` are the failed write's), so code that
     cleans up after any failed write still does. Nothing already saved is lost: every file is replaced
     atomically, so the previous version of the one being written is intact. Made by
-    ``ganlib.runs.files.writing``.
+    ``ganlib.runs.storage.writing``.
     """
 
     kept = "what was saved before is kept"  # a writer that knows more says what (the previous checkpoint)

@@ -52,7 +52,7 @@ def check_run(cfg: RunConfig) -> None:
 def _check_shared_cache(cfg: RunConfig) -> None:
     """A cache moved by ``GANLIB_CACHE_DIR`` that this process cannot write: a file in the way is an error; a
     read-only one (filled by others, shared read-only) is a warning, as a run that finds all it needs there
-    never writes to it, and one that must add to it stops there with one line (``runs.files.writing``)."""
+    never writes to it, and one that must add to it stops there with one line (``runs.storage.writing``)."""
     cache = CacheDir.under(cfg.out).root
     if not os.environ.get(CACHE_DIR_ENV, "").strip():
         return  # <out>/_cache: checked with the run directory

@@ -51,8 +51,9 @@ from ganlib.data.writer import (
     sha256_npy_data,
 )
 from ganlib.errors import DataError
-from ganlib.runs.files import atomic_write_bytes, atomic_write_json, writer_is_gone, writing
+from ganlib.runs.files import atomic_write_bytes, atomic_write_json, writer_is_gone
 from ganlib.runs.paths import CacheDir
+from ganlib.runs.storage import writing
 
 STORE_FORMAT = 2
 TASK_ROWS = 256  # images per decoding task: large enough to amortise the hop to a worker, small in memory

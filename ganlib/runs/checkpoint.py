@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from ganlib.errors import CheckpointError, StorageError, first_line
-from ganlib.runs.files import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file, writing
+from ganlib.runs.files import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
 from ganlib.runs.paths import checkpoint_name  # noqa: F401 (part of this module's API)
+from ganlib.runs.storage import writing
 
 log = logging.getLogger("ganlib")
 

@@ -8,7 +8,6 @@ A failure part-way (disk full, kill) leaves the previous version of the target u
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ganlib.runs.lock import pid_alive
+from ganlib.runs.storage import writing
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -31,34 +31,6 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-# Write failures a user fixes, as opposed to a bug or a broken disk: no space, and no permission.
-_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
-_NOT_PERMITTED = {errno.EROFS, errno.EACCES, errno.EPERM}
-
-
-@contextlib.contextmanager
-def writing(target: Path) -> Iterator[None]:
-    """Turn a full disk or quota, or a read-only or forbidden place beside ``target``, met while writing
-    ``target`` into ``StorageError``: one line that says what to do, and not retried by the Prefect tasks (it
-    fails the same way until the user acts). Other ``OSError``s pass through unchanged, among them a file
-    elsewhere that could not be read (a source image, whose own message names it)."""
-    from ganlib.errors import StorageError
-
-    target = Path(target)
-    try:
-        yield
-    except StorageError:
-        raise
-    except OSError as err:
-        # A permission error is the write's when it names the target's folder, a file in it, or a folder above
-        # (mkdir of a missing parent); not one without a name (a semaphore) or one elsewhere (a source image).
-        named = Path(os.fsdecode(err.filename)) if err.filename is not None else None
-        ours = named is not None and (named.is_relative_to(target.parent) or target.parent.is_relative_to(named))
-        if not (err.errno in _NO_SPACE or (err.errno in _NOT_PERMITTED and ours)):
-            raise
-        raise StorageError(err.errno, os.strerror(err.errno), str(target)) from None  # (pyarrow adds its own words)
 
 
 @contextlib.contextmanager

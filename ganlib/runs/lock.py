@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ganlib.errors import RunError
+from ganlib.runs.storage import writing
 
 try:
     import fcntl
@@ -226,8 +227,6 @@ def _take_over(lock_path: Path, judged: bytes, reason: str) -> None:
 
 
 def _acquire(lock_path: Path) -> _Held:
-    from ganlib.runs.files import writing  # (files imports this module)
-
     with writing(lock_path):  # a full disk or a read-only --out: one line
         return _acquire_or_wait(lock_path)
 

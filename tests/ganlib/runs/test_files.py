@@ -12,8 +12,9 @@ import pytest
 
 from ganlib.errors import StorageError
 from ganlib.rendering.pictures import save_png
-from ganlib.runs.files import atomic_torch_save, atomic_write_bytes, remove_temporary_files, writing
+from ganlib.runs.files import atomic_torch_save, atomic_write_bytes, remove_temporary_files
 from ganlib.runs.paths import write_table
+from ganlib.runs.storage import writing
 
 
 def _dead_pid() -> int:
