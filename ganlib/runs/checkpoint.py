@@ -63,8 +63,9 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
                 else f"the previous checkpoint {earlier[-1].name} is intact" if earlier
                 else "no checkpoint of this run has been saved yet")
         if isinstance(err, StorageError):  # a full disk or a read-only place: the user's to fix, not retried
-            err.kept = kept
-            raise err from None
+            named = StorageError(err.errno, err.strerror, str(path))  # the checkpoint, even if its checksum failed
+            named.kept = kept
+            raise named from None
         raise CheckpointError(f"could not write checkpoint {path}: {err.strerror or err}; run again ({kept})") from None
 
 

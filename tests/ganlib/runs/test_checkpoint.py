@@ -142,6 +142,17 @@ def test_a_failed_first_write_says_there_is_no_previous_checkpoint_and_leaves_no
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_checksum_that_does_not_fit_names_the_checkpoint(tmp_path, monkeypatch):
+    def disk_full(target, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "atomic_write_text", disk_full)  # the checksum, written first, fails
+    with pytest.raises(StorageError) as caught:
+        ckpt.save_checkpoint(tmp_path / "step_000005.pt", _state(5))
+    assert str(caught.value).startswith(f"no space left to write {tmp_path / 'step_000005.pt'} (")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_failed_overwrite_keeps_the_old_checksum_so_the_old_file_still_verifies(tmp_path, monkeypatch):
     ckpt.save_checkpoint(tmp_path / "step_000001.pt", _state(1))
     ckpt.save_checkpoint(tmp_path / "step_000002.pt", _state(2))
