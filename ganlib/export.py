@@ -82,9 +82,9 @@ def checkpoint_scores(run_dir: Path, checkpoint_name: str, weights: str) -> dict
     """The row of ``metrics/eval.parquet`` for this checkpoint and generator (raw/ema) as plain values, NaN
     as None; ``{}`` when the run has no evaluation of it."""
     try:
-        table = RunDir(run_dir).read_table(RunDir(run_dir).eval_metrics)
+        table = RunDir(run_dir).read_table(RunDir(run_dir).eval_metrics, fix="the model card has no scores")
     except RunError as err:  # the model card goes without scores, and says why in the log
-        log.warning("%s; the model card has no scores", str(err).rsplit("; ", 1)[0])
+        log.warning("%s", err)
         return {}
     if table is None or "checkpoint" not in table:
         return {}
