@@ -261,16 +261,17 @@ def to_dinov2_input(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def dinov2_features(model: DinoV2, images: torch.Tensor, batch_size: int = BATCH_SIZE) -> torch.Tensor:
+def dinov2_features(model: DinoV2, images: torch.Tensor, batch_size: int = BATCH_SIZE, progress: bool = True
+                    ) -> torch.Tensor:
     """CLS features (N, dim) float32 on the CPU of images (N, C, H, W) in [-1, 1]; a progress line with
-    the time left every ``PROGRESS_EVERY_S`` seconds (a CPU takes minutes)."""
+    the time left every ``PROGRESS_EVERY_S`` seconds (a CPU takes minutes) unless ``progress`` is False."""
     device = next(model.parameters()).device
     features = []
     started = last_line = time.perf_counter()
     for start in range(0, len(images), batch_size):
         features.append(model(to_dinov2_input(images[start: start + batch_size].to(device))).float().cpu())
         now, done = time.perf_counter(), min(start + batch_size, len(images))
-        if now - last_line >= PROGRESS_EVERY_S and done < len(images):
+        if progress and now - last_line >= PROGRESS_EVERY_S and done < len(images):
             last_line = now
             log.info("evaluation: DINOv2 features %d/%d images on %s (%.0f s, about %.0f s left)", done,
                      len(images), device.type, now - started, (now - started) / done * (len(images) - done))

@@ -42,7 +42,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,7 @@ EVAL_VERSION = 2  # part of the key that decides whether an old row can be reuse
 EVAL_NOISE_OFFSET = 1_000_003
 SEED_STRIDE = 7_919
 SPLIT_SEED = 0  # the reference / held-out split of the real images, the same for every run
+PROGRESS_EVERY_S = 30  # a progress line this often while images go through the feature spaces
 MIN_REFERENCE = 10  # fewer real images in each half than this, and there is nothing to compare with
 
 # The metrics each feature space computes, in the space's own names; columns are prefixed per space.
@@ -156,15 +157,55 @@ class Space:
     embed: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+def embed_batches(spaces: list[Space], batches: Iterable[torch.Tensor], total: int, what: str
+                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Pass each batch of images (float, [-1, 1]) through every space: ``{space.kind: (features, aux)}``.
+
+    Images go through a batch at a time, so no float copy of the whole set is ever held (10,000 RGB images of
+    256 px: 7.9 GB). ``total``: how many images ``batches`` yields, ``what``: what they are, for the progress
+    line written every ``PROGRESS_EVERY_S`` seconds (with Inception or DINOv2 on a CPU this takes minutes).
+    """
+    parts: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {space.kind: ([], []) for space in spaces}
+    started = last_line = time.perf_counter()
+    done = 0
+    for images in batches:
+        for space in spaces:
+            features, aux = space.embed(images)
+            parts[space.kind][0].append(features)
+            parts[space.kind][1].append(aux)
+        done += len(images)
+        now = time.perf_counter()
+        if now - last_line >= PROGRESS_EVERY_S and done < total:
+            last_line = now
+            log.info("evaluation: %s: %d/%d images through %s (%.0f s, about %.0f s left)", what, done, total,
+                     ", ".join(space.name for space in spaces), now - started, (now - started) / done * (total - done))
+    return {kind: (torch.cat(feats), torch.cat(aux)) for kind, (feats, aux) in parts.items()}
+
+
 def _embed_store(space: Space, images: np.ndarray, index: np.ndarray, batch_size: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Embed the stored uint8 images at ``index``, converting batch by batch (a float copy of a large set is big)."""
-    feats, aux = [], []
-    for start in range(0, len(index), batch_size):
-        f, a = space.embed(to_unit_range(images[index[start: start + batch_size]]))
-        feats.append(f)
-        aux.append(a)
-    return torch.cat(feats), torch.cat(aux)
+    batches = (to_unit_range(images[index[start: start + batch_size]]) for start in range(0, len(index), batch_size))
+    return embed_batches([space], batches, len(index), f"{space.name} reference")[space.kind]
+
+
+def embed_samples(spaces: list[Space], generator: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None,
+                  batch_size: int, what: str) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """Generate from latents ``z`` (and ``labels``, conditional generators) a batch at a time, each batch
+    through every space (:func:`embed_batches`) as it is made: ``({space.kind: (features, aux)}, samples)``,
+    ``samples`` (N, C, H, W) uint8, all that is kept of the images (a quarter of a float copy), for the pixel
+    memorisation search and its picture."""
+    samples: list[torch.Tensor] = []
+
+    def batches() -> Iterator[torch.Tensor]:
+        for start in range(0, len(z), batch_size):
+            images = generate(generator, z[start: start + batch_size], batch_size=batch_size,
+                              labels=None if labels is None else labels[start: start + batch_size])
+            samples.append(to_uint8(images))
+            yield images
+
+    embedded = embed_batches(spaces, batches(), len(z), what)
+    return embedded, torch.cat(samples)
 
 
 def space_scores(space_kind: str, features: torch.Tensor, aux: torch.Tensor, reference: dict[str, Any],
@@ -340,12 +381,12 @@ def ssl_space(encoder: ContrastiveEncoder, batch_size: int, tag: str) -> Space:
 
 def inception_space(net: InceptionNet, store_key: str) -> Space:
     return Space("inception", INCEPTION_SPACE, f"{store_key}-inception-{net.weights_sha256[:12]}",
-                 lambda images: inception_features(net.model, images))
+                 lambda images: inception_features(net.model, images, progress=False))
 
 
 def dinov2_space(net: Dinov2Net, store_key: str) -> Space:
     def embed(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = dinov2_features(net.model, images)
+        features = dinov2_features(net.model, images, progress=False)
         return features, features.new_empty(len(features), 0)
 
     return Space("dinov2", f"{DINOV2_SPACE}-{net.variant}", f"{store_key}-dinov2-{net.weights_sha256[:12]}", embed)
@@ -430,25 +471,24 @@ def _score_generator(ctx: _Context, path: Path, step: int, use_ema: bool, device
     per_seed = []
     for i in range(ev.num_seeds):
         seed = base_seed + i * SEED_STRIDE
-        images = generate(generator, fixed_noise(ev.num_samples, noise_dim, seed), batch_size=ev.batch_size,
-                          labels=asked)
+        embedded, samples = embed_samples([space for space, _ in ctx.spaces], generator,
+                                          fixed_noise(ev.num_samples, noise_dim, seed), asked, ev.batch_size,
+                                          f"step {step} {meta['weights']} samples")
         scores: dict[str, Any] = {}
-        space_features: dict[str, torch.Tensor] = {}
         for space, reference in ctx.spaces:
-            features, aux = space.embed(images)
+            features, aux = embedded[space.kind]
             scores.update({column(space.kind, k): v
                            for k, v in space_scores(space.kind, features, aux, reference, ev, seed, device).items()})
-            space_features[space.kind] = features
             if space.kind == "domain":
                 scores.update(domain_extras(aux, store.num_classes, asked))
         if ctx.memorisation_training is not None:
-            vectors = (pixel_vectors(to_uint8(images)) if ctx.memorisation_kind == "pixels"
-                       else space_features[ctx.memorisation_kind].double())
+            vectors = (pixel_vectors(samples) if ctx.memorisation_kind == "pixels"
+                       else embedded[ctx.memorisation_kind][0].double())
             distances, index = nearest_training(vectors, ctx.memorisation_training, device)
             scores.update(memorisation_scores(distances, ctx.memorisation_baseline))
             if i == 0:
                 picture = ctx.eval_dir / f"memorisation-step{step:06d}-{meta['weights']}.png"
-                save_closest_pairs(images, ctx.reference_images, distances, index, picture,
+                save_closest_pairs(samples, ctx.reference_images, distances, index, picture,
                                    f"step {step}, {meta['weights']}: 16 samples closest to a training image "
                                    f"({ctx.memorisation_space}), each beside it")
                 scores["memorisation_png"] = str(picture)

@@ -118,12 +118,13 @@ def to_inception_input(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def inception_features(model: nn.Module, images: torch.Tensor, batch_size: int = 64
+def inception_features(model: nn.Module, images: torch.Tensor, batch_size: int = 64, progress: bool = True
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pool features (N, 2048) and logits (N, 1008), float32 on the CPU, of images (N, C, H, W) in [-1, 1].
 
     Batches are small: at 299 px one image's activations take about 30 MB. Every ``PROGRESS_EVERY_S``
-    seconds a log line says how far it is and about how long is left (on a CPU this takes minutes).
+    seconds a log line says how far it is and about how long is left (on a CPU this takes minutes), unless
+    ``progress`` is False (a caller that passes the images in parts and says how far it is itself).
     """
     device = next(model.parameters()).device
     pools, logits = [], []
@@ -134,7 +135,7 @@ def inception_features(model: nn.Module, images: torch.Tensor, batch_size: int =
         pools.append(pool.float().cpu())
         logits.append(logit.float().cpu())
         now, done = time.perf_counter(), min(start + batch_size, len(images))
-        if now - last_line >= PROGRESS_EVERY_S and done < len(images):
+        if progress and now - last_line >= PROGRESS_EVERY_S and done < len(images):
             last_line = now
             left = (now - started) / done * (len(images) - done)
             log.info("evaluation: Inception features %d/%d images on %s (%.0f s, about %.0f s left)",

@@ -92,16 +92,15 @@ def save_closest_pairs(generated: torch.Tensor, training: torch.Tensor, distance
     """A picture of the ``num_pairs`` generated samples closest to a training image, each beside it.
 
     Args:
-        generated: (M, C, H, W) float in [-1, 1]; training: (N, C, H, W) uint8 or float in [-1, 1].
+        generated: (M, C, H, W), training: (N, C, H, W); each uint8 or float in [-1, 1].
         distances, index: :func:`nearest_training`'s output for ``generated``.
         caption: written above the grid (say the step, the generator and the space).
 
     Four rows of four pairs (generated, then its nearest training image), written atomically.
     """
     order = torch.argsort(distances)[:num_pairs]
-    nearest = training[index[order]]
-    if nearest.dtype == torch.uint8:
-        nearest = to_unit_range(nearest)
-    pairs = torch.stack([generated[order], nearest], dim=1).flatten(0, 1)  # g0, t0, g1, t1, ...
+    samples, nearest = generated[order], training[index[order]]
+    samples, nearest = (to_unit_range(x) if x.dtype == torch.uint8 else x for x in (samples, nearest))
+    pairs = torch.stack([samples, nearest], dim=1).flatten(0, 1)  # g0, t0, g1, t1, ...
     picture = grid_picture(pairs, nrow=8, min_cell_px=56)
     return save_png(add_caption(picture, caption, px=14), Path(path))

@@ -25,14 +25,17 @@ from ganlib.evaluation.evaluate import (
     best_checkpoint,
     best_generator,
     domain_reference,
+    domain_space,
+    embed_samples,
     evaluate_run,
     real_split,
     score_images,
     select_best,
     ssl_reference,
+    ssl_space,
 )
 from ganlib.evaluation.inception import InceptionNet
-from ganlib.sampling import fixed_noise, generate, load_generator
+from ganlib.sampling import fixed_noise, generate, load_generator, to_uint8
 from ganlib.training.loop import train
 
 pytestmark = pytest.mark.usefixtures("own_cache")  # about <out>/_cache itself, or changes it
@@ -125,6 +128,49 @@ def test_a_corrupt_table_is_set_aside_and_every_checkpoint_scored_again(run, cap
     aside = cfg.run_dir / "metrics" / "corrupt" / "eval.parquet"
     assert (f"{table} is unreadable (not a whole parquet file: corrupt or truncated); moved it to {aside}, and "
             "every checkpoint is scored again") in caplog.text
+
+
+def test_samples_pass_through_the_spaces_a_batch_at_a_time(run, monkeypatch):
+    """No float copy of every sample is held (10,000 RGB images of 256 px: 7.9 GB): each space is given at most
+    eval.batch_size images at once, and the scores are those of the whole set."""
+    seen = []
+    classify = ev.classify
+    monkeypatch.setattr(ev, "classify", lambda model, images, **kw: seen.append(len(images)) or classify(
+        model, images, **kw))
+    cfg, store = run(batch_size=64)  # 200 samples: 64, 64, 64, 8
+    table = evaluate_run(cfg, store, rescore=True)
+    assert seen and max(seen) == 64 and sum(seen) == 200 * len(table)
+    assert table["fd"].notna().all() and table["ssl_fd"].notna().all()
+
+
+def test_embedding_samples_in_batches_gives_the_features_of_the_whole_set(run):
+    cfg, store_dir = run()
+    store, cpu = load_store(store_dir), torch.device("cpu")
+    classifier, domain_ref = domain_reference(store, cfg.out, cfg.eval, cfg.seed, cpu)
+    encoder, ssl_ref = ssl_reference(store, cfg.out, cfg.eval, cpu)
+    spaces = [domain_space(classifier, 16, domain_ref["tag"]), ssl_space(encoder, 16, ssl_ref["tag"])]
+    generator, _ = load_generator(cfg.run_dir / "checkpoints" / "step_000012.pt", cpu)
+    z = fixed_noise(50, cfg.model.noise_dim, 3)
+    embedded, samples = embed_samples(spaces, generator, z, None, 16, "test samples")
+    whole = generate(generator, z, batch_size=16)
+    assert samples.dtype == torch.uint8 and torch.equal(samples, to_uint8(whole))
+    for space in spaces:
+        features, aux = space.embed(whole)
+        assert torch.equal(embedded[space.kind][0], features) and torch.equal(embedded[space.kind][1], aux)
+
+
+def test_a_long_embedding_says_how_far_it_is(run, monkeypatch, caplog):
+    cfg, store_dir = run()
+    store, cpu = load_store(store_dir), torch.device("cpu")
+    classifier, domain_ref = domain_reference(store, cfg.out, cfg.eval, cfg.seed, cpu)
+    generator, _ = load_generator(cfg.run_dir / "checkpoints" / "step_000012.pt", cpu)
+    monkeypatch.setattr(ev, "PROGRESS_EVERY_S", 0)
+    with caplog.at_level(logging.INFO, logger="ganlib"):
+        embed_samples([domain_space(classifier, 20, "t")], generator, fixed_noise(60, cfg.model.noise_dim, 0), None,
+                      20, "step 12 ema samples")
+    lines = [r.getMessage() for r in caplog.records if "images through" in r.getMessage()]
+    assert [line.split(" (")[0] for line in lines] == [
+        f"evaluation: step 12 ema samples: {n}/60 images through domain-classifier" for n in (20, 40)]
 
 
 def test_several_seeds_give_the_mean_and_a_standard_deviation(run):

@@ -47,6 +47,17 @@ def test_closest_pairs_picture_shows_sixteen_pairs(tmp_path):
         assert picture.width == 8 * (8 * 7 + 2 * 7) + 2 * 7 and picture.height > 4 * 8 * 7
 
 
+def test_the_picture_of_uint8_samples_is_the_picture_of_the_float_ones(tmp_path):
+    """Evaluation keeps only the uint8 samples; their picture must be the one the float samples made."""
+    training = _images(40, 5)
+    generated = torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(2)) * 2.2 - 1.1  # some clamped
+    quantised = ((generated.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    distances, index = nearest_training(pixel_vectors(quantised), pixel_vectors(training))
+    from_float = save_closest_pairs(generated, training, distances, index, tmp_path / "float.png", "step 1")
+    from_uint8 = save_closest_pairs(quantised, training, distances, index, tmp_path / "uint8.png", "step 1")
+    assert from_float.read_bytes() == from_uint8.read_bytes()
+
+
 def _float_search(query: torch.Tensor, training: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The search as it was, on float32 copies of every vector (what the uint8 search must reproduce)."""
     from ganlib.evaluation.metrics import nearest_neighbours
