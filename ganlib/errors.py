@@ -50,6 +50,10 @@ class StorageError(GanlibError, OSError):
                 f"--out (or GANLIB_CACHE_DIR for the shared cache), and run again; {self.kept}")
 
 
+class DeviceMemoryError(GanlibError):
+    """The GPU (or Apple's MPS) ran out of memory for the run's settings; they must change, so it is not retried."""
+
+
 class TrainingDiverged(GanlibError):
     """Training produced non-finite losses again and again, even after rolling back."""
 

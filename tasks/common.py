@@ -9,7 +9,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-from ganlib.errors import ConfigError, DataError, HealthStop, StorageError, TrainingDiverged
+from ganlib.errors import ConfigError, DataError, DeviceMemoryError, HealthStop, StorageError, TrainingDiverged
 
 RETRIES = 2
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -59,7 +59,7 @@ def retry_unless_user_error(task, task_run, state) -> bool:
     """Retry transient failures; a bad config or bad data fails the same way every time."""
     try:
         state.result()
-    except (ConfigError, DataError, StorageError, HealthStop, TrainingDiverged, RunInterrupted):
+    except (ConfigError, DataError, DeviceMemoryError, StorageError, HealthStop, TrainingDiverged, RunInterrupted):
         return False
     except Exception:
         return True

@@ -42,7 +42,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ import torch
 
 from ganlib.config import EvalConfig, RunConfig
 from ganlib.data.store import PreparedStore, check_same_data, load_store, prepared_size
-from ganlib.errors import DataError
+from ganlib.errors import DataError, DeviceMemoryError
 from ganlib.evaluation.classifier import DomainClassifier, classify, load_classifier, save_classifier, train_classifier
 from ganlib.evaluation.contrastive import ContrastiveEncoder, load_encoder, save_encoder, train_encoder
 from ganlib.evaluation.contrastive import embed as ssl_embed
@@ -74,7 +74,7 @@ from ganlib.evaluation.metrics import (
     precision_recall_density_coverage,
 )
 from ganlib.runs import checkpoint as ckpt
-from ganlib.runs.device import resolve_device
+from ganlib.runs.device import device_memory_detail, float64_device, is_out_of_device_memory, resolve_device
 from ganlib.runs.files import atomic_path, atomic_torch_save
 from ganlib.runs.lock import computing
 from ganlib.runs.paths import CacheDir, RunDir
@@ -157,22 +157,34 @@ class Space:
     embed: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def embed_batches(spaces: list[Space], batches: Iterable[torch.Tensor], total: int, what: str
+def embed_batches(spaces: list[Space], make: Callable[[int, int], torch.Tensor], total: int, batch_size: int,
+                  what: str, keep: Callable[[torch.Tensor], None] | None = None
                   ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Pass each batch of images (float, [-1, 1]) through every space: ``{space.kind: (features, aux)}``.
+    """Pass images ``make(start, stop)`` (float, [-1, 1]; ``total`` in all) through every space, ``batch_size``
+    at a time: ``{space.kind: (features, aux)}``. ``keep``, if given, sees each batch once it went through.
 
-    Images go through a batch at a time, so no float copy of the whole set is ever held (10,000 RGB images of
-    256 px: 7.9 GB). ``total``: how many images ``batches`` yields, ``what``: what they are, for the progress
-    line written every ``PROGRESS_EVERY_S`` seconds (with Inception or DINOv2 on a CPU this takes minutes).
+    No float copy of the whole set is ever held (10,000 RGB images of 256 px: 7.9 GB). Where a batch does not
+    fit the GPU's memory (a large generator at 256 px), the batch is halved, with a warning, until it fits.
+    ``what`` names the images in the progress line written every ``PROGRESS_EVERY_S`` seconds (Inception or
+    DINOv2 on a CPU take minutes).
     """
     parts: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {space.kind: ([], []) for space in spaces}
     started = last_line = time.perf_counter()
     done = 0
-    for images in batches:
-        for space in spaces:
-            features, aux = space.embed(images)
+    while done < total:
+        try:
+            images = make(done, min(done + batch_size, total))
+            embedded = [space.embed(images) for space in spaces]
+        except Exception as err:  # out of device memory: a smaller batch; anything else as it is
+            if not is_out_of_device_memory(err):
+                raise
+            batch_size = _smaller_batch(err, batch_size, what)
+            continue
+        for space, (features, aux) in zip(spaces, embedded):
             parts[space.kind][0].append(features)
             parts[space.kind][1].append(aux)
+        if keep is not None:
+            keep(images)
         done += len(images)
         now = time.perf_counter()
         if now - last_line >= PROGRESS_EVERY_S and done < total:
@@ -182,11 +194,25 @@ def embed_batches(spaces: list[Space], batches: Iterable[torch.Tensor], total: i
     return {kind: (torch.cat(feats), torch.cat(aux)) for kind, (feats, aux) in parts.items()}
 
 
+def _smaller_batch(err: BaseException, batch_size: int, what: str) -> int:
+    """Half of ``batch_size`` after an out-of-memory ``err``, said in a warning; ``DeviceMemoryError`` at one."""
+    where = device_memory_detail(err)
+    if batch_size == 1:
+        raise DeviceMemoryError(f"out of memory on {where} evaluating {what} one image at a time: free the GPU "
+                                "(another process may hold its memory) or evaluate with --device cpu") from None
+    if isinstance(err, torch.OutOfMemoryError):
+        torch.cuda.empty_cache()  # what the failed batch left cached goes back before the smaller one
+    smaller = batch_size // 2
+    log.warning("evaluation: %s: out of memory on %s in batches of %d; going on in batches of %d (set "
+                "eval.batch_size=%d to start there)", what, where, batch_size, smaller, smaller)
+    return smaller
+
+
 def _embed_store(space: Space, images: np.ndarray, index: np.ndarray, batch_size: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Embed the stored uint8 images at ``index``, converting batch by batch (a float copy of a large set is big)."""
-    batches = (to_unit_range(images[index[start: start + batch_size]]) for start in range(0, len(index), batch_size))
-    return embed_batches([space], batches, len(index), f"{space.name} reference")[space.kind]
+    return embed_batches([space], lambda start, stop: to_unit_range(images[index[start:stop]]), len(index),
+                         batch_size, f"{space.name} reference")[space.kind]
 
 
 def embed_samples(spaces: list[Space], generator: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None,
@@ -197,14 +223,12 @@ def embed_samples(spaces: list[Space], generator: torch.nn.Module, z: torch.Tens
     memorisation search and its picture."""
     samples: list[torch.Tensor] = []
 
-    def batches() -> Iterator[torch.Tensor]:
-        for start in range(0, len(z), batch_size):
-            images = generate(generator, z[start: start + batch_size], batch_size=batch_size,
-                              labels=None if labels is None else labels[start: start + batch_size])
-            samples.append(to_uint8(images))
-            yield images
+    def make(start: int, stop: int) -> torch.Tensor:
+        return generate(generator, z[start:stop], batch_size=stop - start,
+                        labels=None if labels is None else labels[start:stop])
 
-    embedded = embed_batches(spaces, batches(), len(z), what)
+    embedded = embed_batches(spaces, make, len(z), batch_size, what,
+                             keep=lambda images: samples.append(to_uint8(images)))
     return embedded, torch.cat(samples)
 
 
@@ -212,9 +236,9 @@ def space_scores(space_kind: str, features: torch.Tensor, aux: torch.Tensor, ref
                  cfg: EvalConfig, seed: int, device: torch.device | None = None) -> dict[str, float]:
     """A space's metrics (``space_metrics(space_kind)`` names) of one feature set against the space's reference.
 
-    ``device``: where the pairwise work (KID kernels, k-NN distances) runs; float64 throughout.
+    ``device``: where the pairwise work (KID kernels, k-NN distances) runs, float64 throughout (the CPU for MPS).
     """
-    device = device or torch.device("cpu")
+    device = float64_device(device or "cpu")
     mu, sigma = feature_statistics(features)
     is_scores: dict[str, float] = {}
     if space_kind == "inception":  # the standard numbers, as torch-fidelity computes them
@@ -258,6 +282,7 @@ def space_reference(space: Space, store: PreparedStore, out: Path, cfg: EvalConf
 def _space_reference(space: Space, store: PreparedStore, ref_idx: np.ndarray, held_idx: np.ndarray, path: Path,
                      cfg: EvalConfig, device: torch.device) -> dict[str, Any]:
     t0 = time.perf_counter()
+    device = float64_device(device)  # for the pairwise work; the space's network stays where it is
     features, aux = _embed_store(space, store.images, ref_idx, cfg.batch_size)
     held_features, held_aux = _embed_store(space, store.images, held_idx, cfg.batch_size)
     mu, sigma = feature_statistics(features)

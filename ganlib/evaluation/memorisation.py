@@ -19,6 +19,7 @@ import torch
 
 from ganlib.evaluation.metrics import _rows_per_block, nearest_neighbours
 from ganlib.rendering.pictures import add_caption, grid_picture, save_png
+from ganlib.runs.device import float64_device
 from ganlib.sampling import to_unit_range
 
 NUM_PAIRS = 16
@@ -44,16 +45,16 @@ def nearest_training(query: torch.Tensor, training: torch.Tensor,
     The search runs in the inputs' dtype; the distances of the pairs found are then recomputed
     exactly in float64 (for pixels, float32 search keeps 10,000 x 10,000 x 784 fast).
 
-    Pixel vectors (uint8, ``pixel_vectors``) are searched on ``device`` (default: the query's), in float32,
-    a block of at most ``SEARCH_BYTES`` of queries against as much of the training vectors at a time; where
-    one block holds them all this is the same arithmetic as one search over float32 copies. Ties keep the
-    lower index.
+    Pixel vectors (uint8, ``pixel_vectors``) are searched on ``device`` (default: the query's; the CPU for MPS,
+    which has no float64), in float32, a block of at most ``SEARCH_BYTES`` of queries against as much of the
+    training vectors at a time; where one block holds them all this is the same arithmetic as one search over
+    float32 copies. Ties keep the lower index.
     """
     if query.dtype != torch.uint8:
         _, index = nearest_neighbours(query, training)
         exact = (query.to(torch.float64) - training[index].to(torch.float64)).norm(dim=1)
         return exact, index
-    device = torch.device(device) if device is not None else query.device
+    device = float64_device(device if device is not None else query.device)  # the running minimum is float64
     per_part = max(1, SEARCH_BYTES // (4 * training.shape[1]))
     # One part: the query blocks of a search over float32 copies; several: also at most SEARCH_BYTES each.
     rows_per_block = _rows_per_block(min(per_part, len(training)))

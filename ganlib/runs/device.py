@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 
 import torch
@@ -27,6 +28,35 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device: {name!r} requested but MPS is not available here; use --device cpu or auto")
     return device
+
+
+def float64_device(device: torch.device | str) -> torch.device:
+    """Where float64 work meant for ``device`` runs: there, or on the CPU for Apple's MPS, which has no float64
+    (the evaluation's statistics, k-NN and memorisation distances are float64)."""
+    device = torch.device(device)
+    return torch.device("cpu") if device.type == "mps" else device
+
+
+def is_out_of_device_memory(err: BaseException) -> bool:
+    """Whether ``err`` is a GPU's (CUDA's ``OutOfMemoryError``) or Apple's MPS's out-of-memory error."""
+    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError)
+                                                        and "MPS backend out of memory" in str(err))
+
+
+def device_memory_detail(err: BaseException, device: torch.device | None = None) -> str:
+    """What ran out, in a few words: the device (default: the one ``err`` names), its size where known, and how
+    much more torch asked for."""
+    if device is None:
+        gpu = re.search(r"GPU (\d+)", str(err))
+        device = (torch.device("cuda", int(gpu.group(1))) if gpu else torch.device("cuda")) if isinstance(
+            err, torch.OutOfMemoryError) else torch.device("mps")
+    where = str(device)
+    if device.type == "cuda":
+        with contextlib.suppress(Exception):  # the device may be in no state to answer
+            props = torch.cuda.get_device_properties(device)
+            where = f"{device} ({props.name}, {props.total_memory / 2**30:.1f} GiB)"
+    asked = re.search(r"Tried to allocate ([\d.]+ [KMGT]i?B)", str(err))
+    return where + (f", asking for {asked.group(1)} more" if asked else "")
 
 
 def configure_backends(precision: str, device: torch.device) -> None:

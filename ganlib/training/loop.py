@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from ganlib.data.loader import BatchSource
-from ganlib.errors import TrainingDiverged
+from ganlib.errors import DeviceMemoryError, TrainingDiverged
 from ganlib.runs import checkpoint as ckpt
-from ganlib.runs.device import resolve_device
+from ganlib.runs.device import device_memory_detail, is_out_of_device_memory, resolve_device
 from ganlib.runs.files import remove_temporary_files
 from ganlib.runs.paths import RunDir
 from ganlib.sampling import to_unit_range
@@ -115,6 +115,20 @@ def train(
                     log.warning("%s at step %d: rolling back to the last checkpoint with learning rates x%g "
                                 "(rollback %d of at most %d)", err, err.step, health["lr_scale"],
                                 health["rollbacks"], cfg.train.max_rollbacks)
+                except Exception as err:  # torch's out-of-memory errors are one line; anything else as it is
+                    if not is_out_of_device_memory(err):
+                        raise
+                    raise DeviceMemoryError(_out_of_memory_message(cfg, ctx, err)) from None
+
+
+def _out_of_memory_message(cfg: RunConfig, ctx: ProcessContext, err: BaseException) -> str:
+    """One line for a GPU that ran out of memory training: what, and the settings that need less."""
+    per_rank = cfg.train.batch_size // ctx.world_size
+    size = f"{cfg.data.image_size}-px " if isinstance(cfg.data.image_size, int) else ""
+    batch = f"batches of {per_rank}" + (f" per process ({cfg.train.batch_size} in all)" if ctx.world_size > 1 else "")
+    return (f"out of memory on {device_memory_detail(err, ctx.device)}, training on {size}images in {batch}: "
+            "resume with --precision bf16 (where the GPU has bf16) or more GPUs (--nproc-per-node), or start "
+            "another --run-id with a smaller --batch-size or --ngf/--ndf; the checkpoints saved so far are kept")
 
 
 def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, should_stop,

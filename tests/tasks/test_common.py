@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from ganlib.errors import CheckpointError, ConfigError, DataError
+from ganlib.errors import CheckpointError, ConfigError, DataError, DeviceMemoryError
 from tasks.common import artifact_key, retry_unless_user_error
 from tasks.prepare import _cache_key
 
@@ -24,7 +24,7 @@ class _State:
 
 
 @pytest.mark.parametrize(("exc", "retry"), [
-    (ConfigError("bad"), False), (DataError("missing"), False),
+    (ConfigError("bad"), False), (DataError("missing"), False), (DeviceMemoryError("out of memory"), False),
     (CheckpointError("disk full"), True), (RuntimeError("transient"), True), (OSError("io"), True),
 ])
 def test_user_errors_are_not_retried(exc, retry):

@@ -17,7 +17,7 @@ from PIL import Image
 import ganlib.evaluation.evaluate as ev
 from ganlib.config import EvalConfig, build_config
 from ganlib.data.store import load_store, prepare_dataset
-from ganlib.errors import DataError
+from ganlib.errors import DataError, DeviceMemoryError
 from ganlib.evaluation.evaluate import (
     EVAL_NOISE_OFFSET,
     SEED_STRIDE,
@@ -31,6 +31,7 @@ from ganlib.evaluation.evaluate import (
     real_split,
     score_images,
     select_best,
+    space_scores,
     ssl_reference,
     ssl_space,
 )
@@ -171,6 +172,68 @@ def test_a_long_embedding_says_how_far_it_is(run, monkeypatch, caplog):
     lines = [r.getMessage() for r in caplog.records if "images through" in r.getMessage()]
     assert [line.split(" (")[0] for line in lines] == [
         f"evaluation: step 12 ema samples: {n}/60 images through domain-classifier" for n in (20, 40)]
+
+
+class _Linear(torch.nn.Module):
+    """A generator of 4x4 grey images, enough for the batching (generate() wants parameters, eval mode)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 16)
+
+    def forward(self, z):
+        return torch.tanh(self.fc(z)).view(-1, 1, 4, 4)
+
+
+def _space_that_fits(most: int, message: str) -> ev.Space:
+    """A feature space whose device runs out of memory for batches of more than ``most`` images."""
+    def embed(images):
+        if len(images) > most:
+            raise (torch.OutOfMemoryError if message.startswith("CUDA") else RuntimeError)(message)
+        return images.flatten(1) * 2, images.new_empty(len(images), 0)
+
+    return ev.Space("ssl", "test", "test", embed)
+
+
+@pytest.mark.parametrize("message", ["CUDA out of memory. Tried to allocate 9.00 GiB. GPU 1 has a total capacity "
+                                     "of 23.64 GiB", "MPS backend out of memory (MPS allocated: 17.1 GB)"])
+def test_batches_too_large_for_the_gpu_are_halved_until_they_fit(caplog, message):
+    generator, z = _Linear().eval(), torch.randn(250, 8, generator=torch.Generator().manual_seed(0))
+    with caplog.at_level(logging.WARNING, logger="ganlib"), torch.no_grad():
+        embedded, samples = embed_samples([_space_that_fits(40, message)], generator, z, None, 100, "step 3 samples")
+        whole = generate(generator, z, batch_size=250)
+    assert torch.equal(embedded["ssl"][0], whole.flatten(1) * 2) and torch.equal(samples, to_uint8(whole))
+    warnings = [r.getMessage() for r in caplog.records]
+    where = "cuda:1, asking for 9.00 GiB more" if message.startswith("CUDA") else "mps"
+    assert warnings == [f"evaluation: step 3 samples: out of memory on {where} in batches of {n}; going on in "
+                        f"batches of {n // 2} (set eval.batch_size={n // 2} to start there)" for n in (100, 50)]
+    with pytest.raises(DeviceMemoryError, match=f"^out of memory on {where} evaluating step 3 samples one image at "
+                                                "a time: free the GPU .* or evaluate with --device cpu$"):
+        embed_samples([_space_that_fits(0, message)], generator, z, None, 4, "step 3 samples")
+
+
+def test_an_error_other_than_memory_in_a_space_is_not_retried():
+    def embed(images):
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="^a bug$"):
+        embed_samples([ev.Space("ssl", "t", "t", embed)], _Linear().eval(), torch.randn(10, 8), None, 4, "samples")
+
+
+def test_evaluating_on_apples_mps_does_the_float64_work_on_the_cpu(run, tmp_path):
+    """MPS has no float64: the statistics, KID and k-NN work of a run evaluated there runs on the CPU, with the
+    CPU's numbers. (Where there is no MPS, as here, anything sent there fails: the test shows nothing is.)"""
+    cfg, store_dir = run()
+    store, cpu, mps = load_store(store_dir), torch.device("cpu"), torch.device("mps")
+    classifier, reference = domain_reference(store, cfg.out, cfg.eval, cfg.seed, cpu)
+    space = domain_space(classifier, 100, "mps-test")
+    ref_idx, held_idx = real_split(len(store.images), cfg.eval.num_samples)
+    on_mps = ev._space_reference(space, store, ref_idx, held_idx, tmp_path / "mps.pt", cfg.eval, mps)
+    on_cpu = ev._space_reference(space, store, ref_idx, held_idx, tmp_path / "cpu.pt", cfg.eval, cpu)
+    assert torch.equal(on_mps["radii"], on_cpu["radii"]) and on_mps["floor"] == on_cpu["floor"]
+    features, probs = space.embed(torch.rand(60, 1, 28, 28) * 2 - 1)
+    assert (space_scores("domain", features, probs, reference, cfg.eval, 0, mps)
+            == space_scores("domain", features, probs, reference, cfg.eval, 0, cpu))
 
 
 def test_several_seeds_give_the_mean_and_a_standard_deviation(run):

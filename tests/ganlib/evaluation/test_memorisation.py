@@ -58,6 +58,15 @@ def test_the_picture_of_uint8_samples_is_the_picture_of_the_float_ones(tmp_path)
     assert from_float.read_bytes() == from_uint8.read_bytes()
 
 
+def test_on_apples_mps_the_search_runs_on_the_cpu():
+    """MPS has no float64 (the search keeps a float64 running minimum): asked for MPS, it searches on the CPU.
+    (Where there is no MPS, as here, anything sent there fails: the test shows nothing is.)"""
+    query, training = pixel_vectors(_images(30, 1)), pixel_vectors(_images(50, 2))
+    (cpu_distances, cpu_index), (mps_distances, mps_index) = (nearest_training(query, training, device)
+                                                              for device in ("cpu", torch.device("mps")))
+    assert torch.equal(cpu_distances, mps_distances) and torch.equal(cpu_index, mps_index)
+
+
 def _float_search(query: torch.Tensor, training: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The search as it was, on float32 copies of every vector (what the uint8 search must reproduce)."""
     from ganlib.evaluation.metrics import nearest_neighbours

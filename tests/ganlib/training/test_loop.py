@@ -5,7 +5,7 @@ import torch
 from ganlib.config import ModelConfig
 from ganlib.data.loader import BatchOrder
 from ganlib.data.store import prepare_dataset
-from ganlib.errors import CheckpointError, ConfigError
+from ganlib.errors import CheckpointError, ConfigError, DeviceMemoryError
 from ganlib.models import build_models
 from ganlib.runs.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from ganlib.sampling import load_generator
@@ -402,3 +402,44 @@ def test_an_order_saved_past_an_epochs_end_starts_the_next_epoch():
     order = BatchOrder(10, 5, 0, torch.device("cpu"))
     order.load_state_dict({"epoch": 0, "position": 3})  # 2 batches an epoch: never saved so, but never empty
     assert len(order.next()) == 5 and order.state_dict() == {"epoch": 1, "position": 1}
+
+
+@pytest.mark.parametrize("message", [
+    "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 23.64 GiB of which 1.10 GiB "
+    "is free.",
+    "MPS backend out of memory (MPS allocated: 17.1 GB, other allocations: 1.2 GB, max allowed: 18.1 GB).",
+])
+def test_a_gpu_out_of_memory_is_one_line_with_what_to_change_and_keeps_the_checkpoints(tiny, monkeypatch, message):
+    """Simulated on the CPU (torch raises these from CUDA's and MPS's allocators): the settings must change, so
+    the error says which, in one line, and is not retried; the checkpoint before it is kept and resumes."""
+    import ganlib.training.loop as loop
+
+    cfg = tiny(run_id="oom")
+    store = prepare_dataset(cfg.data, cfg.out)
+    step = loop.train_step
+
+    def runs_out_at_step_8(*args, **kwargs):
+        if args[7] == 8:  # the step index
+            raise (torch.OutOfMemoryError if message.startswith("CUDA") else RuntimeError)(message)
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", runs_out_at_step_8)
+    with pytest.raises(DeviceMemoryError) as caught:
+        train(cfg, store)
+    text = str(caught.value)
+    assert "\n" not in text and text.startswith("out of memory on cpu")
+    assert "training on 28-px images in batches of 32: resume with --precision bf16" in text
+    assert "--batch-size" in text and "the checkpoints saved so far are kept" in text
+    assert (", asking for 2.00 GiB more," in text) == message.startswith("CUDA")
+    assert [s for s, _ in list_checkpoints(cfg.run_dir / "checkpoints")] == [6]
+    monkeypatch.setattr(loop, "train_step", step)
+    assert train(cfg, store).resumed_from_step == 6
+
+
+def test_another_runtime_error_in_training_keeps_its_traceback(tiny, monkeypatch):
+    import ganlib.training.loop as loop
+
+    cfg = tiny(run_id="bug")
+    monkeypatch.setattr(loop, "train_step", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="^a bug$"):
+        train(cfg, prepare_dataset(cfg.data, cfg.out))
