@@ -10,6 +10,7 @@ import json
 import platform
 import resource
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -116,6 +117,14 @@ class ModelSpec:
     ndf: int = 32
     blocks: int = 1
     spectral_norm: bool = False
+
+
+def in_fresh_process(module: str, variant: str, argv: list[str]) -> dict[str, Any]:
+    """Run ``python -m <module> --child <variant> <argv>`` in a process of its own (so its peak memory is its
+    own) from the repository root, and return the JSON object its last line prints."""
+    out = subprocess.run([sys.executable, "-m", module, "--child", variant, *argv], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def train_step_flops_per_image(generator: nn.Module, discriminator: nn.Module, image_shape: tuple[int, int, int],

@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from bench.common import append_csv, peak_memory_mb, stamp
+from bench.common import append_csv, in_fresh_process, peak_memory_mb, stamp
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "eval_memory.csv"
@@ -74,11 +72,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"{args.batch_size}) on {args.device}")
     print(f"{'variant':<32} {'seconds':>8} {'host peak MB':>13} {'device peak MB':>15}")
     for variant in VARIANTS:
-        out = subprocess.run([sys.executable, "-m", "bench.eval_memory", "--child", variant, "--num", str(args.num),
-                              "--size", str(args.size), "--batch-size", str(args.batch_size), "--device",
-                              args.device], capture_output=True, text=True, cwd=ROOT.parent, check=True).stdout
+        measured = in_fresh_process("bench.eval_memory", variant, ["--num", str(args.num), "--size", str(args.size),
+                                                                   "--batch-size", str(args.batch_size),
+                                                                   "--device", args.device])
         row = {**stamp(torch.device(args.device)), "variant": variant, "num": args.num, "size": args.size,
-               "batch_size": args.batch_size, **json.loads(out.strip().splitlines()[-1])}
+               "batch_size": args.batch_size, **measured}
         print(f"{variant:<32} {row['seconds']:>8} {row['host_peak_mb']:>13,} {row['device_peak_mb'] or '-':>15}")
         rows.append(row)
         append_csv(args.csv, row)

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from bench.common import append_csv, peak_memory_mb, stamp
+from bench.common import append_csv, in_fresh_process, peak_memory_mb, stamp
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "memorisation_memory.csv"
@@ -65,11 +63,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"pixel memorisation search, {args.num} x {args.num} RGB images of {args.size} px on {args.device}")
     print(f"{'variant':<26} {'seconds':>8} {'host peak MB':>13} {'device peak MB':>15}")
     for variant in VARIANTS:
-        out = subprocess.run([sys.executable, "-m", "bench.memorisation_memory", "--child", variant, "--num",
-                              str(args.num), "--size", str(args.size), "--device", args.device],
-                             capture_output=True, text=True, cwd=ROOT.parent, check=True).stdout
-        row = {**stamp(torch.device(args.device)), "variant": variant, "num": args.num, "size": args.size,
-               **json.loads(out.strip().splitlines()[-1])}
+        measured = in_fresh_process("bench.memorisation_memory", variant,
+                                    ["--num", str(args.num), "--size", str(args.size), "--device", args.device])
+        row = {**stamp(torch.device(args.device)), "variant": variant, "num": args.num, "size": args.size, **measured}
         print(f"{variant:<26} {row['seconds']:>8} {row['host_peak_mb']:>13,} {row['device_peak_mb'] or '-':>15}")
         rows.append(row)
         append_csv(args.csv, row)
