@@ -53,7 +53,7 @@ import torch
 
 from ganlib.config import EvalConfig, RunConfig
 from ganlib.data.store import PreparedStore, check_same_data, load_store, prepared_size
-from ganlib.errors import DataError, DeviceMemoryError
+from ganlib.errors import DataError
 from ganlib.evaluation.classifier import DomainClassifier, classify, load_classifier, save_classifier, train_classifier
 from ganlib.evaluation.contrastive import ContrastiveEncoder, load_encoder, save_encoder, train_encoder
 from ganlib.evaluation.contrastive import embed as ssl_embed
@@ -74,7 +74,7 @@ from ganlib.evaluation.metrics import (
     precision_recall_density_coverage,
 )
 from ganlib.runs import checkpoint as ckpt
-from ganlib.runs.device import device_memory_detail, float64_device, is_out_of_device_memory, resolve_device
+from ganlib.runs.device import fitting_batches, float64_device, resolve_device
 from ganlib.runs.files import atomic_path, atomic_torch_save
 from ganlib.runs.lock import computing
 from ganlib.runs.paths import CacheDir, RunDir
@@ -171,15 +171,12 @@ def embed_batches(spaces: list[Space], make: Callable[[int, int], torch.Tensor],
     parts: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {space.kind: ([], []) for space in spaces}
     started = last_line = time.perf_counter()
     done = 0
-    while done < total:
-        try:
-            images = make(done, min(done + batch_size, total))
-            embedded = [space.embed(images) for space in spaces]
-        except Exception as err:  # out of device memory: a smaller batch; anything else as it is
-            if not is_out_of_device_memory(err):
-                raise
-            batch_size = _smaller_batch(err, batch_size, what)
-            continue
+
+    def work(start: int, stop: int) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        images = make(start, stop)
+        return images, [space.embed(images) for space in spaces]
+
+    for images, embedded in fitting_batches(total, batch_size, work, f"evaluation: {what}", "eval.batch_size"):
         for space, (features, aux) in zip(spaces, embedded):
             parts[space.kind][0].append(features)
             parts[space.kind][1].append(aux)
@@ -192,20 +189,6 @@ def embed_batches(spaces: list[Space], make: Callable[[int, int], torch.Tensor],
             log.info("evaluation: %s: %d/%d images through %s (%.0f s, about %.0f s left)", what, done, total,
                      ", ".join(space.name for space in spaces), now - started, (now - started) / done * (total - done))
     return {kind: (torch.cat(feats), torch.cat(aux)) for kind, (feats, aux) in parts.items()}
-
-
-def _smaller_batch(err: BaseException, batch_size: int, what: str) -> int:
-    """Half of ``batch_size`` after an out-of-memory ``err``, said in a warning; ``DeviceMemoryError`` at one."""
-    where = device_memory_detail(err)
-    if batch_size == 1:
-        raise DeviceMemoryError(f"out of memory on {where} evaluating {what} one image at a time: free the GPU "
-                                "(another process may hold its memory) or evaluate with --device cpu") from None
-    if isinstance(err, torch.OutOfMemoryError):
-        torch.cuda.empty_cache()  # what the failed batch left cached goes back before the smaller one
-    smaller = batch_size // 2
-    log.warning("evaluation: %s: out of memory on %s in batches of %d; going on in batches of %d (set "
-                "eval.batch_size=%d to start there)", what, where, batch_size, smaller, smaller)
-    return smaller
 
 
 def _embed_store(space: Space, images: np.ndarray, index: np.ndarray, batch_size: int

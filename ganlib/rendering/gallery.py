@@ -40,6 +40,7 @@ from torch import nn
 from ganlib.errors import CheckpointError
 from ganlib.rendering.pictures import add_caption, grid_picture, save_gif, save_grid, save_samples
 from ganlib.runs import checkpoint as ckpt
+from ganlib.runs.device import fitting_batches
 from ganlib.runs.files import atomic_write_json
 from ganlib.runs.paths import RunDir
 from ganlib.sampling import class_names_for, class_rows, fixed_noise, generate, is_conditional, load_generator, to_uint8
@@ -333,7 +334,8 @@ def export_samples(checkpoint_path: Path, dest: Path, num_samples: int, seed: in
       and ``meta.json`` (seed, step, checkpoint, weights, count). The folder appears complete or not
       at all (built under a temporary name, then renamed); an existing one is replaced.
 
-    Generates and writes in batches, so memory stays at one batch whatever ``num_samples`` is.
+    Generates and writes in batches (halved where one does not fit the GPU), so memory stays at one batch whatever
+    ``num_samples`` is.
     """
     if fmt not in ("npz", "png"):
         raise ValueError(f"fmt: 'npz' or 'png', not {fmt!r}")
@@ -347,10 +349,14 @@ def export_samples(checkpoint_path: Path, dest: Path, num_samples: int, seed: in
     record: dict[str, Any] = {"seed": seed, "step": int(meta["step"]), "checkpoint": checkpoint_path.name,
                               "weights": meta.get("weights", "raw"), "num_samples": num_samples,
                               "format": fmt, "path": str(dest)}
+
+    def make(start: int, stop: int) -> torch.Tensor:
+        return to_uint8(generate(generator, z[start:stop], stop - start,
+                                 None if labels is None else labels[start:stop]))
+
+    what = f"generating {num_samples} images from {checkpoint_path.name}"
     if fmt == "npz":
-        chunks = [to_uint8(generate(generator, z[i: i + batch_size], batch_size,
-                                    None if labels is None else labels[i: i + batch_size]))
-                  for i in range(0, num_samples, batch_size)]
+        chunks = list(fitting_batches(num_samples, batch_size, make, what, "eval.batch_size"))
         extra = {"labels": labels.numpy(), "class_names": np.asarray(names)} if labels is not None else {}
         save_samples(torch.cat(chunks), dest, seed=seed, step=meta["step"], checkpoint=checkpoint_path.name,
                      weights=record["weights"], **extra)
@@ -366,15 +372,14 @@ def export_samples(checkpoint_path: Path, dest: Path, num_samples: int, seed: in
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True)
     try:
-        for i in range(0, num_samples, batch_size):
-            batch_labels = None if labels is None else labels[i: i + batch_size]
-            images = to_uint8(generate(generator, z[i: i + batch_size], batch_size, batch_labels)).numpy()
-            for j, image in enumerate(images):
-                k = i + j
+        k = 0  # the image's index
+        for images in fitting_batches(num_samples, batch_size, make, what, "eval.batch_size"):
+            for image in images.numpy():
                 name = f"{k:06d}.png" if names is None else f"{_safe_name(names[int(labels[k])])}/{k:06d}.png"
                 (tmp / name).parent.mkdir(exist_ok=True)
                 picture = Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0))
                 picture.save(tmp / name, format="PNG")
+                k += 1
         naming = ("NNNNNN.png = image index" if names is None
                   else "<class>/NNNNNN.png = image index; class = index mod K")
         atomic_write_json(tmp / "meta.json", {**record, "files": num_samples, "naming": naming})

@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 
-from ganlib.errors import ConfigError
+from ganlib.errors import ConfigError, DeviceMemoryError
 
 log = logging.getLogger("ganlib")
+
+T = TypeVar("T")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,6 +60,34 @@ def device_memory_detail(err: BaseException, device: torch.device | None = None)
             where = f"{device} ({props.name}, {props.total_memory / 2**30:.1f} GiB)"
     asked = re.search(r"Tried to allocate ([\d.]+ [KMGT]i?B)", str(err))
     return where + (f", asking for {asked.group(1)} more" if asked else "")
+
+
+def fitting_batches(total: int, batch_size: int, work: Callable[[int, int], T], what: str, setting: str
+                    ) -> Iterator[T]:
+    """``work(start, stop)`` over ``range(total)`` in order, ``batch_size`` at a time; where a batch runs the GPU
+    (or MPS) out of memory, it is halved, with a warning naming ``setting`` (the batch size's config field), and
+    tried again, down to one image, then ``DeviceMemoryError``. Any other error is raised as it is. ``what``
+    says what is being done, for the messages (``evaluation: step 500 ema samples``)."""
+    start = 0
+    while start < total:
+        stop = min(start + batch_size, total)
+        try:
+            result = work(start, stop)
+        except Exception as err:  # out of device memory: a smaller batch; anything else as it is
+            if not is_out_of_device_memory(err):
+                raise
+            where = device_memory_detail(err)
+            if batch_size == 1:
+                raise DeviceMemoryError(f"{what}: out of memory on {where} even one image at a time: free the GPU "
+                                        "(another process may hold its memory) or use --device cpu") from None
+            if isinstance(err, torch.OutOfMemoryError):
+                torch.cuda.empty_cache()  # what the failed batch left cached goes back before the smaller one
+            log.warning("%s: out of memory on %s in batches of %d; going on in batches of %d (set %s=%d to start "
+                        "there)", what, where, batch_size, batch_size // 2, setting, batch_size // 2)
+            batch_size //= 2
+            continue
+        yield result
+        start = stop
 
 
 def configure_backends(precision: str, device: torch.device) -> None:

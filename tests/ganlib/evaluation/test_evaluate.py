@@ -207,8 +207,8 @@ def test_batches_too_large_for_the_gpu_are_halved_until_they_fit(caplog, message
     where = "cuda:1, asking for 9.00 GiB more" if message.startswith("CUDA") else "mps"
     assert warnings == [f"evaluation: step 3 samples: out of memory on {where} in batches of {n}; going on in "
                         f"batches of {n // 2} (set eval.batch_size={n // 2} to start there)" for n in (100, 50)]
-    with pytest.raises(DeviceMemoryError, match=f"^out of memory on {where} evaluating step 3 samples one image at "
-                                                "a time: free the GPU .* or evaluate with --device cpu$"):
+    with pytest.raises(DeviceMemoryError, match=f"^evaluation: step 3 samples: out of memory on {where} even one "
+                                                "image at a time: free the GPU .* or use --device cpu$"):
         embed_samples([_space_that_fits(0, message)], generator, z, None, 4, "step 3 samples")
 
 

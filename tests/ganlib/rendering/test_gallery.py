@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -244,6 +245,31 @@ def test_export_samples_png_folder_appears_complete_and_replaces_an_old_one(trai
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
     with pytest.raises(ValueError, match="fmt"):
         export_samples(ckpt, tmp_path / "x", 2, seed=1, fmt="jpg")
+
+
+def test_export_samples_halves_a_batch_the_gpu_cannot_hold(trained, tmp_path, monkeypatch, caplog):
+    """Simulated: the generator's device holds 4 images at once (CUDA's error, raised on the CPU)."""
+    import ganlib.rendering.gallery as gallery
+
+    ckpt, make = trained.run_dir / "checkpoints" / "step_000012.pt", gallery.generate
+
+    def fits_four(generator, z, batch_size=500, labels=None):
+        if min(batch_size, len(z)) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB. GPU 0 has ...")
+        return make(generator, z, batch_size, labels)
+
+    monkeypatch.setattr(gallery, "generate", fits_four)
+    with caplog.at_level(logging.WARNING, logger="ganlib"):
+        export_samples(ckpt, tmp_path / "a.npz", 30, seed=5, batch_size=16)
+        export_samples(ckpt, tmp_path / "pngs", 9, seed=5, fmt="png", batch_size=16)
+    with np.load(tmp_path / "a.npz") as npz:
+        assert npz["images"].shape == (30, 1, 28, 28)
+        generator, _ = load_generator(ckpt)
+        assert np.abs(npz["images"].astype(int) - to_uint8(generate(generator, fixed_noise(30, 100, 5))).numpy()
+                      ).max() <= 1  # other batch sizes may round a pixel differently
+    assert sorted(p.name for p in (tmp_path / "pngs").glob("*.png")) == [f"{i:06d}.png" for i in range(9)]
+    assert [r.getMessage().split(": out of memory")[0] for r in caplog.records] == [
+        "generating 30 images from step_000012.pt"] * 2 + ["generating 9 images from step_000012.pt"] * 2
 
 
 def test_resolve_checkpoint(trained, tmp_path):
