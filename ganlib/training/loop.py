@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ganlib")
 
+HEARTBEAT_S = 30.0  # between flushes of slow steps, a line at most this often says how far training is
+
 
 @dataclass
 class TrainResult:
@@ -199,6 +201,7 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
     monitor = HealthMonitor(run, t.health_window, t.stop_on_health, state.health, write=ctx.is_writer)
     window = torch.zeros(t.log_every, len(METRIC_COLUMNS), device=device)
     filled, t_start, t_flush, stopped_early = 0, time.perf_counter(), time.perf_counter(), False
+    t_said = t_start  # the last progress line
     while state.step < num_steps:
         # (1) Real images and latents: every rank draws the global latents and keeps its rows.
         batches, indices = zip(*(images.next_batch(state.order) for _ in range(objective.d_steps)))
@@ -220,11 +223,14 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
             state.ada.adjust(ctx.mean_over_ranks)  # p follows r_t, the same on every rank
         last = state.step == num_steps
         stop_requested = should_stop is not None and should_stop()  # a Python flag: no sync
+        now = time.perf_counter()  # the host's clock, no sync
+        out_of_time = t.max_minutes is not None and now - t_start > 60 * t.max_minutes
 
         # (3) Every log_every steps: copy the scalars to the host, check health, report, maybe stop.
-        # A stop request is served at once where this process decides alone, else at the next flush.
+        # A stop request or a spent time budget is served at once where this process decides alone (steps of
+        # seconds, 128 px on a CPU, overran a one-minute budget by 50 steps), else at the next flush.
         if (filled == t.log_every or last or state.step % t.checkpoint_every == 0
-                or (stop_requested and ctx.decides_alone)):
+                or ((stop_requested or out_of_time) and ctx.decides_alone)):
             values = ctx.mean_over_ranks(window[:filled]).cpu().tolist()  # the loop's one host sync
             monitor.check_finite(state.step, values)
             monitor.observe(state.step, values)
@@ -236,6 +242,7 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
                              **dict(zip(METRIC_COLUMNS, v)), "images_per_sec": images_per_sec})
             _report(rows[-1], num_steps, batch, t.max_minutes, now - t_start, on_progress)
             filled, t_flush = 0, time.perf_counter()
+            t_said = t_flush
             out_of_time = t.max_minutes is not None and now - t_start > 60 * t.max_minutes
             if not last and ctx.any_rank(out_of_time or stop_requested):  # all ranks stop at one step, or none
                 stopped_early = True
@@ -243,6 +250,13 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
                 log.info("%s: checkpointed at step %d", "time budget spent" if out_of_time else "stop requested",
                          state.step)
                 break
+
+        elif ctx.is_writer and now - t_said >= HEARTBEAT_S:  # slow steps: say it is alive between flushes
+            t_said = now
+            at = min(state.step + t.log_every - filled, num_steps,
+                     (state.step // t.checkpoint_every + 1) * t.checkpoint_every)  # the next flush
+            log.info("step %d/%d: %.1f s a step; losses at step %d", state.step, num_steps,
+                     (now - t_flush) / filled, at)
 
         # (4) Checkpoint.
         if last or state.step % t.checkpoint_every == 0:

@@ -12,7 +12,9 @@ The probe works on copies (fresh models from a fixed seed, their own optimizers 
 ``torch.random.fork_rng``, restoring the thread count: the run itself starts exactly as it would with
 the settings given by hand. The choices are written into the run's config, so a resumed run keeps them
 without probing again. Each probe takes about a second per configuration timed (three for the mlp,
-four for a conv model: a configuration timed for one setting is not timed again for the next);
+four for a conv model: a configuration timed for one setting is not timed again for the next); a step slower
+than ``SLOW_STEP_SECONDS`` is timed once after one warm-up, and its thread count not probed (at 128 px a conv
+model's probe took 111 s on a 2-core CPU before; about a third of that now);
 nothing is cached between runs, because the answer depends on the run's model and batch and on the
 moment (this project's VMs drift by 25% from hour to hour).
 """
@@ -47,6 +49,9 @@ LAYOUT_SPEEDUP = 1.1  # NCHW must be this much faster than NHWC (oneDNN's and cu
 THREADS_SPEEDUP = 1.15  # half of torch's threads must be this much faster than all of them
 PROBE_SECONDS = 1.0  # timed per setting, after warm-up (and at most MAX_STEPS steps)
 WARMUP_STEPS, MIN_STEPS, MAX_STEPS = 2, 2, 20
+# A step at least this slow (a conv model at 128 px on a CPU: seconds) is timed once after one warm-up step, and
+# fewer threads are not tried: its time goes into large operations, which every thread speeds up.
+SLOW_STEP_SECONDS = 1.0
 
 
 def cpu_instruction_set() -> str:
@@ -108,6 +113,11 @@ def choose_threads(cfg: RunConfig, real: torch.Tensor, device: torch.device,
     n = torch.get_num_threads()
     if n < 2:
         return n, "torch has one thread here"
+    timings = {} if timings is None else timings
+    t_all, _ = _timed(_with_train(cfg, threads=n), real, device, timings)
+    if t_all >= SLOW_STEP_SECONDS:
+        return n, (f"a step of the run takes {t_all:.1f} s with {n} threads on this {_where(device)}: large "
+                   "operations, which every thread speeds up, so fewer threads were not timed")
     return _compare(cfg, real, device, timings, "threads", n, n // 2, THREADS_SPEEDUP,
                     lambda v: f"{v} thread{'s' * (v > 1)}")
 
@@ -123,8 +133,9 @@ def _compare(cfg: RunConfig, real: torch.Tensor, device: torch.device, timings: 
     ratio = t_usual / t_other
     choice = other if ratio >= speedup else usual
     return choice, (f"probe of the run's own step on this {_where(device)}: {say(usual)} {1000 * t_usual:.0f} ms "
-                    f"({n_usual} steps), {say(other)} {1000 * t_other:.0f} ms ({n_other} steps), {say(other)} "
-                    f"{ratio:.2f}x as fast; {say(other)} is taken from {speedup}x")
+                    f"({n_usual} step{'s' * (n_usual > 1)}), {say(other)} {1000 * t_other:.0f} ms ({n_other} "
+                    f"step{'s' * (n_other > 1)}), {say(other)} {ratio:.2f}x as fast; {say(other)} is taken from "
+                    f"{speedup}x")
 
 
 def _where(device: torch.device) -> str:
@@ -175,13 +186,17 @@ def _seconds_per_step(cfg: RunConfig, real: torch.Tensor, device: torch.device) 
         noise = torch.Generator(device=device).manual_seed(0)
         ada = make_ada(t, len(real), device)
         times: list[float] = []
+        warmup = WARMUP_STEPS
         for i in range(WARMUP_STEPS + MAX_STEPS):
             z = torch.randn(len(x), cfg.model.noise_dim, device=device, generator=noise)
             start = time.perf_counter()
             train_step(g, d, opt_g, opt_d, x, z, objective, i, None, noise, y, ada)[0].item()  # .item(): wait for it
-            if i >= WARMUP_STEPS:
-                times.append(time.perf_counter() - start)
-                if len(times) >= MIN_STEPS and sum(times) >= PROBE_SECONDS:
+            seconds = time.perf_counter() - start
+            if i == 0 and seconds >= SLOW_STEP_SECONDS:
+                warmup = 1  # its one-time costs are paid, and one step more is long enough to time
+            if i >= warmup:
+                times.append(seconds)
+                if warmup == 1 or (len(times) >= MIN_STEPS and sum(times) >= PROBE_SECONDS):
                     break
     times.sort()
     return times[len(times) // 2], len(times)

@@ -1,3 +1,5 @@
+import logging
+
 import pandas as pd
 import pytest
 import torch
@@ -132,13 +134,30 @@ def test_load_generator_gives_an_eval_mode_generator(tiny):
     assert g(torch.randn(3, 100)).shape == (3, 1, 28, 28)
 
 
-def test_time_budget_stops_with_a_checkpoint(tiny):
+def test_time_budget_stops_with_a_checkpoint_at_the_step_it_is_spent(tiny):
+    """Served at the step, not at the next flush (log_every 4 here): steps of seconds (128 px on a CPU) overran a
+    one-minute budget by 50 steps."""
     cfg = tiny(run_id="budget", train__max_minutes=1e-9)
     records = []
     result = train(cfg, prepare_dataset(cfg.data, cfg.out), on_progress=records.append)
-    assert result.stopped_early and result.final_step == 4  # the first flush
-    assert records[-1]["eta_s"] == 0.0  # the budget, not the remaining steps, ends this attempt
-    assert latest_checkpoint(cfg.run_dir / "checkpoints")[1]["step"] == 4
+    assert result.stopped_early and result.final_step == 1
+    assert records[-1]["eta_s"] == 0.0 and records[-1]["step"] == 1  # the budget, not the steps left, ends it
+    assert latest_checkpoint(cfg.run_dir / "checkpoints")[1]["step"] == 1
+    assert train(tiny(run_id="budget"), prepare_dataset(cfg.data, cfg.out)).final_step == 12  # and resumes
+
+
+def test_slow_steps_say_how_far_training_is_between_flushes(tiny, monkeypatch, caplog):
+    import ganlib.training.loop as loop
+
+    monkeypatch.setattr(loop, "HEARTBEAT_S", 0.0)  # as if every step took longer than the heartbeat
+    cfg = tiny(run_id="slow", train__steps=7, train__log_every=4, train__checkpoint_every=6)
+    with caplog.at_level(logging.INFO, logger="ganlib"):
+        train(cfg, prepare_dataset(cfg.data, cfg.out))
+    said = [r.getMessage().split(": ")[0] + " / " + r.getMessage().split("; ")[-1] for r in caplog.records
+            if " s a step; losses at step " in r.getMessage()]
+    # flushes at steps 4 (log_every), 6 (checkpoint) and 7 (the last); a line after every other step
+    assert said == ["step 1/7 / losses at step 4", "step 2/7 / losses at step 4", "step 3/7 / losses at step 4",
+                    "step 5/7 / losses at step 6"]
 
 
 # --- speed options: train.channels_last, train.fused_optimizer ------------------------------------

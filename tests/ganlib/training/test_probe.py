@@ -205,3 +205,22 @@ def test_nothing_is_probed_or_copied_where_every_setting_is_given(tiny, monkeypa
     monkeypatch.setattr(probe, "_seconds_per_step", lambda *a: pytest.fail("probed"))
     cfg = tiny().resolved()
     assert probe.measured_settings(cfg, None, lambda: pytest.fail("a batch made"), torch.device("cpu")) == (cfg, [])
+
+
+def test_a_slow_step_is_timed_once_after_one_warm_up_and_keeps_every_thread(tiny, monkeypatch):
+    """Seconds a step (a conv model at 128 px on a CPU): one warm-up and one timed step per configuration, and
+    fewer threads are not tried (each would cost seconds more; the time is in large operations)."""
+    monkeypatch.setattr(probe, "SLOW_STEP_SECONDS", 0.0)  # every step counts as slow
+    steps: list[int] = []
+    step = probe.train_step
+    monkeypatch.setattr(probe, "train_step", lambda *a, **k: steps.append(a[7]) or step(*a, **k))
+    cfg = tiny(train__threads=None, train__channels_last="auto", model__name="dcgan").resolved()
+    real = torch.zeros(8, 1, 28, 28, dtype=torch.uint8)
+    with probe.threads(2):
+        timings: probe.Timings = {}
+        layout, why_layout = probe.choose_channels_last(cfg, real, torch.device("cpu"), timings)
+        threads, why_threads = probe.choose_threads(probe._with_train(cfg, channels_last=layout), real,
+                                                    torch.device("cpu"), timings)
+    assert steps == [0, 1, 0, 1]  # two configurations (NHWC, NCHW), two steps each; no 1-thread configuration
+    assert "(1 step)," in why_layout and threads == 2
+    assert why_threads.startswith("a step of the run takes ") and "so fewer threads were not timed" in why_threads
