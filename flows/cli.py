@@ -54,7 +54,7 @@ RUN_FIELDS: tuple[str, ...] = (
     "train.ema_decay",
     "train.diffaug", "train.precision", "train.compile", "train.channels_last", "train.fused_optimizer",
     "train.threads", "train.max_minutes", "train.checkpoint_every",
-    "eval.num_samples",
+    "eval.num_samples", "eval.batch_size",
     "gallery.num_samples",
     "dist.nproc_per_node", "dist.nnodes", "dist.rdzv_endpoint", "dist.backend", "dist.timeout_minutes",
     "tracking.mlflow_uri", "tracking.mlflow_experiment",
@@ -63,6 +63,7 @@ RUN_FIELDS: tuple[str, ...] = (
 RUN_FLAG_NAMES: dict[str, str] = {
     "model.name": "--model",
     "eval.num_samples": "--eval-samples",
+    "eval.batch_size": "--eval-batch-size",
     "gallery.num_samples": "--gallery-samples",
     "dist.backend": "--dist-backend",
     "dist.timeout_minutes": "--dist-timeout-minutes",

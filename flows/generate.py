@@ -84,6 +84,8 @@ def plan_generation(run_dir: Path | str, checkpoint: str = "best", num_samples: 
         raise ConfigError(f"format: 'npz' or 'png', not {fmt!r}")
     if num_samples < 1:
         raise ConfigError(f"num_samples: must be at least 1 (got {num_samples})")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size: must be at least 1 (got {batch_size})")
     path = resolve_checkpoint(paths.root, checkpoint)
     manifest = paths.read_manifest()
     if per_class is not None:
@@ -125,6 +127,8 @@ def plan_file_generation(model_file: Path | str, num_samples: int = DEFAULT_NUM_
         num_samples = per_class * int(card["num_classes"])
     if num_samples < 1:
         raise ConfigError(f"num_samples: must be at least 1 (got {num_samples})")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size: must be at least 1 (got {batch_size})")
     if seed is None:
         seed = card.get("sample_seed") or 0
     model_file = Path(model_file)
@@ -157,10 +161,10 @@ def _flow_run_name() -> str:
 def generate_samples(run_dir: str, checkpoint: str = "best", num_samples: int = DEFAULT_NUM_SAMPLES,
                      fmt: str = "npz", seed: int | None = None, dest: str | None = None,
                      per_class: int | None = None, device: str | None = None,
-                     overwrite: bool = False) -> dict[str, Any]:
+                     overwrite: bool = False, batch_size: int | None = None) -> dict[str, Any]:
     """Generate ``num_samples`` images from a checkpoint of the run in ``run_dir``; returns where and how."""
     plan = plan_generation(run_dir, checkpoint, num_samples, fmt, seed, dest, per_class, device,
-                           overwrite=overwrite)
+                           batch_size=batch_size, overwrite=overwrite)
     record = generate_task(**plan)
     print(f"wrote {record['num_samples']} images to {record['path']} ({record['checkpoint']}, "
           f"step {record['step']}, seed {record['seed']}, {record['weights']} weights)")
@@ -170,9 +174,10 @@ def generate_samples(run_dir: str, checkpoint: str = "best", num_samples: int = 
 @flow(name="generate-from-file", log_prints=True)
 def generate_from_file(model_file: str, num_samples: int = DEFAULT_NUM_SAMPLES, seed: int | None = None,
                        dest: str | None = None, per_class: int | None = None,
-                       overwrite: bool = False) -> dict[str, Any]:
+                       overwrite: bool = False, batch_size: int = 500) -> dict[str, Any]:
     """Generate ``num_samples`` images from an exported generator file (.pt or .onnx) into an npz."""
-    plan = plan_file_generation(model_file, num_samples, "npz", seed, dest, per_class, overwrite=overwrite)
+    plan = plan_file_generation(model_file, num_samples, "npz", seed, dest, per_class, batch_size=batch_size,
+                                overwrite=overwrite)
     record = sample_exported_task(**plan)
     print(f"wrote {record['num_samples']} images to {record['path']} ({Path(model_file).name}, "
           f"step {record['step']}, seed {record['seed']})")
@@ -199,6 +204,8 @@ def _main(argv: list[str] | None) -> int:
                         help="where to write: a file (npz) or folder (png), or a directory to write into "
                         "(default: <run>/generated/<checkpoint>-seed<S>-n<N>[.npz])")
     parser.add_argument("--overwrite", action="store_true", help="replace --dest if it exists")
+    parser.add_argument("--batch-size", type=int, help="images generated at once (default: the run's "
+                        "eval.batch_size; halved by itself where a batch does not fit the GPU)")
     add_device_flag(parser)
     add_dry_run(parser, "the plan (checkpoint, destination, number of images, seed, device, ...)")
     args = parser.parse_args(argv)
@@ -209,25 +216,27 @@ def _main(argv: list[str] | None) -> int:
     run_dir = str(Path(args.out) / args.run_id)
     # Checked here first: a mistake fails in a second, not after the Prefect server has started.
     plan = plan_generation(run_dir, args.checkpoint, args.num_samples, args.format, args.seed, args.dest,
-                           args.per_class, args.device, overwrite=args.overwrite)
+                           args.per_class, args.device, batch_size=args.batch_size, overwrite=args.overwrite)
     if args.dry_run:
         return print_json(plan)
     with temporary_server():
         record = generate_samples(run_dir, args.checkpoint, args.num_samples, args.format, args.seed,
-                                  args.dest, args.per_class, args.device, overwrite=args.overwrite)
+                                  args.dest, args.per_class, args.device, overwrite=args.overwrite,
+                                  batch_size=args.batch_size)
     print(f"done: {record['path']}  {record['num_samples']} images  seed {record['seed']}  "
           f"step {record['step']}")
     return 0
 
 
 def _main_from_file(args: argparse.Namespace) -> int:
+    batch_size = 500 if args.batch_size is None else args.batch_size
     plan = plan_file_generation(args.model_file, args.num_samples, args.format, args.seed, args.dest,
-                                args.per_class, overwrite=args.overwrite)
+                                args.per_class, batch_size=batch_size, overwrite=args.overwrite)
     if args.dry_run:
         return print_json(plan)
     with temporary_server():
         record = generate_from_file(args.model_file, args.num_samples, args.seed, args.dest, args.per_class,
-                                    overwrite=args.overwrite)
+                                    overwrite=args.overwrite, batch_size=batch_size)
     print(f"done: {record['path']}  {record['num_samples']} images  seed {record['seed']}  step {record['step']}")
     return 0
 

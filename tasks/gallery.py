@@ -58,4 +58,4 @@ def generate_task(checkpoint: str, dest: str, num_samples: int, seed: int, fmt: 
     """Export ``num_samples`` images of one checkpoint to ``dest`` (npz file or PNG folder)."""
     return export_samples(Path(checkpoint), Path(dest), num_samples, seed, fmt=fmt,
                           device=resolve_device(device), batch_size=batch_size, class_names=class_names,
-                          use_ema=use_ema)
+                          use_ema=use_ema, flag="--batch-size {n}")

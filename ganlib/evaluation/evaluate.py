@@ -43,7 +43,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,8 @@ EVAL_NOISE_OFFSET = 1_000_003
 SEED_STRIDE = 7_919
 SPLIT_SEED = 0  # the reference / held-out split of the real images, the same for every run
 PROGRESS_EVERY_S = 30  # a progress line this often while images go through the feature spaces
+# How a user starts evaluation in smaller batches (said when the GPU ran out of memory in larger ones).
+EVAL_BATCH_FLAG = "--eval-batch-size {n} (flows/evaluate.py: --batch-size {n})"
 MIN_REFERENCE = 10  # fewer real images in each half than this, and there is nothing to compare with
 
 # The metrics each feature space computes, in the space's own names; columns are prefixed per space.
@@ -158,13 +160,14 @@ class Space:
 
 
 def embed_batches(spaces: list[Space], make: Callable[[int, int], torch.Tensor], total: int, batch_size: int,
-                  what: str, keep: Callable[[torch.Tensor], None] | None = None
+                  what: str, keep: Callable[[torch.Tensor], None] | None = None, fitted: dict[str, int] | None = None
                   ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Pass images ``make(start, stop)`` (float, [-1, 1]; ``total`` in all) through every space, ``batch_size``
     at a time: ``{space.kind: (features, aux)}``. ``keep``, if given, sees each batch once it went through.
 
     No float copy of the whole set is ever held (10,000 RGB images of 256 px: 7.9 GB). Where a batch does not
-    fit the GPU's memory (a large generator at 256 px), the batch is halved, with a warning, until it fits.
+    fit the GPU's memory (a large generator at 256 px), the batch is halved, with a warning, until it fits
+    (``fitted``: see ``fitting_batches``).
     ``what`` names the images in the progress line written every ``PROGRESS_EVERY_S`` seconds (Inception or
     DINOv2 on a CPU take minutes).
     """
@@ -176,7 +179,7 @@ def embed_batches(spaces: list[Space], make: Callable[[int, int], torch.Tensor],
         images = make(start, stop)
         return images, [space.embed(images) for space in spaces]
 
-    for images, embedded in fitting_batches(total, batch_size, work, f"evaluation: {what}", "eval.batch_size"):
+    for images, embedded in fitting_batches(total, batch_size, work, f"evaluation: {what}", EVAL_BATCH_FLAG, fitted):
         for space, (features, aux) in zip(spaces, embedded):
             parts[space.kind][0].append(features)
             parts[space.kind][1].append(aux)
@@ -187,7 +190,8 @@ def embed_batches(spaces: list[Space], make: Callable[[int, int], torch.Tensor],
         if now - last_line >= PROGRESS_EVERY_S and done < total:
             last_line = now
             log.info("evaluation: %s: %d/%d images through %s (%.0f s, about %.0f s left)", what, done, total,
-                     ", ".join(space.name for space in spaces), now - started, (now - started) / done * (total - done))
+                     ", ".join(space.name for space in spaces) or "no feature space", now - started,
+                     (now - started) / done * (total - done))
     return {kind: (torch.cat(feats), torch.cat(aux)) for kind, (feats, aux) in parts.items()}
 
 
@@ -199,7 +203,8 @@ def _embed_store(space: Space, images: np.ndarray, index: np.ndarray, batch_size
 
 
 def embed_samples(spaces: list[Space], generator: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None,
-                  batch_size: int, what: str) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+                  batch_size: int, what: str, fitted: dict[str, int] | None = None
+                  ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
     """Generate from latents ``z`` (and ``labels``, conditional generators) a batch at a time, each batch
     through every space (:func:`embed_batches`) as it is made: ``({space.kind: (features, aux)}, samples)``,
     ``samples`` (N, C, H, W) uint8, all that is kept of the images (a quarter of a float copy), for the pixel
@@ -211,7 +216,7 @@ def embed_samples(spaces: list[Space], generator: torch.nn.Module, z: torch.Tens
                         labels=None if labels is None else labels[start:stop])
 
     embedded = embed_batches(spaces, make, len(z), batch_size, what,
-                             keep=lambda images: samples.append(to_uint8(images)))
+                             keep=lambda images: samples.append(to_uint8(images)), fitted=fitted)
     return embedded, torch.cat(samples)
 
 
@@ -302,6 +307,24 @@ def pixel_reference(store: PreparedStore, out: Path, cfg: EvalConfig,
     return reference
 
 
+def training_progress(what: str) -> Callable[[dict[str, Any]], None]:
+    """An ``on_log`` callback for training ``what`` (the classifier, the encoder: minutes at 128 px on a CPU) that
+    logs its step, loss and the time left at most every ``PROGRESS_EVERY_S`` seconds."""
+    started = last_line = time.perf_counter()
+
+    def progress(info: dict[str, Any]) -> None:
+        nonlocal last_line
+        now = time.perf_counter()
+        if now - last_line < PROGRESS_EVERY_S or info["step"] >= info["num_steps"]:
+            return
+        last_line = now
+        log.info("evaluation: %s step %d/%d  loss %.3f  (%.0f s, about %.0f s left)", what, info["step"],
+                 info["num_steps"], info["loss"], now - started,
+                 (now - started) / info["step"] * (info["num_steps"] - info["step"]))
+
+    return progress
+
+
 def domain_reference(
     store: PreparedStore, out: Path, cfg: EvalConfig, seed: int, device: torch.device
 ) -> tuple[DomainClassifier, dict[str, Any]]:
@@ -326,7 +349,7 @@ def domain_reference(
                      "(runs on the same data reuse it)", cfg.classifier_steps, len(store.images))
             model, meta = train_classifier(
                 torch.from_numpy(np.array(store.images)), torch.from_numpy(store.labels), store.num_classes,
-                num_steps=cfg.classifier_steps, seed=seed, device=device)
+                num_steps=cfg.classifier_steps, seed=seed, device=device, on_log=training_progress("domain classifier"))
             save_classifier(model, {**meta, "store_key": store.manifest["key"]}, model_path)
             log.info("evaluation: classifier holdout accuracy %.4f (%.0f s)", meta["holdout_accuracy"],
                      meta["seconds"])
@@ -367,13 +390,8 @@ def _train_ssl_encoder(store: PreparedStore, model_path: Path, cfg: EvalConfig, 
     log.info("evaluation: training the self-supervised encoder (%d steps, at most 20 passes) on %d real "
              "images, once per dataset", cfg.ssl_steps, len(store.images))
 
-    def progress(info: dict[str, Any]) -> None:
-        left = info["seconds"] / info["step"] * (info["num_steps"] - info["step"])
-        log.info("evaluation: self-supervised encoder step %d/%d  loss %.3f  (%.0f s, about %.0f s left)",
-                 info["step"], info["num_steps"], info["loss"], info["seconds"], left)
-
     model, meta = train_encoder(torch.from_numpy(np.array(store.images)), num_steps=cfg.ssl_steps,
-                                seed=SSL_SEED, device=device, on_log=progress)
+                                seed=SSL_SEED, device=device, on_log=training_progress("self-supervised encoder"))
     save_encoder(model, {**meta, "store_key": store.manifest["key"]}, model_path)
     log.info("evaluation: self-supervised encoder view match %.3f (%.0f s)", meta["view_match"], meta["seconds"])
     return model, meta
@@ -461,6 +479,7 @@ class _Context:
     memorisation_baseline: torch.Tensor | None  # held-out images' nearest distances
     reference_images: torch.Tensor  # uint8 reference images, for the closest-pairs picture
     eval_dir: Path
+    fitted: dict[str, int] = field(default_factory=dict)  # the batch that fits the GPU, once one did not
 
 
 def _score_generator(ctx: _Context, path: Path, step: int, use_ema: bool, device: torch.device
@@ -481,7 +500,7 @@ def _score_generator(ctx: _Context, path: Path, step: int, use_ema: bool, device
         seed = base_seed + i * SEED_STRIDE
         embedded, samples = embed_samples([space for space, _ in ctx.spaces], generator,
                                           fixed_noise(ev.num_samples, noise_dim, seed), asked, ev.batch_size,
-                                          f"step {step} {meta['weights']} samples")
+                                          f"step {step} {meta['weights']} samples", ctx.fitted)
         scores: dict[str, Any] = {}
         for space, reference in ctx.spaces:
             features, aux = embedded[space.kind]

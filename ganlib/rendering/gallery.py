@@ -319,7 +319,8 @@ def _safe_name(text: str) -> str:
 
 def export_samples(checkpoint_path: Path, dest: Path, num_samples: int, seed: int, fmt: str = "npz",
                    device: str | torch.device = "cpu", batch_size: int = 500,
-                   class_names: Sequence[str] | None = None, use_ema: bool = True) -> dict[str, Any]:
+                   class_names: Sequence[str] | None = None, use_ema: bool = True,
+                   flag: str = "batch_size={n}") -> dict[str, Any]:
     """Generate ``num_samples`` images from a checkpoint into ``dest``: an npz file or a PNG folder.
 
     Latents are ``fixed_noise(num_samples, noise_dim, seed)`` (the ``seed`` is the latent seed
@@ -334,8 +335,8 @@ def export_samples(checkpoint_path: Path, dest: Path, num_samples: int, seed: in
       and ``meta.json`` (seed, step, checkpoint, weights, count). The folder appears complete or not
       at all (built under a temporary name, then renamed); an existing one is replaced.
 
-    Generates and writes in batches (halved where one does not fit the GPU), so memory stays at one batch whatever
-    ``num_samples`` is.
+    Generates and writes in batches (halved where one does not fit the GPU: a warning says how to start there,
+    ``flag`` with ``{n}`` for the size), so memory stays at one batch whatever ``num_samples`` is.
     """
     if fmt not in ("npz", "png"):
         raise ValueError(f"fmt: 'npz' or 'png', not {fmt!r}")
@@ -356,7 +357,7 @@ def export_samples(checkpoint_path: Path, dest: Path, num_samples: int, seed: in
 
     what = f"generating {num_samples} images from {checkpoint_path.name}"
     if fmt == "npz":
-        chunks = list(fitting_batches(num_samples, batch_size, make, what, "eval.batch_size"))
+        chunks = list(fitting_batches(num_samples, batch_size, make, what, flag))
         extra = {"labels": labels.numpy(), "class_names": np.asarray(names)} if labels is not None else {}
         save_samples(torch.cat(chunks), dest, seed=seed, step=meta["step"], checkpoint=checkpoint_path.name,
                      weights=record["weights"], **extra)
@@ -373,7 +374,7 @@ def export_samples(checkpoint_path: Path, dest: Path, num_samples: int, seed: in
     tmp.mkdir(parents=True)
     try:
         k = 0  # the image's index
-        for images in fitting_batches(num_samples, batch_size, make, what, "eval.batch_size"):
+        for images in fitting_batches(num_samples, batch_size, make, what, flag):
             for image in images.numpy():
                 name = f"{k:06d}.png" if names is None else f"{_safe_name(names[int(labels[k])])}/{k:06d}.png"
                 (tmp / name).parent.mkdir(exist_ok=True)

@@ -42,8 +42,8 @@ def float64_device(device: torch.device | str) -> torch.device:
 
 def is_out_of_device_memory(err: BaseException) -> bool:
     """Whether ``err`` is a GPU's (CUDA's ``OutOfMemoryError``) or Apple's MPS's out-of-memory error."""
-    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError)
-                                                        and "MPS backend out of memory" in str(err))
+    return isinstance(err, torch.cuda.OutOfMemoryError) or (isinstance(err, RuntimeError)
+                                                             and "MPS backend out of memory" in str(err))
 
 
 def device_memory_detail(err: BaseException, device: torch.device | None = None) -> str:
@@ -52,7 +52,7 @@ def device_memory_detail(err: BaseException, device: torch.device | None = None)
     if device is None:
         gpu = re.search(r"GPU (\d+)", str(err))
         device = (torch.device("cuda", int(gpu.group(1))) if gpu else torch.device("cuda")) if isinstance(
-            err, torch.OutOfMemoryError) else torch.device("mps")
+            err, torch.cuda.OutOfMemoryError) else torch.device("mps")
     where = str(device)
     if device.type == "cuda":
         with contextlib.suppress(Exception):  # the device may be in no state to answer
@@ -62,12 +62,19 @@ def device_memory_detail(err: BaseException, device: torch.device | None = None)
     return where + (f", asking for {asked.group(1)} more" if asked else "")
 
 
-def fitting_batches(total: int, batch_size: int, work: Callable[[int, int], T], what: str, setting: str
-                    ) -> Iterator[T]:
+def fitting_batches(total: int, batch_size: int, work: Callable[[int, int], T], what: str, flag: str,
+                    fitted: dict[str, int] | None = None) -> Iterator[T]:
     """``work(start, stop)`` over ``range(total)`` in order, ``batch_size`` at a time; where a batch runs the GPU
-    (or MPS) out of memory, it is halved, with a warning naming ``setting`` (the batch size's config field), and
-    tried again, down to one image, then ``DeviceMemoryError``. Any other error is raised as it is. ``what``
-    says what is being done, for the messages (``evaluation: step 500 ema samples``)."""
+    (or MPS) out of memory, that batch is halved, with a warning saying how to start there (``flag``, with
+    ``{n}`` for the size: ``--batch-size {n}``), and tried again, down to one image, then ``DeviceMemoryError``.
+    Any other error is raised as it is.
+
+    ``what`` says what is being done, for the messages (``evaluation: step 500 ema samples``). ``fitted``: a
+    dict that carries the batch size that fitted (key ``batch_size``) from one call to the next (the seeds and
+    checkpoints of one evaluation), so each does not run out of memory, and say so, again.
+    """
+    if fitted is not None:
+        batch_size = min(batch_size, fitted.get("batch_size", batch_size))
     start = 0
     while start < total:
         stop = min(start + batch_size, total)
@@ -76,18 +83,21 @@ def fitting_batches(total: int, batch_size: int, work: Callable[[int, int], T], 
         except Exception as err:  # out of device memory: a smaller batch; anything else as it is
             if not is_out_of_device_memory(err):
                 raise
-            where = device_memory_detail(err)
-            if batch_size == 1:
+            failed, where = stop - start, device_memory_detail(err)
+            if failed == 1:
                 raise DeviceMemoryError(f"{what}: out of memory on {where} even one image at a time: free the GPU "
                                         "(another process may hold its memory) or use --device cpu") from None
-            if isinstance(err, torch.OutOfMemoryError):
-                torch.cuda.empty_cache()  # what the failed batch left cached goes back before the smaller one
-            log.warning("%s: out of memory on %s in batches of %d; going on in batches of %d (set %s=%d to start "
-                        "there)", what, where, batch_size, batch_size // 2, setting, batch_size // 2)
-            batch_size //= 2
+            batch_size = failed // 2
+            log.warning("%s: out of memory on %s in a batch of %d; going on in batches of %d (to start there: %s)",
+                        what, where, failed, batch_size, flag.format(n=batch_size))
+            if fitted is not None:
+                fitted["batch_size"] = batch_size
+        else:
+            yield result
+            start = stop
             continue
-        yield result
-        start = stop
+        if torch.cuda.is_initialized():  # out of the handler: the failed batch's tensors are free to go back
+            torch.cuda.empty_cache()
 
 
 def configure_backends(precision: str, device: torch.device) -> None:

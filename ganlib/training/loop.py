@@ -120,17 +120,28 @@ def train(
                 except Exception as err:  # torch's out-of-memory errors are one line; anything else as it is
                     if not is_out_of_device_memory(err):
                         raise
-                    raise DeviceMemoryError(_out_of_memory_message(cfg, ctx, err)) from None
+                    raise DeviceMemoryError(_out_of_memory_message(cfg, ctx, err, run)) from None
 
 
-def _out_of_memory_message(cfg: RunConfig, ctx: ProcessContext, err: BaseException) -> str:
-    """One line for a GPU that ran out of memory training: what, and the settings that need less."""
+def _out_of_memory_message(cfg: RunConfig, ctx: ProcessContext, err: BaseException, run: RunDir) -> str:
+    """One line for a GPU that ran out of memory training: what, and the settings that need less. The run's
+    config.json says what training resolved (the preset, precision auto) where it got that far."""
+    try:
+        saved = run.saved_config() or {}
+    except Exception:  # noqa: BLE001 (the message must not fail: fall back to the settings given)
+        saved = {}
+    model = saved.get("model", {}).get("name", cfg.model.name)
+    precision = saved.get("train", {}).get("precision", cfg.train.precision)
     per_rank = cfg.train.batch_size // ctx.world_size
     size = f"{cfg.data.image_size}-px " if isinstance(cfg.data.image_size, int) else ""
     batch = f"batches of {per_rank}" + (f" per process ({cfg.train.batch_size} in all)" if ctx.world_size > 1 else "")
-    return (f"out of memory on {device_memory_detail(err, ctx.device)}, training on {size}images in {batch}: "
-            "resume with --precision bf16 (where the GPU has bf16) or more GPUs (--nproc-per-node), or start "
-            "another --run-id with a smaller --batch-size or --ngf/--ndf; the checkpoints saved so far are kept")
+    resume = [*(["--precision bf16 (where the GPU has bf16)"] if precision != "bf16" else []),
+              *(["more GPUs (--nproc-per-node)"] if ctx.device.type == "cuda" else [])]
+    widths = "--hidden-dim/--d-hidden-dim" if model == "mlp" else "--ngf/--ndf"
+    where = device_memory_detail(err, ctx.device)
+    return (f"out of memory on {where}, training {model} on {size}images in {batch}: "
+            + (f"resume with {' or '.join(resume)}, or " if resume else "")
+            + f"start another --run-id with a smaller --batch-size or {widths}; the checkpoints saved so far are kept")
 
 
 def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, should_stop,

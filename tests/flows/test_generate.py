@@ -51,6 +51,7 @@ def test_plan_defaults_to_the_best_checkpoint_and_the_gallery_seed(run):
     ({"checkpoint": "99"}, CheckpointError, r"checkpoint '99' not found: .* \(steps saved: 6, 12\)"),
     ({"fmt": "jpg"}, ConfigError, "format: 'npz' or 'png'"),
     ({"num_samples": 0}, ConfigError, "at least 1"),
+    ({"batch_size": 0}, ConfigError, r"--batch-size: must be at least 1 \(got 0\)"),
     ({"per_class": 5}, ConfigError, "not class-conditional"),
     ({"device": "gpu"}, ConfigError, r"--device: 'gpu' is not a device; use auto, cpu, cuda, cuda:N or mps"),
     pytest.param({"device": "cuda"}, ConfigError, "CUDA is not available here",
@@ -97,6 +98,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(run, capsys):
     plan = json.loads(capsys.readouterr().out)
     assert plan == json.loads(json.dumps(plan_generation(run.run_dir, num_samples=7)))
     assert plan["num_samples"] == 7 and not (run.run_dir / "generated").exists()
+    assert main(["--run-id", run.run_id, "--out", str(run.out), "--batch-size", "3", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["batch_size"] == 3  # default: the run's eval.batch_size
 
 
 @pytest.mark.slow

@@ -189,7 +189,7 @@ def _space_that_fits(most: int, message: str) -> ev.Space:
     """A feature space whose device runs out of memory for batches of more than ``most`` images."""
     def embed(images):
         if len(images) > most:
-            raise (torch.OutOfMemoryError if message.startswith("CUDA") else RuntimeError)(message)
+            raise (torch.cuda.OutOfMemoryError if message.startswith("CUDA") else RuntimeError)(message)
         return images.flatten(1) * 2, images.new_empty(len(images), 0)
 
     return ev.Space("ssl", "test", "test", embed)
@@ -205,8 +205,9 @@ def test_batches_too_large_for_the_gpu_are_halved_until_they_fit(caplog, message
     assert torch.equal(embedded["ssl"][0], whole.flatten(1) * 2) and torch.equal(samples, to_uint8(whole))
     warnings = [r.getMessage() for r in caplog.records]
     where = "cuda:1, asking for 9.00 GiB more" if message.startswith("CUDA") else "mps"
-    assert warnings == [f"evaluation: step 3 samples: out of memory on {where} in batches of {n}; going on in "
-                        f"batches of {n // 2} (set eval.batch_size={n // 2} to start there)" for n in (100, 50)]
+    assert warnings == [f"evaluation: step 3 samples: out of memory on {where} in a batch of {n}; going on in "
+                        f"batches of {n // 2} (to start there: --eval-batch-size {n // 2} (flows/evaluate.py: "
+                        f"--batch-size {n // 2}))" for n in (100, 50)]
     with pytest.raises(DeviceMemoryError, match=f"^evaluation: step 3 samples: out of memory on {where} even one "
                                                 "image at a time: free the GPU .* or use --device cpu$"):
         embed_samples([_space_that_fits(0, message)], generator, z, None, 4, "step 3 samples")
@@ -234,6 +235,22 @@ def test_evaluating_on_apples_mps_does_the_float64_work_on_the_cpu(run, tmp_path
     features, probs = space.embed(torch.rand(60, 1, 28, 28) * 2 - 1)
     assert (space_scores("domain", features, probs, reference, cfg.eval, 0, mps)
             == space_scores("domain", features, probs, reference, cfg.eval, 0, cpu))
+
+
+def test_training_the_classifier_or_encoder_says_how_far_it_is(monkeypatch, caplog):
+    """Minutes at 128 px on a CPU (the classifier was silent for them): a line at most every PROGRESS_EVERY_S."""
+    monkeypatch.setattr(ev, "PROGRESS_EVERY_S", 0)
+    progress = ev.training_progress("domain classifier")
+    with caplog.at_level(logging.INFO, logger="ganlib"):
+        for step in (100, 200, 300):
+            progress({"step": step, "num_steps": 300, "loss": 0.5, "lr": 1e-3})
+    assert [r.getMessage().split("  (")[0] for r in caplog.records] == [
+        f"evaluation: domain classifier step {step}/300  loss 0.500" for step in (100, 200)]  # not at the end
+    monkeypatch.setattr(ev, "PROGRESS_EVERY_S", 30)
+    caplog.clear()
+    quiet = ev.training_progress("self-supervised encoder")
+    quiet({"step": 100, "num_steps": 300, "loss": 0.5})
+    assert caplog.records == []
 
 
 def test_several_seeds_give_the_mean_and_a_standard_deviation(run):

@@ -439,7 +439,7 @@ def test_a_gpu_out_of_memory_is_one_line_with_what_to_change_and_keeps_the_check
 
     def runs_out_at_step_8(*args, **kwargs):
         if args[7] == 8:  # the step index
-            raise (torch.OutOfMemoryError if message.startswith("CUDA") else RuntimeError)(message)
+            raise (torch.cuda.OutOfMemoryError if message.startswith("CUDA") else RuntimeError)(message)
         return step(*args, **kwargs)
 
     monkeypatch.setattr(loop, "train_step", runs_out_at_step_8)
@@ -447,18 +447,33 @@ def test_a_gpu_out_of_memory_is_one_line_with_what_to_change_and_keeps_the_check
         train(cfg, store)
     text = str(caught.value)
     assert "\n" not in text and text.startswith("out of memory on cpu")
-    assert "training on 28-px images in batches of 32: resume with --precision bf16" in text
-    assert "--batch-size" in text and "the checkpoints saved so far are kept" in text
+    assert ("training dcgan on 28-px images in batches of 32: resume with --precision bf16 (where the GPU has bf16), "
+            "or start another --run-id with a smaller --batch-size or --ngf/--ndf; the checkpoints saved so far are "
+            "kept") in text  # no more GPUs: not on a CPU (nor MPS)
     assert (", asking for 2.00 GiB more," in text) == message.startswith("CUDA")
     assert [s for s, _ in list_checkpoints(cfg.run_dir / "checkpoints")] == [6]
     monkeypatch.setattr(loop, "train_step", step)
     assert train(cfg, store).resumed_from_step == 6
 
 
+def test_out_of_memory_in_a_bf16_run_does_not_advise_bf16(tiny, monkeypatch):
+    import ganlib.training.loop as loop
+
+    cfg = tiny(run_id="oom-bf16", model__name="mlp", train__precision="bf16")
+    monkeypatch.setattr(loop, "train_step", lambda *a, **k: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 1.00 GiB.")))
+    with pytest.raises(DeviceMemoryError, match=r"training mlp on 28-px images in batches of 32: start another "
+                                                r"--run-id with a smaller --batch-size or "
+                                                r"--hidden-dim/--d-hidden-dim; "):
+        train(cfg, prepare_dataset(cfg.data, cfg.out))
+
+
 def test_another_runtime_error_in_training_keeps_its_traceback(tiny, monkeypatch):
     import ganlib.training.loop as loop
 
     cfg = tiny(run_id="bug")
-    monkeypatch.setattr(loop, "train_step", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
-    with pytest.raises(RuntimeError, match="^a bug$"):
+    bug = RuntimeError("a bug")
+    monkeypatch.setattr(loop, "train_step", lambda *a, **k: (_ for _ in ()).throw(bug))
+    with pytest.raises(RuntimeError) as caught:
         train(cfg, prepare_dataset(cfg.data, cfg.out))
+    assert caught.value is bug and caught.value.__traceback__ is not None  # the error itself, not a one-line copy
