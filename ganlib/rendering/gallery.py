@@ -43,7 +43,16 @@ from ganlib.runs import checkpoint as ckpt
 from ganlib.runs.device import fitting_batches
 from ganlib.runs.files import atomic_write_json
 from ganlib.runs.paths import RunDir
-from ganlib.sampling import class_names_for, class_rows, fixed_noise, generate, is_conditional, load_generator, to_uint8
+from ganlib.sampling import (
+    class_names_for,
+    class_rows,
+    fixed_noise,
+    generate,
+    is_conditional,
+    load_generator,
+    to_uint8,
+    to_unit_range,
+)
 
 log = logging.getLogger("ganlib")
 
@@ -79,16 +88,23 @@ def make_gallery(checkpoint_path: Path, gallery_dir: Path, num_samples: int, see
     if is_conditional(meta):
         labels = torch.arange(len(z)) % meta["num_classes"]  # balanced: class k at every K-th index
         extra["labels"] = labels[:num_samples].numpy()
-    images = generate(generator, z, batch_size=batch_size, labels=labels)
-    grid5 = save_grid(images[:25], gallery_dir / "grid_5x5.png", nrow=5)
+    # uint8, a batch at a time: a float copy of every sample is 7.9 GB for 10,000 RGB images of 256 px. The
+    # grids' pixels are the same from uint8 (to_uint8 rounds as grid_picture does; to_unit_range takes it back).
+    def make(start: int, stop: int) -> torch.Tensor:
+        return to_uint8(generate(generator, z[start:stop], stop - start,
+                                 None if labels is None else labels[start:stop]))
+
+    images = torch.cat(list(fitting_batches(len(z), batch_size, make, f"gallery: {Path(checkpoint_path).name}",
+                                            "--eval-batch-size {n}")))
+    grid5 = save_grid(to_unit_range(images[:25]), gallery_dir / "grid_5x5.png", nrow=5)
     if labels is None:
-        grid10 = save_grid(images[:100], gallery_dir / "grid_10x10.png", nrow=10)
+        grid10 = save_grid(to_unit_range(images[:100]), gallery_dir / "grid_10x10.png", nrow=10)
     else:
         names = class_names_for(meta["num_classes"], class_names)
         zc, yc = class_rows(10, noise_dim, gallery_seed, meta["num_classes"])
         grid10 = save_grid(generate(generator, zc, batch_size, yc), gallery_dir / "grid_10x10.png", nrow=10,
                            row_labels=names)
-    samples = save_samples(to_uint8(images[:num_samples]), gallery_dir / "samples.npz",
+    samples = save_samples(images[:num_samples], gallery_dir / "samples.npz",
                            seed=gallery_seed, step=meta["step"], checkpoint=Path(checkpoint_path).name,
                            weights=meta.get("weights", "raw"), **extra)
     return {"grid_5x5": str(grid5), "grid_10x10": str(grid10), "samples": str(samples),
