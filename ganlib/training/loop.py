@@ -261,7 +261,6 @@ def _train(cfg: RunConfig, store_dir: Path, ctx: ProcessContext, on_progress, sh
                 log.info("%s: checkpointed at step %d", "time budget spent" if out_of_time else "stop requested",
                          state.step)
                 break
-
         elif ctx.is_writer and now - t_said >= HEARTBEAT_S:  # slow steps: say it is alive between flushes
             t_said = now
             at = min(state.step + t.log_every - filled, num_steps,

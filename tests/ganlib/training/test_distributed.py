@@ -175,6 +175,7 @@ def test_two_processes_match_one_with_the_same_global_batch(reference):
 
 
 @pytest.mark.slow
+@pytest.mark.stress  # a whole run killed and resumed (28 s): the stress tier, pytest -m stress, which CI also runs
 def test_a_ddp_run_sigkilled_mid_way_resumes_and_matches_the_uninterrupted_one(reference):
     """torchrun started by hand (rank 0 takes the lock itself), its process group SIGKILLed."""
     cfg = tiny_config(reference["tmp"], run_id="killed", dist__nproc_per_node=2, **DDP)
