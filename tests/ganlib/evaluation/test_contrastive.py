@@ -50,6 +50,7 @@ def test_an_encoder_file_round_trips_and_a_bad_one_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.stress  # a minute each (an encoder trained for 150 steps on 2,000 images): the long tier, which CI runs
 @pytest.mark.parametrize("dataset", ["digits", "shapes"])
 def test_fd_in_the_space_ranks_real_blurred_noisy_collapsed(dataset, tmp_path):
     if dataset == "digits":
