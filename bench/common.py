@@ -3,6 +3,7 @@ the training step they time, built from ganlib's own pieces without pydantic or 
 
 from __future__ import annotations
 
+import argparse
 import copy
 import csv
 import datetime as dt
@@ -117,6 +118,18 @@ class ModelSpec:
     ndf: int = 32
     blocks: int = 1
     spectral_norm: bool = False
+
+
+def variant_parser(doc: str, variants: tuple[str, ...], num_help: str) -> argparse.ArgumentParser:
+    """The flags of a benchmark that measures each of ``variants`` in a fresh process (``in_fresh_process``):
+    ``--num``, ``--size`` (RGB side), ``--device``, ``--csv`` and the hidden ``--child``; add the script's own."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--num", type=int, default=2000, help=f"{num_help} (default 2000)")
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels, RGB (default 256)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--csv", type=Path)
+    parser.add_argument("--child", choices=variants, help=argparse.SUPPRESS)
+    return parser
 
 
 def in_fresh_process(module: str, variant: str, argv: list[str]) -> dict[str, Any]:

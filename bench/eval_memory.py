@@ -14,7 +14,6 @@ table and appends the rows to ``bench/results/eval_memory.csv`` with the date, d
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import append_csv, in_fresh_process, peak_memory_mb, stamp
+from bench.common import append_csv, in_fresh_process, peak_memory_mb, stamp, variant_parser
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "eval_memory.csv"
@@ -56,14 +55,10 @@ def measure(variant: str, num: int, size: int, batch_size: int, device: str) -> 
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num", type=int, default=2000, help="samples (default 2000)")
-    parser.add_argument("--size", type=int, default=256, help="image side in pixels, RGB (default 256)")
+    parser = variant_parser(__doc__, VARIANTS, "samples")
     parser.add_argument("--batch-size", type=int, default=500, help="eval.batch_size (default 500)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--csv", type=Path, default=RESULTS)
-    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.csv = args.csv or RESULTS
     if args.child:
         print(json.dumps(measure(args.child, args.num, args.size, args.batch_size, args.device)))
         return []

@@ -14,14 +14,13 @@ to ``bench/results/memorisation_memory.csv`` with the date, device and commit.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from bench.common import append_csv, in_fresh_process, peak_memory_mb, stamp
+from bench.common import append_csv, in_fresh_process, peak_memory_mb, stamp, variant_parser
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "memorisation_memory.csv"
@@ -49,13 +48,9 @@ def measure(variant: str, num: int, size: int, device: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num", type=int, default=2000, help="query and training images (default 2000)")
-    parser.add_argument("--size", type=int, default=256, help="image side in pixels, RGB (default 256)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--csv", type=Path, default=RESULTS)
-    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser = variant_parser(__doc__, VARIANTS, "query and training images")
     args = parser.parse_args(argv)
+    args.csv = args.csv or RESULTS
     if args.child:
         print(json.dumps(measure(args.child, args.num, args.size, args.device)))
         return []
