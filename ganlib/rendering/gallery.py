@@ -63,18 +63,33 @@ STEPS_NOISE_OFFSET = 3_000_017  # the per-checkpoint grids and the timelapse
 INTERPOLATION_NOISE_OFFSET = 4_000_037  # the interpolation anchors
 
 STEP_GRID_SIDE = 8  # 8x8 fixed-noise grid per checkpoint (DCGAN's classic view)
+GIF_WIDTH_PX = 520  # the GIFs' frames are at most about this wide: small enough to embed in the report
+
+# gallery.num_samples unset: samples.npz holds GALLERY_SAMPLES images, or as many (in hundreds) as fit in
+# GALLERY_SAMPLES_MIB of pixels: 10,000 of 28-px digits are 7.5 MiB and of 64-px RGB 117 MiB, but of 128-px
+# RGB 469 MiB and of 256-px RGB 1.8 GiB, written (and compressed, minutes) after every run. flows/generate.py
+# makes any number from the same latents.
+GALLERY_SAMPLES = 10_000
+GALLERY_SAMPLES_MIB = 256
+
+
+def gallery_sample_count(image_shape: Sequence[int]) -> int:
+    """How many images samples.npz holds when ``gallery.num_samples`` is not given, for images (C, H, W)."""
+    fit = GALLERY_SAMPLES_MIB * 2**20 // math.prod(image_shape) // 100 * 100
+    return max(100, min(GALLERY_SAMPLES, fit))
 
 
 # --- the best checkpoint's gallery ----------------------------------------------------------------
 
-def make_gallery(checkpoint_path: Path, gallery_dir: Path, num_samples: int, seed: int,
+def make_gallery(checkpoint_path: Path, gallery_dir: Path, num_samples: int | None, seed: int,
                  device: str | torch.device = "cpu", batch_size: int = 500,
                  class_names: Sequence[str] | None = None, use_ema: bool = True) -> dict[str, Any]:
     """From one checkpoint: ``grid_5x5.png``, ``grid_10x10.png`` and ``samples.npz`` in ``gallery_dir``.
 
     The grids use the first 25 / 100 of the same fixed latents (seed ``seed`` + offset), so the 5x5
     grid is the top-left corner of the 10x10 one. ``samples.npz`` holds ``images`` uint8
-    (N, C, H, W) and the ``seed`` and checkpoint ``step`` that made them. A conditional checkpoint
+    (N, C, H, W) and the ``seed`` and checkpoint ``step`` that made them; ``num_samples`` None: as many as
+    ``gallery_sample_count`` allows for the checkpoint's image size. A conditional checkpoint
     gets one row per class in ``grid_10x10.png`` and balanced ``labels`` (N,) in the npz.
     ``use_ema``: render the generator's moving average when the checkpoint keeps one.
     """
@@ -82,6 +97,12 @@ def make_gallery(checkpoint_path: Path, gallery_dir: Path, num_samples: int, see
     noise_dim = meta["config"]["model"]["noise_dim"]
     gallery_seed = seed + GALLERY_NOISE_OFFSET
     gallery_dir = Path(gallery_dir)
+    if num_samples is None:
+        num_samples = gallery_sample_count(meta["image_shape"])
+        if num_samples < GALLERY_SAMPLES:
+            c, h, w = meta["image_shape"]
+            log.info("gallery: %s samples of %dx%d px in samples.npz (at most %d MiB of pixels; --gallery-samples "
+                     "N for more, or flows/generate.py -n N)", f"{num_samples:,}", h, w, GALLERY_SAMPLES_MIB)
     z = fixed_noise(max(num_samples, 100), noise_dim, gallery_seed)
     labels = None
     extra: dict[str, Any] = {}
@@ -185,7 +206,7 @@ def render_step_grids(checkpoints_dir: Path, steps_dir: Path, seed: int, device:
 
 
 def save_timelapse(step_grids: Sequence[tuple[int, Path]], path: Path, max_frames: int = 60,
-                   frame_ms: int = 500, hold_last_ms: int = 2500, max_width_px: int = 520) -> Path:
+                   frame_ms: int = 500, hold_last_ms: int = 2500, max_width_px: int = GIF_WIDTH_PX) -> Path:
     """The per-checkpoint grids as a looping GIF, each frame captioned with its step.
 
     At most ``max_frames`` frames (evenly spaced, always keeping the first and the last); the last
@@ -285,10 +306,16 @@ def make_interpolation(checkpoint_path: Path, gallery_dir: Path, seed: int,
     num_frames, cells = path.shape[:2]
     cell_labels = (torch.arange(cells) % num_classes).repeat(num_frames) if conditional else None
     images = generate(generator, path.reshape(num_frames * cells, noise_dim), batch_size, cell_labels)
-    # Cells at 2x (56 px for 28-pixel images): enough to see, small enough to embed in the report.
-    cell_px = 2 * images.shape[-1]
-    frames = [grid_picture(images[f * cells: (f + 1) * cells], nrow=gif_side, min_cell_px=cell_px)
-              for f in range(num_frames)]
+    # Cells at 2x (56 px for 28-pixel images): enough to see. Not wider than GIF_WIDTH_PX in all, so that it
+    # embeds in the report: 128-px images at 2x made 30 MB of GIF; they stay at 1x, 256-px ones shrink to 1/2.
+    side = images.shape[-1]
+    cell_px = 2 * side if gif_side * 2 * side <= GIF_WIDTH_PX else side
+    shrink = max(1, math.ceil(gif_side * side / GIF_WIDTH_PX)) if cell_px == side else 1
+    frames = []
+    for f in range(num_frames):
+        picture = grid_picture(images[f * cells: (f + 1) * cells], nrow=gif_side, min_cell_px=cell_px)
+        frames.append(picture.resize((picture.width // shrink, picture.height // shrink), Image.BOX)
+                      if shrink > 1 else picture)
     gif = save_gif(frames, gallery_dir / "interpolation.gif", frame_ms)
     return {"interpolation_png": str(png), "interpolation_gif": str(gif), "interpolation_step": meta["step"],
             "interpolation_seed": seed + INTERPOLATION_NOISE_OFFSET}

@@ -201,8 +201,8 @@ def worker_main(argv: list[str] | None = None) -> int:
                 atomic_write_json(args.work_dir / "result.json", result.to_dict())
             # Leave together: a rank that tears its gloo group down while a peer is still in its last
             # collective or writes can be aborted by gloo ("terminate called without an active
-            # exception", seen once in CI at exit of a finished run). Only on success: a failed rank
-            # must not wait for peers that will never arrive (torchrun stops them).
+            # exception"; the interpreter's teardown is skipped too, see _leave). Only on success: a failed
+            # rank must not wait for peers that will never arrive (torchrun stops them).
             dist.barrier()
         finally:
             dist.destroy_process_group()
@@ -358,5 +358,19 @@ def _read_lines(proc: subprocess.Popen, lines: queue.Queue) -> None:
 
 
 
+def _leave(code: int) -> None:
+    """End this process with ``code`` once its output is out, skipping the interpreter's teardown.
+
+    By now every file is written (atomically), the final barrier passed and the process group destroyed. At
+    teardown gloo's threads can still hold tensors that need the GIL of a half-finalised interpreter, and
+    a rank died there with SIGABRT ("terminate called without an active exception") twice in CI, after the
+    run had finished, failing it. Nothing is left for the teardown to do.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(worker_main())
+    _leave(worker_main())

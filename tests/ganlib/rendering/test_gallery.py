@@ -21,6 +21,7 @@ from ganlib.errors import CheckpointError
 from ganlib.rendering.gallery import (
     GALLERY_NOISE_OFFSET,
     export_samples,
+    gallery_sample_count,
     loop_path,
     make_gallery,
     make_interpolation,
@@ -170,6 +171,27 @@ def test_make_gallery_keeps_uint8_samples_a_batch_at_a_time_and_draws_the_same_g
         assert np.array_equal(npz["images"], to_uint8(whole).numpy())
 
 
+def test_the_default_gallery_keeps_samples_npz_within_its_memory_budget():
+    """10,000 samples unless their pixels pass 256 MiB: 10,000 of 128-px RGB were a 474 MB file (and 2 GB at 256)."""
+    assert [gallery_sample_count(s) for s in [(1, 28, 28), (3, 32, 32), (3, 64, 64), (3, 128, 128), (3, 256, 256)]] \
+        == [10_000, 10_000, 10_000, 5_400, 1_300]
+    assert 5_400 * 3 * 128 * 128 <= 256 * 2**20 < 5_500 * 3 * 128 * 128
+    assert gallery_sample_count((3, 4096, 4096)) == 100  # the grids need 100 whatever the size
+
+
+def test_make_gallery_without_a_count_takes_the_default_and_says_so_when_it_is_fewer(trained, tmp_path, monkeypatch,
+                                                                                    caplog):
+    ckpt = trained.run_dir / "checkpoints" / "step_000012.pt"
+    monkeypatch.setattr(ganlib.rendering.gallery, "GALLERY_SAMPLES_MIB", 1)  # 1 MiB of 28-px digits: 1,300
+    with caplog.at_level(logging.INFO, logger="ganlib"):
+        out = make_gallery(ckpt, tmp_path / "gallery", None, seed=7)
+    assert out["num_samples"] == 1_300
+    with np.load(out["samples"]) as npz:
+        assert npz["images"].shape == (1_300, 1, 28, 28)
+    assert "gallery: 1,300 samples of 28x28 px in samples.npz (at most 1 MiB of pixels; --gallery-samples N" \
+        in caplog.text
+
+
 def test_step_grids_render_once_per_checkpoint_and_mirror_the_checkpoints(trained, tmp_path):
     steps_dir = tmp_path / "steps"
     done = render_step_grids(trained.run_dir / "checkpoints", steps_dir, seed=7)
@@ -217,7 +239,7 @@ def test_timelapse_has_one_captioned_frame_per_checkpoint_and_holds_the_last(tra
         assert gif.n_frames == 10
 
 
-def test_interpolation_grid_and_gif(trained, tmp_path):
+def test_interpolation_grid_and_gif(trained, tmp_path, monkeypatch):
     ckpt = trained.run_dir / "checkpoints" / "step_000012.pt"
     out = make_interpolation(ckpt, tmp_path, seed=7, rows=3, columns=5, gif_side=2, gif_anchors=3,
                              frames_per_segment=4)
@@ -225,6 +247,15 @@ def test_interpolation_grid_and_gif(trained, tmp_path):
     assert grid.size == ((5 * 30 + 2) * 4, (3 * 30 + 2) * 4)
     with Image.open(out["interpolation_gif"]) as gif:
         assert gif.n_frames == 12 and gif.size == ((2 * 30 + 2) * 2, (2 * 30 + 2) * 2)
+    # Large images: cells at 1x where 2x would pass GIF_WIDTH_PX, and shrunk where 1x would (128-px images at 2x
+    # made a 30 MB GIF). Here 2 x 2 cells of 28 px against a width of 60, then 40.
+    for width, size in ((60, 2 * 30 + 2), (40, (2 * 30 + 2) // 2)):
+        monkeypatch.setattr(ganlib.rendering.gallery, "GIF_WIDTH_PX", width)
+        small = make_interpolation(ckpt, tmp_path / str(width), seed=7, rows=3, columns=5, gif_side=2, gif_anchors=3,
+                                   frames_per_segment=4)
+        with Image.open(small["interpolation_gif"]) as gif:
+            assert gif.n_frames == 12 and gif.size == (size, size)
+        assert Image.open(small["interpolation_png"]).size == grid.size  # the PNG keeps its 4x cells
     # Rows change smoothly: neighbouring columns differ less than the two ends do.
     cells = np.asarray(grid, dtype=float)[8:8 + 112, :]  # first row, 4x cells of 28 + 2 padding
     cols = [cells[:, 8 + c * 120: 8 + c * 120 + 112] for c in range(5)]

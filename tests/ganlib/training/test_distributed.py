@@ -122,6 +122,17 @@ def test_the_worker_entry_point_explains_itself_outside_torchrun(monkeypatch, ca
     assert "start it with torchrun" in capsys.readouterr().err
 
 
+def test_the_worker_process_leaves_with_its_exit_code_and_its_output_flushed(tmp_path):
+    """The worker skips the interpreter's teardown (gloo aborted a finished rank there): its last words still
+    reach a pipe (buffered, not a terminal) and its exit code is the one worker_main returned."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "PYTHONUNBUFFERED")}  # torchrun by hand
+    done = subprocess.run([sys.executable, "-c", "import sys; print('buffered line'); sys.argv[1:] = ['--config', "
+                           "'c.json']; import runpy; runpy.run_module('ganlib.training.launch', run_name='__main__')"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and done.stdout == "buffered line\n"
+    assert "start it with torchrun" in done.stderr
+
+
 # --- real processes -----------------------------------------------------------------------------
 
 
