@@ -269,30 +269,34 @@ def load_exported(path: Path | str) -> ExportedGenerator:
 
 
 def sample_exported(path: Path | str, dest: Path | str, num_samples: int, seed: int,
-                    batch_size: int = 500) -> dict[str, Any]:
+                    batch_size: int = 500, truncation: float | None = None) -> dict[str, Any]:
     """``num_samples`` images from an exported generator into ``dest`` (npz: ``images`` uint8 (N, C, H, W),
     ``seed``, ``step``, ``checkpoint``, ``weights`` and, when conditional, ``labels``, ``class_names``).
 
     The latents are ``fixed_noise(num_samples, noise_dim, seed)`` and the labels balanced (image i is
     class i mod K), as ``flows/generate.py`` does from a checkpoint: with the card's ``sample_seed`` the
-    images match the run's default samples up to float rounding.
+    images match the run's default samples up to float rounding. ``truncation``: the truncation trick's cut-off
+    (``ganlib.sampling.truncate``), recorded with the images.
     """
     from ganlib.rendering.pictures import save_samples
-    from ganlib.sampling import fixed_noise, to_uint8
+    from ganlib.sampling import fixed_noise, to_uint8, truncate
 
     generator = load_exported(path)
     card = generator.card
     if num_samples < 1:
         raise ConfigError(f"num_samples: must be at least 1 (got {num_samples})")
-    z = fixed_noise(num_samples, card["noise_dim"], seed)
+    z = truncate(fixed_noise(num_samples, card["noise_dim"], seed), truncation)
     labels = torch.arange(num_samples) % card["num_classes"] if card["conditional"] else None
     chunks = [to_uint8(generator(z[i: i + batch_size], None if labels is None else labels[i: i + batch_size]))
               for i in range(0, num_samples, batch_size)]
     extra = ({"labels": labels.numpy(), "class_names": card["class_names"]} if labels is not None else {})
+    if truncation is not None:
+        extra["truncation"] = truncation
     save_samples(torch.cat(chunks), Path(dest), seed=seed, step=card["step"], checkpoint=card["checkpoint"],
                  weights=card["weights"], exported=Path(path).name, **extra)
     return {"seed": seed, "step": card["step"], "checkpoint": card["checkpoint"], "weights": card["weights"],
-            "num_samples": num_samples, "format": "npz", "path": str(dest), "exported": str(path)}
+            "num_samples": num_samples, "format": "npz", "path": str(dest), "exported": str(path),
+            "truncation": truncation}
 
 
 __all__ = ["EXPORT_FORMATS", "ExportedGenerator", "checkpoint_argument", "config_hash",

@@ -2,6 +2,7 @@
 
 - ``load_generator``: a checkpoint's G (its EMA by default), rebuilt from the checkpoint alone;
 - ``fixed_noise`` / ``class_rows``: latents that are the same for the same seed on any machine;
+- ``truncate``: the truncation trick, typical images for variety;
 - ``generate``: images from latents, in batches;
 - ``to_uint8`` / ``to_unit_range``: the one pair of conversions between float [-1, 1] (G's tanh) and
   uint8 [0, 255] (stores, PNGs, sample files).
@@ -9,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,30 @@ from ganlib.runs import checkpoint as ckpt
 def fixed_noise(num: int, noise_dim: int, seed: int) -> torch.Tensor:
     """Latents (num, noise_dim) float32 on the CPU, the same for the same seed on any machine."""
     return torch.randn(num, noise_dim, generator=torch.Generator().manual_seed(seed))
+
+
+def truncate(z: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    """The truncation trick (Brock, Donahue and Simonyan, BigGAN, ICLR 2019): latents from the standard normal
+    cut off at ``threshold`` standard deviations, which trades variety for typical, cleaner images.
+
+    BigGAN redraws every coordinate beyond the cut-off; here each coordinate is mapped to the same quantile of
+    the truncated normal instead (z -> F_t^-1(Phi(z))): the same distribution, but deterministic and per
+    coordinate, so image i of a seed stays image i, drawn towards the typical whatever the threshold (and
+    whatever the number of images), and a large threshold gives the latents back. None: ``z`` unchanged.
+    """
+    if threshold is None:
+        return z
+    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"truncation: a cut-off above 0 in standard deviations (e.g. 1.0), not {threshold!r}")
+    def lower_tail(a: torch.Tensor) -> torch.Tensor:  # Phi(-a) for a >= 0, precise far out (torch's ndtr is not)
+        return 0.5 * torch.special.erfc(a / math.sqrt(2))
+
+    t = torch.tensor(float(threshold), dtype=torch.float64)
+    x = z.double()
+    edge = lower_tail(t)  # the normal's mass below -t
+    # Through the lower tail, Phi(-|z|), which keeps its precision where Phi(z) rounds to 1; then the sign back.
+    magnitude = -torch.special.ndtri(edge + lower_tail(x.abs()) * (1 - 2 * edge))
+    return torch.copysign(magnitude.clamp(0.0, float(threshold)), x).to(z.dtype)
 
 
 def is_conditional(meta: dict[str, Any]) -> bool:

@@ -28,6 +28,8 @@ def export_task(checkpoint: str, out_dir: str, formats: list[str], use_ema: bool
 
 
 @task(name="generate-from-file", retries=RETRIES, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
-def sample_exported_task(model_file: str, dest: str, num_samples: int, seed: int, batch_size: int = 500) -> dict:
+def sample_exported_task(model_file: str, dest: str, num_samples: int, seed: int, batch_size: int = 500,
+                         truncation: float | None = None) -> dict:
     """``num_samples`` images from an exported ``.pt``/``.onnx`` generator into ``dest`` (npz)."""
-    return sample_exported(Path(model_file), Path(dest), num_samples, seed, batch_size=batch_size)
+    return sample_exported(Path(model_file), Path(dest), num_samples, seed, batch_size=batch_size,
+                           truncation=truncation)

@@ -54,8 +54,9 @@ def gallery_task(config: RunConfig, best_checkpoint: str, train_record: dict) ->
 
 @task(name="generate", retries=RETRIES, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
 def generate_task(checkpoint: str, dest: str, num_samples: int, seed: int, fmt: str, device: str,
-                  batch_size: int, class_names: list[str] | None = None, use_ema: bool = True) -> dict:
+                  batch_size: int, class_names: list[str] | None = None, use_ema: bool = True,
+                  truncation: float | None = None) -> dict:
     """Export ``num_samples`` images of one checkpoint to ``dest`` (npz file or PNG folder)."""
     return export_samples(Path(checkpoint), Path(dest), num_samples, seed, fmt=fmt,
                           device=resolve_device(device), batch_size=batch_size, class_names=class_names,
-                          use_ema=use_ema, flag="--batch-size {n}")
+                          use_ema=use_ema, flag="--batch-size {n}", truncation=truncation)

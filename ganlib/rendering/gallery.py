@@ -52,6 +52,7 @@ from ganlib.sampling import (
     load_generator,
     to_uint8,
     to_unit_range,
+    truncate,
 )
 
 log = logging.getLogger("ganlib")
@@ -363,14 +364,15 @@ def _safe_name(text: str) -> str:
 def export_samples(checkpoint_path: Path, dest: Path, num_samples: int, seed: int, fmt: str = "npz",
                    device: str | torch.device = "cpu", batch_size: int = 500,
                    class_names: Sequence[str] | None = None, use_ema: bool = True,
-                   flag: str = "batch_size={n}") -> dict[str, Any]:
+                   flag: str = "batch_size={n}", truncation: float | None = None) -> dict[str, Any]:
     """Generate ``num_samples`` images from a checkpoint into ``dest``: an npz file or a PNG folder.
 
     Latents are ``fixed_noise(num_samples, noise_dim, seed)`` (the ``seed`` is the latent seed
     itself and is recorded), so the same call reproduces the same images, and image i has the
     same latent whatever ``num_samples`` is (its pixels may differ by a rounding step when the batch
     size differs: convolutions sum in a different order). Conditional checkpoints get balanced labels (image i is class
-    i mod K).
+    i mod K). ``truncation``: the truncation trick's cut-off (``ganlib.sampling.truncate``), recorded with the
+    images; image i is then image i of the same seed drawn towards the typical.
 
     - ``fmt="npz"``: ``dest`` (a .npz file) with ``images`` uint8 (N, C, H, W), ``seed``, ``step``,
       ``checkpoint`` and, when conditional, ``labels`` (N,) int64 and ``class_names``.
@@ -388,11 +390,11 @@ def export_samples(checkpoint_path: Path, dest: Path, num_samples: int, seed: in
     noise_dim = meta["config"]["model"]["noise_dim"]
     conditional = is_conditional(meta)
     names = class_names_for(int(meta.get("num_classes") or 0), class_names) if conditional else None
-    z = fixed_noise(num_samples, noise_dim, seed)
+    z = truncate(fixed_noise(num_samples, noise_dim, seed), truncation)
     labels = torch.arange(num_samples) % meta["num_classes"] if conditional else None
     record: dict[str, Any] = {"seed": seed, "step": int(meta["step"]), "checkpoint": checkpoint_path.name,
                               "weights": meta.get("weights", "raw"), "num_samples": num_samples,
-                              "format": fmt, "path": str(dest)}
+                              "format": fmt, "path": str(dest), "truncation": truncation}
 
     def make(start: int, stop: int) -> torch.Tensor:
         return to_uint8(generate(generator, z[start:stop], stop - start,
@@ -402,6 +404,8 @@ def export_samples(checkpoint_path: Path, dest: Path, num_samples: int, seed: in
     if fmt == "npz":
         chunks = list(fitting_batches(num_samples, batch_size, make, what, flag))
         extra = {"labels": labels.numpy(), "class_names": np.asarray(names)} if labels is not None else {}
+        if truncation is not None:
+            extra["truncation"] = truncation
         save_samples(torch.cat(chunks), dest, seed=seed, step=meta["step"], checkpoint=checkpoint_path.name,
                      weights=record["weights"], **extra)
         return record

@@ -53,6 +53,8 @@ def test_plan_defaults_to_the_best_checkpoint_and_the_gallery_seed(run):
     ({"num_samples": 0}, ConfigError, "at least 1"),
     ({"batch_size": 0}, ConfigError, r"--batch-size: must be at least 1 \(got 0\)"),
     ({"per_class": 5}, ConfigError, "not class-conditional"),
+    ({"truncation": 0.0}, ConfigError, r"--truncation: 0 is not a cut-off; give standard deviations above 0"),
+    ({"truncation": float("nan")}, ConfigError, r"--truncation: nan is not a cut-off"),
     ({"device": "gpu"}, ConfigError, r"--device: 'gpu' is not a device; use auto, cpu, cuda, cuda:N or mps"),
     pytest.param({"device": "cuda"}, ConfigError, "CUDA is not available here",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")),
@@ -100,6 +102,27 @@ def test_dry_run_prints_the_plan_and_writes_nothing(run, capsys):
     assert plan["num_samples"] == 7 and not (run.run_dir / "generated").exists()
     assert main(["--run-id", run.run_id, "--out", str(run.out), "--batch-size", "3", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["batch_size"] == 3  # default: the run's eval.batch_size
+
+
+def test_truncated_samples_say_so_in_their_name_and_file_and_are_the_same_images_drawn_in(run, capsys, tmp_path):
+    from ganlib.rendering.gallery import export_samples
+
+    assert main(["--run-id", run.run_id, "--out", str(run.out), "-n", "20", "--truncation", "0.7", "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["truncation"] == 0.7 and plan["dest"].endswith(f"-seed{plan['seed']}-n20-trunc0.7.npz")
+    del plan["dest"]
+    record = export_samples(plan.pop("checkpoint"), tmp_path / "t.npz", **plan)
+    assert record["truncation"] == 0.7
+    generator, _ = load_generator(run.run_dir / "checkpoints" / "step_000006.pt")
+    z = fixed_noise(20, 100, plan["seed"])
+    with np.load(tmp_path / "t.npz") as npz:
+        assert float(npz["truncation"]) == 0.7
+        from ganlib.sampling import truncate
+        assert np.array_equal(npz["images"], to_uint8(generate(generator, truncate(z, 0.7), 100)).numpy())
+        assert not np.array_equal(npz["images"], to_uint8(generate(generator, z, 100)).numpy())
+    png = export_samples(run.run_dir / "checkpoints" / "step_000006.pt", tmp_path / "p", 3, 5, fmt="png",
+                         truncation=1.5)
+    assert json.loads((tmp_path / "p" / "meta.json").read_text())["truncation"] == 1.5 == png["truncation"]
 
 
 @pytest.mark.slow

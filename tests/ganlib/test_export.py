@@ -133,6 +133,15 @@ def test_samples_from_an_exported_file_match_the_checkpoints(runs, tmp_path):
     a, b = np.load(tmp_path / "ckpt.npz"), np.load(tmp_path / "onnx.npz")
     assert np.abs(a["images"].astype(int) - b["images"].astype(int)).max() <= 1  # one uint8 rounding step
     assert (a["labels"] == b["labels"]).all() and int(b["seed"]) == 11 and int(b["step"]) == 4
+    # Truncated, likewise (flows/generate.py --truncation, from a run or from a file).
+    export_samples(checkpoint, tmp_path / "ckpt-t.npz", 12, seed=11, batch_size=5, truncation=0.8)
+    record_t = sample_exported(record["files"]["onnx"], tmp_path / "onnx-t.npz", 12, seed=11, batch_size=5,
+                               truncation=0.8)
+    a, b = np.load(tmp_path / "ckpt-t.npz"), np.load(tmp_path / "onnx-t.npz")
+    assert np.abs(a["images"].astype(int) - b["images"].astype(int)).max() <= 1
+    untruncated = np.load(tmp_path / "onnx.npz")
+    assert float(b["truncation"]) == 0.8 == record_t["truncation"] and "truncation" not in untruncated
+    assert not np.array_equal(b["images"], untruncated["images"])
 
 
 def test_existing_files_are_kept_unless_overwrite(runs):
