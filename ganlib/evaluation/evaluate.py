@@ -651,11 +651,7 @@ def evaluate_run(cfg: RunConfig, store_dir: Path, rescore: bool = False) -> pd.D
             row = {"step": step, "checkpoint": path.name, **_nan_columns(labelled, store.num_classes), **scores,
                    **constant, "use_ema": scores["generator"] == "ema", "checkpoint_sha256": digest,
                    "seconds": round(time.perf_counter() - t0, 3)}
-            log.info("evaluation: step %d %s  FD %.3f  KID %.4f  IS %.3f  P %.3f  R %.3f  | self-supervised FD %.3f  "
-                     "P %.3f  R %.3f  | memorised %.2f  classes %d/%d  (%.1f s)", step, row["generator"], row["fd"],
-                     row["kid_mean"], row["is_mean"], row["precision"], row["recall"], row["ssl_fd"],
-                     row["ssl_precision"], row["ssl_recall"], row["memorisation_fraction"], row["classes_present"],
-                     store.num_classes, row["seconds"])
+            log.info("evaluation: %s", _score_line(row, [space.kind for space, _ in spaces], store.num_classes))
             rows.append(row)
             # Saved after every row, so an evaluation killed part-way keeps what it scored.
             _write_table(rows, spaces, domain_ref, note, ev, selected, paths)
@@ -663,6 +659,27 @@ def evaluate_run(cfg: RunConfig, store_dir: Path, rescore: bool = False) -> pd.D
     if table["select_note"].iloc[0]:
         log.warning("evaluation: %s", table["select_note"].iloc[0])
     return table
+
+
+def _score_line(row: dict[str, Any], kinds: list[str], num_classes: int) -> str:
+    """One checkpoint's scores for the log, in the spaces that scored it (unlabelled data has no domain space:
+    its line was "FD nan KID nan IS nan P nan R nan ... classes 0/0" before the self-supervised scores)."""
+    parts = [f"step {row['step']} {row['generator']} "]
+    if "domain" in kinds:
+        parts.append(f"FD {row['fd']:.3f}  KID {row['kid_mean']:.4f}  IS {row['is_mean']:.3f}  "
+                     f"P {row['precision']:.3f}  R {row['recall']:.3f}  |")
+    if "ssl" in kinds:
+        parts.append(f"self-supervised FD {row['ssl_fd']:.3f}  P {row['ssl_precision']:.3f}  "
+                     f"R {row['ssl_recall']:.3f}  |")
+    for kind, name in (("inception", "Inception FID"), ("dinov2", "DINOv2 FD")):
+        if kind in kinds:
+            parts.append(f"{name} {row[column(kind, 'fd')]:.3f}  |")
+    if not kinds:
+        parts.append("not scored (no feature space) |")
+    parts.append(f"memorised {row['memorisation_fraction']:.2f}")
+    if "domain" in kinds:
+        parts.append(f" classes {row['classes_present']}/{num_classes}")
+    return " ".join(parts) + f"  ({row['seconds']:.1f} s)"
 
 
 def _write_table(rows: list[dict[str, Any]], spaces: list[tuple[Space, dict[str, Any]]], domain_ref: dict[str, Any],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import shutil
 import urllib.error
 from typing import get_args
@@ -466,6 +467,21 @@ def test_a_run_without_an_ema_is_scored_by_its_raw_generator(tiny):
     pd.testing.assert_frame_equal(table, both)  # the same rows, reused
 
 
+def test_the_score_line_names_the_spaces_that_scored():
+    from ganlib.evaluation.evaluate import _score_line
+
+    row = {"step": 2500, "generator": "ema", "fd": 28.5104, "kid_mean": 0.01234, "is_mean": 9.0191, "precision": 0.5575,
+           "recall": 0.5878, "ssl_fd": 4.4041, "ssl_precision": 0.6468, "ssl_recall": 0.2222, "inception_fid": 41.25,
+           "memorisation_fraction": 0.48, "classes_present": 10, "seconds": 5.06}
+    assert _score_line(row, ["domain", "ssl"], 10) == (  # labelled data: as it always read
+        "step 2500 ema  FD 28.510  KID 0.0123  IS 9.019  P 0.557  R 0.588  | self-supervised FD 4.404  P 0.647  "
+        "R 0.222  | memorised 0.48  classes 10/10  (5.1 s)")
+    assert _score_line(row, ["ssl", "inception"], 0) == (
+        "step 2500 ema  self-supervised FD 4.404  P 0.647  R 0.222  | Inception FID 41.250  | memorised 0.48  (5.1 s)")
+    assert _score_line({**row, "memorisation_fraction": float("nan")}, [], 0) == (
+        "step 2500 ema  not scored (no feature space) | memorised nan  (5.1 s)")
+
+
 def test_an_unlabelled_folder_is_scored_in_the_self_supervised_space(tiny, tmp_path, caplog):
     """A flat folder of PNGs (no classes): finite FD, KID, precision, recall, coverage and memorisation in the
     self-supervised space for every checkpoint, and the best checkpoint chosen by its FD."""
@@ -481,9 +497,14 @@ def test_an_unlabelled_folder_is_scored_in_the_self_supervised_space(tiny, tmp_p
                eval__memorisation="domain")
     store = prepare_dataset(cfg.data, cfg.out)
     train(cfg, store)
-    with caplog.at_level(logging.WARNING, logger="ganlib"):
+    with caplog.at_level(logging.INFO, logger="ganlib"):
         table = evaluate_run(cfg, store)
     assert len(table) == 4 and table["fd"].isna().all()  # no classes, no domain classifier
+    # Each checkpoint's line has the scores it has, not "FD nan KID nan IS nan P nan R nan ... classes 0/0".
+    lines = [r.getMessage() for r in caplog.records if re.match(r"evaluation: step \d+ (raw|ema) ", r.getMessage())]
+    assert len(lines) == 4 and not any("nan" in line or "classes" in line for line in lines)
+    assert all(re.fullmatch(r"evaluation: step \d+ (raw|ema)  self-supervised FD [\d.]+  P [\d.]+  R [\d.]+  \| "
+                            r"memorised [\d.]+  \([\d.]+ s\)", line) for line in lines), lines
     ssl = ["ssl_fd", "ssl_kid_mean", "ssl_precision", "ssl_recall", "ssl_density", "ssl_coverage",
            "memorisation_fraction", "ssl_fd_floor"]
     assert np.isfinite(table[ssl].to_numpy()).all()
