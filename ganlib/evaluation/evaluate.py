@@ -656,8 +656,9 @@ def evaluate_run(cfg: RunConfig, store_dir: Path, rescore: bool = False) -> pd.D
             # Saved after every row, so an evaluation killed part-way keeps what it scored.
             _write_table(rows, spaces, domain_ref, note, ev, selected, paths)
     table = _write_table(rows, spaces, domain_ref, note, ev, selected, paths)
-    if table["select_note"].iloc[0]:
-        log.warning("evaluation: %s", table["select_note"].iloc[0])
+    if table["select_note"].iloc[0]:  # unlabelled data chose by ssl_fd as documented: no warning for that
+        expected = not labelled and ev.select_metric == "fd" and table["select_metric"].iloc[0] == "ssl_fd"
+        (log.info if expected else log.warning)("evaluation: %s", table["select_note"].iloc[0])
     return table
 
 
@@ -736,6 +737,9 @@ def select_best(table: pd.DataFrame, metric: str = "fd", direction: str = "auto"
         fallback = next((m for m in ("fd", "ssl_fd") if m != metric and has_values(m)), "")
         if fallback == "fd":
             note = f"{metric} has no values in this table; chose by fd (lower is better) instead"
+        elif fallback and "feature_space" in table and bool((table["feature_space"] == "none").all()):
+            note = (f"unlabelled data has no domain classifier, so no {metric}; chose by ssl_fd, the FD in the "
+                    "self-supervised space (lower is better), instead")
         elif fallback:
             note = (f"{metric} has no values in this table (no domain classifier: unlabelled data?); chose by "
                     "ssl_fd, the FD in the self-supervised space (lower is better), instead")

@@ -134,8 +134,13 @@ def evaluation_summary(eval_table: pd.DataFrame) -> tuple[dict[str, Any], dict[s
     return selection, scores, floors
 
 
+def _missing(value: Any) -> bool:
+    """Not measured: None (summary.json) or NaN (the table's own value)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _num(value: Any, digits: int = 3) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    return "–" if _missing(value) else f"{value:.{digits}f}"
 
 
 def _percent(value: Any, digits: int = 1) -> str:
@@ -156,7 +161,7 @@ def _metrics_lines(summary: dict[str, Any]) -> list[str]:
              "dinov2_coverage")]
     lines = ["| space | FD | KID | IS | precision | recall | density | coverage |", "|---|---|---|---|---|---|---|---|"]
     for label, *keys in rows:
-        if all(best.get(k) is None and floor.get(k) is None for k in keys):
+        if all(_missing(best.get(k)) and _missing(floor.get(k)) for k in keys):
             continue  # a space that was not computed (the Inception status below says why)
         cells = [f"{_num(best.get(k), 4 if 'kid' in k else 3)} (floor {_num(floor.get(k), 4 if 'kid' in k else 3)})"
                  if k else "–" for k in keys]
@@ -218,6 +223,35 @@ def _training_line(train: dict[str, Any]) -> str:
             + (f", resumed from step {train['resumed_from_step']}" if train["resumed_from_step"] else "") + ".")
 
 
+def _best_lines(best: dict[str, Any], ref: dict[str, Any]) -> list[str]:
+    """The best checkpoint's headline table and its reference line: the classifier's scores on labelled data,
+    the self-supervised space's alone on unlabelled data (no classifier: its columns would all be dashes)."""
+    if _missing(best["fd"]) and not best["classes_present"]:
+        floor = ref.get("floor") or {}
+        view = ref.get("ssl_view_match")
+        return [
+            "| checkpoint | step | FD (self-supervised space) | precision | recall | coverage |",
+            "|---|---|---|---|---|---|",
+            f"| `{best['checkpoint']}` | {best['step']} | "
+            + " | ".join(_num(best.get(k)) for k in ("ssl_fd", "ssl_precision", "ssl_recall", "ssl_coverage")) + " |",
+            "",
+            "No class labels, so no domain classifier: the self-supervised space scores this run (an encoder "
+            "trained on the real images alone" + ("" if _missing(view) else f", view match {_percent(view)}")
+            + f"); held-out real images score FD {_num(floor.get('ssl_fd'))} there.",
+        ]
+    return [
+        "| checkpoint | step | FD (classifier space) | FD (self-supervised space) | classifier IS | classes present "
+        "| rarest class |",
+        "|---|---|---|---|---|---|---|",
+        f"| `{best['checkpoint']}` | {best['step']} | {_num(best['fd'])} | {_num(best.get('ssl_fd'))} "
+        f"| {_num(best['is_mean'])} ± {_num(best['is_std'])} | {best['classes_present']} "
+        f"| {_percent(best['rarest_class_fraction'])} |",
+        "",
+        f"Reference: real images score IS {_num(ref['real_is'])}; the classifier's held-out accuracy is "
+        f"{_percent(ref['classifier_holdout_accuracy'], 2)}.",
+    ]
+
+
 def summary_markdown(summary: dict[str, Any], inline_images: bool = False) -> str:
     """The summary as Markdown. ``inline_images``: embed the small gallery and the loss plot as
     ``data:`` URIs (for the Prefect artifact) instead of referring to the files (for ``summary.md``)."""
@@ -235,15 +269,7 @@ def summary_markdown(summary: dict[str, Any], inline_images: bool = False) -> st
         "",
         "## Best checkpoint",
         "",
-        "| checkpoint | step | FD (classifier space) | FD (self-supervised space) | classifier IS | classes present "
-        "| rarest class |",
-        "|---|---|---|---|---|---|---|",
-        f"| `{best['checkpoint']}` | {best['step']} | {_num(best['fd'])} | {_num(best.get('ssl_fd'))} "
-        f"| {_num(best['is_mean'])} ± {_num(best['is_std'])} | {best['classes_present']} "
-        f"| {_percent(best['rarest_class_fraction'])} |",
-        "",
-        f"Reference: real images score IS {_num(ref['real_is'])}; the classifier's held-out accuracy is "
-        f"{_percent(ref['classifier_holdout_accuracy'], 2)}.",
+        *_best_lines(best, ref),
         "",
         *_metrics_lines(summary),
         _training_line(train),

@@ -372,6 +372,10 @@ def test_select_best_directions_generators_and_fallbacks():
     unlabelled = select_best(table.assign(fd=np.nan, ssl_fd=[4.0, 2.0, 1.0, 3.0]), "fd", "auto", "ema")
     assert unlabelled.loc[unlabelled["best"], ["step", "generator"]].values.tolist() == [[1, "ema"]]
     assert unlabelled["select_metric"].iloc[0] == "ssl_fd" and "chose by ssl_fd" in unlabelled["select_note"].iloc[0]
+    assert "unlabelled data?" in unlabelled["select_note"].iloc[0]  # the table does not say whether it has labels
+    said = select_best(table.assign(fd=np.nan, ssl_fd=[4.0, 2.0, 1.0, 3.0], feature_space="none"), "fd", "auto", "ema")
+    assert said["select_note"].iloc[0] == ("unlabelled data has no domain classifier, so no fd; chose by ssl_fd, "
+                                           "the FD in the self-supervised space (lower is better), instead")
     newest = select_best(table.assign(fd=np.nan), "inception_fid", "auto", "ema")
     assert newest.loc[newest["best"], ["step", "generator"]].values.tolist() == [[2, "ema"]]
     assert newest["select_metric"].iloc[0] == "newest" and "newest checkpoint" in newest["select_note"].iloc[0]
@@ -513,4 +517,6 @@ def test_an_unlabelled_folder_is_scored_in_the_self_supervised_space(tiny, tmp_p
     assert (table["select_metric"] == "ssl_fd").all()
     assert table.loc[table["best"], "ssl_fd"].item() == table.loc[table["generator"] == "ema", "ssl_fd"].min()
     assert "read the self-supervised space's ssl_* columns" in table["note"].iloc[0]
-    assert sum("chose by ssl_fd" in r.getMessage() for r in caplog.records) == 1
+    # Said once, as information: choosing by ssl_fd is what unlabelled data is documented to do.
+    said = [r for r in caplog.records if "chose by ssl_fd" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO

@@ -139,6 +139,33 @@ def test_summary_markdown_inlines_pictures_for_prefect_and_links_them_on_disk(tm
     assert "![best samples, 5x5](gallery/grid_5x5.png)" in on_disk and "(plots/training.png)" in on_disk
 
 
+def test_the_summary_of_unlabelled_data_has_the_self_supervised_scores_not_a_row_of_dashes(tmp_path):
+    """No classes, no domain classifier: its columns and rows were all dashes ("classifier IS – ± –, classes
+    present 0, the classifier's held-out accuracy is –") above the scores the run does have."""
+    import copy
+
+    from ganlib.config import build_config
+
+    run = fake_run(tmp_path)
+    cfg = build_config({"run_id": run.name, "out": str(tmp_path)})
+    train = {"final_step": 12, "seconds": 3.0, "images_per_sec": 900.0, "resumed_from_step": 0}
+    gallery = {"grid_5x5": "g5.png", "grid_10x10": "g10.png", "samples": "s.npz", "num_samples": 50, "seed": 9}
+    labelled = build_summary(cfg, train, pd.read_parquet(run / "metrics" / "eval.parquet"), gallery, {}, None)
+    nan = float("nan")
+    unlabelled = copy.deepcopy(labelled)
+    unlabelled["best"].update(fd=nan, is_mean=nan, is_std=nan, classes_present=0, rarest_class_fraction=nan,
+                              kid_mean=None, precision=None, recall=None, density=None, coverage=None,
+                              ssl_fd=208.459, ssl_precision=0.854, ssl_recall=0.0, ssl_coverage=0.066)
+    unlabelled["reference"] = {"real_is": nan, "classifier_holdout_accuracy": nan, "ssl_view_match": 0.379,
+                               "floor": {"fd": None, "is_mean": None, "ssl_fd": 0.729, "num_samples": 1893}}
+    text = summary_markdown(unlabelled)
+    assert "| `step_000012.pt` | 12 | 208.459 | 0.854 | 0.000 | 0.066 |" in text
+    assert ("No class labels, so no domain classifier: the self-supervised space scores this run (an encoder "
+            "trained on the real images alone, view match 37.9%); held-out real images score FD 0.729 there.") in text
+    assert "classifier IS" not in text and "held-out accuracy" not in text and "| domain classifier |" not in text
+    assert "FD (classifier space)" in summary_markdown(labelled) and "No class labels" not in summary_markdown(labelled)
+
+
 # --- in a real browser ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
