@@ -135,8 +135,33 @@ EVAL_PANELS = [
     ("classes_present", "classes present in the samples", False),
     ("rarest_class_fraction", "rarest class's share of the samples", False),
 ]
+SSL_PANEL_COLUMNS = ("ssl_fd", "ssl_kid_mean", "ssl_precision", "ssl_recall", "ssl_coverage",
+                     "memorisation_fraction")  # drawn whether or not the domain space scored
+# Unlabelled data has no domain classifier: its panels would hold only the table's note, so the
+# self-supervised space fills all six.
+UNLABELLED_PANELS = [
+    ("ssl_fd", "FD, self-supervised space (lower is better)", True),
+    ("ssl_kid_mean", "KID, self-supervised space (lower is better)", True),
+    ("ssl_precision", "precision, self-supervised space (realism; higher is better)", False),
+    ("ssl_recall", "recall, self-supervised space (variety; higher is better)", False),
+    ("ssl_coverage", "coverage, self-supervised space (higher is better)", False),
+    ("memorisation_fraction", "memorised fraction (about 0.5 is healthy; 1 is copying)", False),
+]
 # Shown only when the table has values (conditional runs): is each image the class it was asked for?
 CONDITIONAL_PANEL = ("class_accuracy", "generated images of the class asked for (higher is better)", False)
+
+
+def evaluation_panels(table: pd.DataFrame) -> list[tuple[str, str, bool]]:
+    """The panels of ``plot_evaluation`` for this table: ``EVAL_PANELS`` (labelled data, or nothing scored),
+    ``UNLABELLED_PANELS`` where only the self-supervised space scored, plus ``CONDITIONAL_PANEL`` when it has
+    values."""
+    def has(column: str) -> bool:
+        return column in table and bool(table[column].notna().any())
+
+    panels = list(UNLABELLED_PANELS if has("ssl_fd") and not has("fd") else EVAL_PANELS)
+    if has(CONDITIONAL_PANEL[0]):
+        panels.append(CONDITIONAL_PANEL)
+    return panels
 
 
 def plot_evaluation(table: pd.DataFrame, path: Path, num_classes: int | None = None) -> Path:
@@ -147,15 +172,14 @@ def plot_evaluation(table: pd.DataFrame, path: Path, num_classes: int | None = N
     images, dashed), classes present (out of ``num_classes``, default: the number of ``class_<k>``
     columns), the rarest class's fraction with the uniform share 1/K dashed, and for conditional
     runs ``class_accuracy``. The best checkpoint (``best`` column) is a red star and a dotted
-    vertical line on every panel. A panel without values (the classifier's on unlabelled data, the
-    self-supervised ones with ``eval.ssl_space`` off) gets the table's note.
+    vertical line on every panel. Unlabelled data (only the self-supervised space scored) gets that space's
+    FD, KID, precision, recall and coverage and the memorisation fraction instead (``evaluation_panels``). A
+    panel without values (the self-supervised ones with ``eval.ssl_space`` off) gets the table's note.
     """
     if "select_generator" in table and "generator" in table and len(table):
         # Raw and EMA rows per checkpoint: plot the generator the best checkpoint was chosen among.
         table = table[table["generator"] == table["select_generator"].iloc[0]].reset_index(drop=True)
-    panels = list(EVAL_PANELS)
-    if CONDITIONAL_PANEL[0] in table and table[CONDITIONAL_PANEL[0]].notna().any():
-        panels.append(CONDITIONAL_PANEL)
+    panels = evaluation_panels(table)
     rows = (len(panels) + 1) // 2
     fig = Figure(figsize=(10, 3.2 * rows), layout="constrained")
     axes = fig.subplots(rows, 2, sharex=True).ravel()
@@ -172,7 +196,7 @@ def plot_evaluation(table: pd.DataFrame, path: Path, num_classes: int | None = N
         ax.grid(alpha=0.3)
         domain_scored = "fd" in table and table["fd"].notna().any()  # classes_present is 0, not NaN, without
         if (column not in table or not table[column].notna().any()
-                or (not column.startswith("ssl_") and not domain_scored)):
+                or (column not in SSL_PANEL_COLUMNS and not domain_scored)):
             _note(ax, str(table["note"].iloc[0]) if "note" in table and len(table) else "not scored")
             continue
         values = table[column].to_numpy(dtype=float)
@@ -191,6 +215,9 @@ def plot_evaluation(table: pd.DataFrame, path: Path, num_classes: int | None = N
             ax.set_ylim(0, num_classes + 0.8)
         if column == "class_accuracy":
             ax.set_ylim(-0.02, 1.02)
+        if column == "memorisation_fraction":
+            ax.axhline(0.5, color="0.4", linestyle="--", linewidth=1, label="held-out real: 0.5")
+            ax.set_ylim(-0.02, 1.02)
         if column == "rarest_class_fraction" and num_classes:
             ax.axhline(1 / num_classes, color="0.4", linestyle="--", linewidth=1,
                        label=f"uniform 1/{num_classes}")
@@ -204,7 +231,8 @@ def plot_evaluation(table: pd.DataFrame, path: Path, num_classes: int | None = N
     for ax in axes[len(panels) - 2:len(panels)]:  # the bottom panel of each column
         ax.set_xlabel("checkpoint step")
         ax.xaxis.set_tick_params(labelbottom=True)
-    fig.suptitle("Evaluation per checkpoint" + ("" if scored else " (not scored)"))
+    fig.suptitle("Evaluation per checkpoint" + ("" if scored else " (not scored)")
+                 + (" (unlabelled: the self-supervised space)" if panels[0] == UNLABELLED_PANELS[0] else ""))
     return save_figure(fig, path)
 
 

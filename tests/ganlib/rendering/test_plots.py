@@ -7,7 +7,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ganlib.rendering.plots import plot_evaluation, plot_run, plot_throughput, plot_training, smooth, smoothing_span
+from ganlib.rendering.plots import (
+    evaluation_panels,
+    plot_evaluation,
+    plot_run,
+    plot_throughput,
+    plot_training,
+    smooth,
+    smoothing_span,
+)
 
 
 def train_table(steps: int = 400) -> pd.DataFrame:
@@ -97,11 +105,19 @@ def test_evaluation_plot_of_an_unscored_run(tmp_path):
 
 
 def test_evaluation_plot_of_an_unlabelled_run_draws_the_self_supervised_space(tmp_path):
+    """Every panel has a curve: the classifier's four held only the note ("unlabelled dataset, so there is no
+    domain classifier ...") where the self-supervised space has six things to show."""
     table = eval_table((np.nan, np.nan)).assign(
         is_mean=np.nan, is_std=np.nan, rarest_class_fraction=np.nan, classes_present=0, ssl_fd=[3.0, 2.0],
-        ssl_coverage=[0.2, 0.4], ssl_fd_floor=0.5, ssl_coverage_floor=0.9, note="unlabelled dataset")
+        ssl_kid_mean=[0.3, 0.2], ssl_precision=[0.5, 0.6], ssl_recall=[0.1, 0.3], ssl_coverage=[0.2, 0.4],
+        memorisation_fraction=[0.3, 0.45], ssl_fd_floor=0.5, ssl_coverage_floor=0.9, note="unlabelled dataset")
+    assert [c for c, _, _ in evaluation_panels(table)] == ["ssl_fd", "ssl_kid_mean", "ssl_precision", "ssl_recall",
+                                                           "ssl_coverage", "memorisation_fraction"]
     pixels = _pixels(plot_evaluation(table, tmp_path / "eval.png"))
-    assert pixels.shape == (960, 1000, 3) and _has_colour(pixels, (31, 119, 180))  # the curves are drawn
+    assert pixels.shape == (960, 1000, 3)
+    cells = [pixels[r * 320:(r + 1) * 320, c * 500:(c + 1) * 500] for r in range(3) for c in range(2)]
+    assert all(_has_colour(cell, (31, 119, 180)) for cell in cells)  # a blue curve in each of the six
+    assert [c for c, _, _ in evaluation_panels(eval_table())][:2] == ["fd", "is_mean"]  # labelled: as before
 
 
 def test_evaluation_plot_adds_the_class_accuracy_of_conditional_runs(tmp_path):
