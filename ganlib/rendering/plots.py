@@ -145,7 +145,7 @@ UNLABELLED_PANELS = [
     ("ssl_precision", "precision, self-supervised space (realism; higher is better)", False),
     ("ssl_recall", "recall, self-supervised space (variety; higher is better)", False),
     ("ssl_coverage", "coverage, self-supervised space (higher is better)", False),
-    ("memorisation_fraction", "memorised fraction (about 0.5 is healthy; 1 is copying)", False),
+    ("memorisation_fraction", "memorised fraction (about 0.5 is healthy; near 1: copies, or blur)", False),
 ]
 # Shown only when the table has values (conditional runs): is each image the class it was asked for?
 CONDITIONAL_PANEL = ("class_accuracy", "generated images of the class asked for (higher is better)", False)
