@@ -170,13 +170,21 @@ def _percent(value: Any) -> str:
 
 
 def _eval_table(evals: pd.DataFrame) -> str:
-    # Conditional runs add how often an image is of the class it was asked for; EMA runs say so.
-    conditional = "class_accuracy" in evals and evals["class_accuracy"].notna().any()
+    # Conditional runs add how often an image is of the class it was asked for; EMA runs say so. Columns of a
+    # space that did not score (the classifier's on unlabelled data, Inception skipped) are left out: the
+    # notes below say why, where a column of dashes said nothing.
+    def scored(key: str) -> bool:
+        return key in evals and bool(evals[key].notna().any())
+
+    conditional = scored("class_accuracy")
+    domain = scored("fd") or "ssl_fd" not in evals  # tables from before the self-supervised space: as they were
+    extra = [(key, title, digits) for key, title, digits in EXTRA_COLUMNS if scored(key)]
     weights = "generator" in evals
     head = ("<tr><th>step</th><th class='l'>checkpoint</th>" + ("<th class='l'>weights</th>" if weights else "")
-            + "<th>FD ↓ (classifier)</th><th>classifier IS ↑</th><th>classes present</th><th>rarest class</th>"
+            + ("<th>FD ↓ (classifier)</th><th>classifier IS ↑</th><th>classes present</th><th>rarest class</th>"
+               if domain else "")
             + ("<th>class asked for ↑</th>" if conditional else "")
-            + "".join(f"<th>{_e(title)}</th>" for key, title, _ in EXTRA_COLUMNS if key in evals)
+            + "".join(f"<th>{_e(title)}</th>" for _, title, _ in extra)
             + "<th>samples</th><th>seconds</th></tr>")
     rows = []
     nan = float("nan")
@@ -186,11 +194,12 @@ def _eval_table(evals: pd.DataFrame) -> str:
             f"<tr class='{'best' if best else ''}'><td>{int(r['step']):,}</td>"
             f"<td class='l'>{_e(r['checkpoint'])}{' ★ best' if best else ''}</td>"
             + (f"<td class='l'>{_e(r.get('generator', ''))}</td>" if weights else "")
-            + f"<td>{_fmt(r.get('fd', nan))}</td>"
-            f"<td>{_fmt(r.get('is_mean', nan))} ± {_fmt(r.get('is_std', nan))}</td>"
-            f"<td>{_e(r.get('classes_present', ''))}</td><td>{_percent(r.get('rarest_class_fraction'))}</td>"
+            + (f"<td>{_fmt(r.get('fd', nan))}</td>"
+               f"<td>{_fmt(r.get('is_mean', nan))} ± {_fmt(r.get('is_std', nan))}</td>"
+               f"<td>{_e(r.get('classes_present', ''))}</td><td>{_percent(r.get('rarest_class_fraction'))}</td>"
+               if domain else "")
             + (f"<td>{_percent(r.get('class_accuracy'))}</td>" if conditional else "")
-            + "".join(f"<td>{_fmt(r.get(key, nan), digits)}</td>" for key, _, digits in EXTRA_COLUMNS if key in evals)
+            + "".join(f"<td>{_fmt(r.get(key, nan), digits)}</td>" for key, _, digits in extra)
             + f"<td>{_e(r.get('num_samples', ''))}</td><td>{_fmt(r.get('seconds', nan), 1)}</td></tr>")
     note = ""
     if "note" in evals and len(evals):

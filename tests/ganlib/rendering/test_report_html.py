@@ -166,6 +166,25 @@ def test_the_summary_of_unlabelled_data_has_the_self_supervised_scores_not_a_row
     assert "FD (classifier space)" in summary_markdown(labelled) and "No class labels" not in summary_markdown(labelled)
 
 
+def test_the_report_table_leaves_out_the_columns_of_spaces_that_did_not_score():
+    from ganlib.rendering.report_html import _eval_table
+
+    nan = float("nan")
+    rows = {"step": [5, 10], "checkpoint": ["a.pt", "b.pt"], "best": [False, True], "num_samples": [200, 200],
+            "seconds": [1.0, 1.0], "inception_fid": [nan, nan]}
+    unlabelled = pd.DataFrame({**rows, "fd": [nan, nan], "is_mean": [nan, nan], "is_std": [nan, nan],
+                               "classes_present": [0, 0], "rarest_class_fraction": [nan, nan], "precision": [nan, nan],
+                               "ssl_fd": [9.5, 4.25], "note": "unlabelled dataset"})
+    html = _eval_table(unlabelled)
+    assert "SSL FD ↓" in html and "4.250" in html
+    assert "FD ↓ (classifier)" not in html and "precision ↑</th>" not in html and "Inception FID" not in html
+    labelled = unlabelled.assign(fd=[30.0, 20.0], is_mean=[8.0, 9.0], is_std=0.1, classes_present=10)
+    assert "FD ↓ (classifier)" in _eval_table(labelled) and "Inception FID" not in _eval_table(labelled)
+    old = pd.DataFrame({**rows, "fd": [nan, nan], "is_mean": [nan, nan], "is_std": [nan, nan],
+                        "classes_present": [0, 0], "rarest_class_fraction": [nan, nan]})  # before the ssl space
+    assert "FD ↓ (classifier)" in _eval_table(old)
+
+
 # --- in a real browser ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
