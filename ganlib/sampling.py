@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ def truncate(z: torch.Tensor, threshold: float | None) -> torch.Tensor:
     """
     if threshold is None:
         return z
-    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
+    if isinstance(threshold, bool) or not (isinstance(threshold, numbers.Real) and math.isfinite(threshold)
+                                            and threshold > 0):
         raise ValueError(f"truncation: a cut-off above 0 in standard deviations (e.g. 1.0), not {threshold!r}")
     def lower_tail(a: torch.Tensor) -> torch.Tensor:  # Phi(-a) for a >= 0, precise far out (torch's ndtr is not)
         return 0.5 * torch.special.erfc(a / math.sqrt(2))

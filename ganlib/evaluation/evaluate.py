@@ -676,7 +676,7 @@ def _score_line(row: dict[str, Any], kinds: list[str], num_classes: int) -> str:
         if kind in kinds:
             parts.append(f"{name} {row[column(kind, 'fd')]:.3f}  |")
     if not kinds:
-        parts.append("not scored (no feature space) |")
+        parts.append("not scored (no feature space)  |")
     parts.append(f"memorised {row['memorisation_fraction']:.2f}")
     if "domain" in kinds:
         parts.append(f" classes {row['classes_present']}/{num_classes}")
@@ -737,7 +737,8 @@ def select_best(table: pd.DataFrame, metric: str = "fd", direction: str = "auto"
         fallback = next((m for m in ("fd", "ssl_fd") if m != metric and has_values(m)), "")
         if fallback == "fd":
             note = f"{metric} has no values in this table; chose by fd (lower is better) instead"
-        elif fallback and "feature_space" in table and bool((table["feature_space"] == "none").all()):
+        elif (fallback and not metric.startswith(("ssl_", "inception_", "dinov2_")) and "feature_space" in table
+              and bool((table["feature_space"] == "none").all())):  # a metric of the classifier unlabelled data lacks
             note = (f"unlabelled data has no domain classifier, so no {metric}; chose by ssl_fd, the FD in the "
                     "self-supervised space (lower is better), instead")
         elif fallback:

@@ -75,7 +75,8 @@ GALLERY_SAMPLES_MIB = 256
 
 
 def gallery_sample_count(image_shape: Sequence[int]) -> int:
-    """How many images samples.npz holds when ``gallery.num_samples`` is not given, for images (C, H, W)."""
+    """How many images samples.npz holds when ``gallery.num_samples`` is not given, for images (C, H, W): at
+    least 100 (the 10x10 grid's), even where those pass the budget (above about 1,600 px)."""
     fit = GALLERY_SAMPLES_MIB * 2**20 // math.prod(image_shape) // 100 * 100
     return max(100, min(GALLERY_SAMPLES, fit))
 

@@ -226,7 +226,9 @@ def _training_line(train: dict[str, Any]) -> str:
 def _best_lines(best: dict[str, Any], ref: dict[str, Any]) -> list[str]:
     """The best checkpoint's headline table and its reference line: the classifier's scores on labelled data,
     the self-supervised space's alone on unlabelled data (no classifier: its columns would all be dashes)."""
-    if _missing(best["fd"]) and not best["classes_present"]:
+    unlabelled = (best["feature_space"] == "none" if best.get("feature_space") is not None
+                  else _missing(best["fd"]) and not best["classes_present"])  # summaries before the column
+    if unlabelled and not _missing(best.get("ssl_fd")):  # else (nothing scored) the table's dashes, as before
         floor = ref.get("floor") or {}
         view = ref.get("ssl_view_match")
         return [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,9 +39,10 @@ def test_a_threshold_far_out_gives_the_latents_back_and_far_latents_stay_finite(
     one = truncate(far, 1.0)
     assert torch.isfinite(one).all() and one[[0, 1]].tolist() == [-1.0, -1.0] and one[3] == 0
     assert truncate(z, None) is z
+    assert torch.equal(truncate(z, np.float32(1.5)), truncate(z, 1.5))  # a value read back from an npz
 
 
-@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "1"])
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "1", True])
 def test_a_threshold_that_is_no_cut_off_is_refused(bad):
     with pytest.raises(ValueError, match="truncation: a cut-off above 0"):
         truncate(torch.zeros(2, 3), bad)

@@ -376,6 +376,10 @@ def test_select_best_directions_generators_and_fallbacks():
     said = select_best(table.assign(fd=np.nan, ssl_fd=[4.0, 2.0, 1.0, 3.0], feature_space="none"), "fd", "auto", "ema")
     assert said["select_note"].iloc[0] == ("unlabelled data has no domain classifier, so no fd; chose by ssl_fd, "
                                            "the FD in the self-supervised space (lower is better), instead")
+    # A metric of another space (Inception skipped) is not missing for want of labels: the general note.
+    other = select_best(table.assign(fd=np.nan, ssl_fd=[4.0, 2.0, 1.0, 3.0], feature_space="none"), "inception_fid",
+                        "auto", "ema")
+    assert other["select_metric"].iloc[0] == "ssl_fd" and "domain classifier, so no" not in other["select_note"].iloc[0]
     newest = select_best(table.assign(fd=np.nan), "inception_fid", "auto", "ema")
     assert newest.loc[newest["best"], ["step", "generator"]].values.tolist() == [[2, "ema"]]
     assert newest["select_metric"].iloc[0] == "newest" and "newest checkpoint" in newest["select_note"].iloc[0]
@@ -483,7 +487,7 @@ def test_the_score_line_names_the_spaces_that_scored():
     assert _score_line(row, ["ssl", "inception"], 0) == (
         "step 2500 ema  self-supervised FD 4.404  P 0.647  R 0.222  | Inception FID 41.250  | memorised 0.48  (5.1 s)")
     assert _score_line({**row, "memorisation_fraction": float("nan")}, [], 0) == (
-        "step 2500 ema  not scored (no feature space) | memorised nan  (5.1 s)")
+        "step 2500 ema  not scored (no feature space)  | memorised nan  (5.1 s)")
 
 
 def test_an_unlabelled_folder_is_scored_in_the_self_supervised_space(tiny, tmp_path, caplog):

@@ -164,6 +164,16 @@ def test_the_summary_of_unlabelled_data_has_the_self_supervised_scores_not_a_row
             "trained on the real images alone, view match 37.9%); held-out real images score FD 0.729 there.") in text
     assert "classifier IS" not in text and "held-out accuracy" not in text and "| domain classifier |" not in text
     assert "FD (classifier space)" in summary_markdown(labelled) and "No class labels" not in summary_markdown(labelled)
+    # Labelled data that was not scored (too few images: no space at all) is not "no class labels"; nor is
+    # unlabelled data with the self-supervised space off (nothing scored it).
+    too_few = copy.deepcopy(unlabelled)
+    too_few["best"].update(feature_space="domain-classifier", ssl_fd=None)
+    assert "No class labels" not in summary_markdown(too_few) and "FD (classifier space)" in summary_markdown(too_few)
+    no_ssl = copy.deepcopy(unlabelled)
+    no_ssl["best"].update(feature_space="none", ssl_fd=None)
+    assert "No class labels" not in summary_markdown(no_ssl)
+    unlabelled["best"]["feature_space"] = "none"
+    assert "No class labels, so no domain classifier" in summary_markdown(unlabelled)
 
 
 def test_the_report_table_leaves_out_the_columns_of_spaces_that_did_not_score():
