@@ -135,8 +135,6 @@ EVAL_PANELS = [
     ("classes_present", "classes present in the samples", False),
     ("rarest_class_fraction", "rarest class's share of the samples", False),
 ]
-SSL_PANEL_COLUMNS = ("ssl_fd", "ssl_kid_mean", "ssl_precision", "ssl_recall", "ssl_coverage",
-                     "memorisation_fraction")  # drawn whether or not the domain space scored
 # Unlabelled data has no domain classifier: its panels would hold only the table's note, so the
 # self-supervised space fills all six.
 UNLABELLED_PANELS = [
@@ -147,6 +145,7 @@ UNLABELLED_PANELS = [
     ("ssl_coverage", "coverage, self-supervised space (higher is better)", False),
     ("memorisation_fraction", "memorised fraction (about 0.5 is healthy; near 1: copies, or blur)", False),
 ]
+SSL_PANEL_COLUMNS = tuple(column for column, _, _ in UNLABELLED_PANELS)  # drawn whether or not the domain space scored
 # Shown only when the table has values (conditional runs): is each image the class it was asked for?
 CONDITIONAL_PANEL = ("class_accuracy", "generated images of the class asked for (higher is better)", False)
 
